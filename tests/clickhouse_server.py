@@ -131,8 +131,8 @@ class _Engine:
                     "TabSeparated",
                     params=params or None,
                 )
-            summary["written_rows"] = str(res.rows_written() or res.rows_read())
-            summary["written_bytes"] = str(res.bytes_written() or res.bytes_read())
+            summary["written_rows"] = str(res.rows_written())
+            summary["written_bytes"] = str(res.bytes_written())
             return b"", summary
         if body:
             sql = f"{sql}\n{body.decode()}" if sql else body.decode()
