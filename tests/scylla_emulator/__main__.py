@@ -1,0 +1,47 @@
+"""``python -m tests.scylla_emulator --host 127.0.0.1 --port 9042 [--vnodes N --shards N]``.
+
+Runs one emulator until SIGTERM/SIGINT and prints exactly one ``listening on host:port`` line
+(flushed) once the socket accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from tests.scylla_emulator.server import EmulatorServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.scylla_emulator", description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=9042, help="0 picks a free port")
+    ap.add_argument("--vnodes", type=int, default=16, help="vnode tokens of the node (default 16)")
+    ap.add_argument("--shards", type=int, default=2, help="shards advertised to the driver (default 2)")
+    ap.add_argument("--user", help="require PasswordAuthenticator login with this user")
+    ap.add_argument("--password", help="password for --user")
+    ap.add_argument("--log-level", default="WARNING")
+    args = ap.parse_args(argv)
+    if (args.user is None) != (args.password is None):
+        ap.error("--user and --password go together")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    creds = (args.user, args.password) if args.user is not None else None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = EmulatorServer(args.host, args.port, vnodes=args.vnodes, shards=args.shards, credentials=creds)
+    server.start()
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

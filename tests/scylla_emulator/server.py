@@ -1,0 +1,374 @@
+"""The emulator's CQL native protocol v4 server (asyncio, one event loop in a daemon thread).
+
+``EmulatorServer(host, port, vnodes=, shards=, engine=)``: ``start()`` returns once the socket
+listens (port 0 picks a free port; ``.host``/``.port``/``.engine`` are then set), ``stop()``
+closes every connection and joins the thread; it is also a context manager.
+
+Contract:
+
+* the engine is not thread-safe and is only ever called from the server loop; other threads use
+  ``call(fn, *args)`` which runs ``fn(*args)`` on the loop and returns its result;
+* every connection gets a shard (the one with the fewest open connections, like Scylla without a
+  shard-aware port) and SUPPORTED advertises it with the SCYLLA_* sharding keys;
+* ``USE`` is tracked per connection; after every schema change a SCHEMA_CHANGE event is pushed to
+  every connection that REGISTERed for it (after the RESULT of the statement that caused it);
+* malformed input is answered with a PROTOCOL_ERROR; an unexpected engine exception becomes a
+  SERVER_ERROR; neither stops the server. A frame of another protocol version gets
+  "unsupported protocol version" and the connection is closed (the driver then downgrades to v4);
+* optional PasswordAuthenticator (``credentials=(user, password)``), off by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from tests.scylla_emulator import protocol as P
+from tests.scylla_emulator.api import (
+    BatchStatement,
+    CqlError,
+    ErrorCode,
+    PreparedInfo,
+    SchemaChangeResult,
+    SetKeyspaceResult,
+)
+
+__all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PASSWORD_AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
+_DRAIN_AT = 1 << 20  # bytes buffered on a transport before we wait for the client to read
+
+
+class _Conn:
+    """State of one client connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter, shard: int) -> None:
+        self.writer = writer
+        self.shard = shard
+        self.keyspace: str | None = None
+        self.started = False  # STARTUP done (and authenticated, if required)
+        self.authenticating = False
+        self.compress = False
+        self.events: set[str] = set()
+        self.consistency = 1  # of the request being served (echoed in error bodies)
+
+    def send(self, stream: int, opcode: int, body: bytes) -> None:
+        flags = 0
+        if self.compress and body:
+            body = P.compress_lz4(body)
+            flags = P.FLAG_COMPRESSION
+        self.writer.write(P.encode_frame(stream, opcode, body, flags=flags))
+
+
+class EmulatorServer:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        vnodes: int = 16,
+        shards: int = 2,
+        engine: Any = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        if shards < 1 or vnodes < 1:
+            raise ValueError(f"vnodes and shards must be >= 1 (got vnodes={vnodes}, shards={shards})")
+        self.host = host
+        self.port = port
+        self.vnodes = vnodes
+        self.shards = shards
+        self.engine: Any = engine
+        self.credentials = credentials
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_Conn] = set()
+        self._prepared: dict[bytes, PreparedInfo] = {}
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> EmulatorServer:
+        if self._thread is not None:
+            raise RuntimeError("EmulatorServer already started")
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="scylla-emulator", daemon=True)
+        self._thread.start()
+        ready.result(timeout=30)
+        return self
+
+    def _run(self, ready: Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as exc:
+            ready.set_exception(exc)
+            loop.close()
+            return
+        ready.set_result(None)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.engine is None:
+            from tests.scylla_emulator.engine import EmulatorEngine
+
+            self.engine = EmulatorEngine(
+                vnodes=self.vnodes, shards=self.shards, address=self.host, port=self.port
+            )
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._thread = None
+        self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.writer.close()
+        self._conns.clear()
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the server loop (where the engine lives) and return its result."""
+        if self._loop is None:
+            raise RuntimeError("EmulatorServer is not running")
+
+        async def run() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    # ---------------------------------------------------------------------------- connections
+
+    def _pick_shard(self) -> int:
+        counts = [0] * self.shards
+        for c in self._conns:
+            counts[c.shard] += 1
+        return counts.index(min(counts))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(writer, self._pick_shard())
+        self._conns.add(conn)
+        try:
+            while await self._one_frame(conn, reader):
+                if writer.transport.get_write_buffer_size() > _DRAIN_AT:
+                    await writer.drain()
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:  # never let one connection take the server down
+            log.exception("emulator: connection handler failed")
+        finally:
+            self._conns.discard(conn)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _one_frame(self, conn: _Conn, reader: asyncio.StreamReader) -> bool:
+        """Read, execute and answer one frame; False when the connection must be closed."""
+        header = await reader.readexactly(P.HEADER.size)
+        version = header[0] & 0x7F
+        stream = int.from_bytes(header[2:4], "big", signed=True)
+        if version != P.VERSION:
+            reply_version = 3 if version == 3 else P.VERSION
+            err = P.protocol_error(
+                f"Invalid or unsupported protocol version ({version}); supported versions are (4/v4)"
+            )
+            conn.writer.write(
+                P.encode_frame(stream, P.Opcode.ERROR, P.encode_error(err), version=reply_version)
+            )
+            return False
+        try:
+            _, flags, stream, opcode, length = P.parse_header(header)
+        except CqlError as err:
+            conn.send(stream, P.Opcode.ERROR, P.encode_error(err))
+            return False
+        body = await reader.readexactly(length)
+        conn.consistency = 1
+        try:
+            if flags & P.FLAG_COMPRESSION:
+                if not conn.compress:
+                    raise P.protocol_error("Compressed frame received but no compression was negotiated")
+                body = P.decompress_lz4(body)
+            events = self._dispatch(conn, stream, opcode, flags, body)
+        except CqlError as err:
+            conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
+            return True
+        except Exception as exc:
+            log.exception("emulator: request %s failed", P.Opcode.NAMES.get(opcode, opcode))
+            err = CqlError(ErrorCode.SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
+            return True
+        for ev in events:
+            self._push_schema_change(ev)
+        return True
+
+    def _push_schema_change(self, ev: SchemaChangeResult) -> None:
+        body = P.encode_event_schema_change(ev)
+        for c in list(self._conns):
+            if "SCHEMA_CHANGE" in c.events and not c.writer.is_closing():
+                c.send(-1, P.Opcode.EVENT, body)
+
+    # ------------------------------------------------------------------------------ requests
+
+    def supported(self, conn: _Conn) -> dict[str, list[str]]:
+        opts: dict[str, list[str]] = {"CQL_VERSION": ["3.3.1"]}
+        engine_opts = getattr(self.engine, "supported_options", None)
+        if engine_opts is not None:
+            opts.update(engine_opts())
+        opts.setdefault("SCYLLA_NR_SHARDS", [str(self.shards)])
+        opts.setdefault("SCYLLA_PARTITIONER", ["org.apache.cassandra.dht.Murmur3Partitioner"])
+        opts.setdefault("SCYLLA_SHARDING_ALGORITHM", ["biased-token-round-robin"])
+        opts.setdefault("SCYLLA_SHARDING_IGNORE_MSB", ["12"])
+        opts["COMPRESSION"] = list(P.COMPRESSION)
+        opts["SCYLLA_SHARD"] = [str(conn.shard)]
+        # No shard-aware port: the driver then opens plain connections until every shard is covered.
+        opts.pop("SCYLLA_SHARD_AWARE_PORT", None)
+        opts.pop("SCYLLA_SHARD_AWARE_PORT_SSL", None)
+        return opts
+
+    def _dispatch(
+        self, conn: _Conn, stream: int, opcode: int, flags: int, body: bytes
+    ) -> list[SchemaChangeResult]:
+        op = P.Opcode
+        if opcode == op.OPTIONS:
+            conn.send(stream, op.SUPPORTED, P.encode_supported(self.supported(conn)))
+            return []
+        if opcode == op.STARTUP:
+            if conn.started or conn.authenticating:
+                raise P.protocol_error("Unexpected STARTUP message: the connection is already started")
+            options = P.decode_startup(body, flags)
+            compress = options.get("COMPRESSION") is not None
+            if self.credentials is not None:
+                conn.authenticating = True
+                conn.compress = compress
+                conn.send(stream, op.AUTHENTICATE, P.encode_authenticate(PASSWORD_AUTHENTICATOR))
+            else:
+                conn.send(stream, op.READY, P.encode_ready())
+                conn.compress = compress
+                conn.started = True
+            return []
+        if opcode == op.AUTH_RESPONSE:
+            if not conn.authenticating:
+                raise P.protocol_error("Unexpected AUTH_RESPONSE message: no authentication in progress")
+            self._authenticate(P.decode_auth_response(body, flags))
+            conn.authenticating = False
+            conn.started = True
+            conn.send(stream, op.AUTH_SUCCESS, P.encode_auth_success())
+            return []
+        if not conn.started:
+            name = P.Opcode.NAMES.get(opcode, f"0x{opcode:02x}")
+            raise P.protocol_error(f"Unexpected message {name}, expecting STARTUP or OPTIONS")
+        if opcode == op.REGISTER:
+            conn.events.update(P.decode_register(body, flags))
+            conn.send(stream, op.READY, P.encode_ready())
+            return []
+        if opcode == op.QUERY:
+            query, params = P.decode_query(body, flags)
+            conn.consistency = params.consistency
+            result = self.engine.execute(
+                query, params.values, keyspace=conn.keyspace, consistency=params.consistency,
+                page_size=params.page_size, paging_state=params.paging_state,
+                timestamp=params.timestamp, names=params.names,
+            )  # fmt: skip
+            return self._answer(conn, stream, result, params.skip_metadata)
+        if opcode == op.PREPARE:
+            info = self.engine.prepare(P.decode_prepare(body, flags), keyspace=conn.keyspace)
+            self._prepared[info.id] = info
+            conn.send(stream, op.RESULT, P.encode_prepared(info))
+            return []
+        if opcode == op.EXECUTE:
+            pid, params = P.decode_execute(body, flags)
+            conn.consistency = params.consistency
+            values = self._by_position(pid, params.values, params.names)
+            result = self.engine.execute_prepared(
+                pid, values, keyspace=conn.keyspace, consistency=params.consistency,
+                page_size=params.page_size, paging_state=params.paging_state, timestamp=params.timestamp,
+            )  # fmt: skip
+            return self._answer(conn, stream, result, params.skip_metadata)
+        if opcode == op.BATCH:
+            req = P.decode_batch(body, flags)
+            conn.consistency = req.consistency
+            stmts = [self._batch_child(conn, ch) for ch in req.children]
+            result = self.engine.batch(
+                req.kind, stmts, keyspace=conn.keyspace, consistency=req.consistency, timestamp=req.timestamp
+            )
+            return self._answer(conn, stream, result, False)
+        name = P.Opcode.NAMES.get(opcode, f"0x{opcode:02x}")
+        raise P.protocol_error(f"Unknown or unexpected request opcode {name}")
+
+    def _answer(self, conn: _Conn, stream: int, result: Any, skip_metadata: bool) -> list[SchemaChangeResult]:
+        body = P.encode_result(result, skip_metadata=skip_metadata)
+        if isinstance(result, SetKeyspaceResult):
+            conn.keyspace = result.keyspace
+        conn.send(stream, P.Opcode.RESULT, body)
+        return [result] if isinstance(result, SchemaChangeResult) else []
+
+    def _authenticate(self, token: bytes) -> None:
+        assert self.credentials is not None
+        parts = token.split(b"\x00")
+        if len(parts) != 3:
+            raise CqlError(ErrorCode.BAD_CREDENTIALS, "Malformed SASL PLAIN authentication token")
+        user, password = parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+        if (user, password) != self.credentials:
+            raise CqlError(
+                ErrorCode.BAD_CREDENTIALS, f"Username and/or password are incorrect (user {user!r})"
+            )
+
+    def _by_position(self, pid: bytes, values: list[Any], names: list[str] | None) -> list[Any]:
+        """Reorder named EXECUTE values into bind-marker order."""
+        if names is None:
+            return values
+        info = self._prepared.get(pid)
+        if info is None:
+            raise CqlError(ErrorCode.UNPREPARED, f"Prepared query with ID {pid.hex()} not found", id=pid)
+        return _reorder([c.name for c in info.bind_columns], names, values)
+
+    def _batch_child(self, conn: _Conn, ch: P.BatchChild) -> BatchStatement:
+        values = ch.values
+        if ch.names is not None:
+            if ch.prepared_id is not None:
+                values = self._by_position(ch.prepared_id, values, ch.names)
+            else:
+                assert ch.query is not None
+                info = self.engine.prepare(ch.query, keyspace=conn.keyspace)
+                self._prepared[info.id] = info
+                values = _reorder([c.name for c in info.bind_columns], ch.names, values)
+        return BatchStatement(query=ch.query, prepared_id=ch.prepared_id, values=values)
+
+
+def _reorder(markers: list[str], names: list[str], values: list[Any]) -> list[Any]:
+    by_name = dict(zip(names, values, strict=True))
+    missing = [m for m in markers if m not in by_name]
+    if missing:
+        raise CqlError(ErrorCode.INVALID, f"No value given for bind marker(s) {', '.join(missing)}")
+    extra = set(by_name) - set(markers)
+    if extra:
+        raise CqlError(ErrorCode.INVALID, f"Unknown bind marker name(s) {', '.join(sorted(extra))}")
+    return [by_name[m] for m in markers]
