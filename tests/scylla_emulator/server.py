@@ -123,11 +123,15 @@ class EmulatorServer:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.engine is None:
-            from tests.scylla_emulator.engine import EmulatorEngine
+            try:
+                from tests.scylla_emulator.engine import EmulatorEngine
 
-            self.engine = EmulatorEngine(
-                vnodes=self.vnodes, shards=self.shards, address=self.host, port=self.port
-            )
+                self.engine = EmulatorEngine(
+                    vnodes=self.vnodes, shards=self.shards, address=self.host, port=self.port
+                )
+            except BaseException:
+                self._server.close()
+                raise
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
