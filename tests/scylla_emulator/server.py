@@ -230,7 +230,10 @@ class EmulatorServer:
             conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
             return True
         for ev in events:
-            self._push_schema_change(ev)
+            try:
+                self._push_schema_change(ev)
+            except Exception:
+                log.exception("emulator: cannot push schema change event %r", ev)
         return True
 
     def _push_schema_change(self, ev: SchemaChangeResult) -> None:
@@ -332,7 +335,12 @@ class EmulatorServer:
         if isinstance(result, SetKeyspaceResult):
             conn.keyspace = result.keyspace
         conn.send(stream, P.Opcode.RESULT, body)
-        return [result] if isinstance(result, SchemaChangeResult) else []
+        if not isinstance(result, SchemaChangeResult):
+            return []
+        # Scylla also announces tables changed in the same migration (a CDC log created or dropped
+        # with its base); an engine may report them through ``take_schema_events()``.
+        take = getattr(self.engine, "take_schema_events", None)
+        return [result, *(take() if take is not None else [])]
 
     def _authenticate(self, token: bytes) -> None:
         assert self.credentials is not None
