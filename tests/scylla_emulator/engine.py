@@ -26,6 +26,7 @@ from tests.scylla_emulator.api import (
     PreparedInfo,
     Result,
     RowsResult,
+    SchemaChangeResult,
     SetKeyspaceResult,
     VoidResult,
 )
@@ -104,6 +105,7 @@ class EmulatorEngine:
         self.writer = Writer(self.now_us, self._current)
         self._parse_cache: dict[str, tuple[Any, int]] = {}
         self._prepared: dict[bytes, _Prepared] = {}
+        self.schema_events: list[SchemaChangeResult] = []
         if Generations is None:
             raise RuntimeError("tests/scylla_emulator/generations.py is missing")
         self.generations = Generations(vnodes=vnodes, shards=shards, now_ms=self.now_ms)
@@ -129,6 +131,12 @@ class EmulatorEngine:
             ts = self._last_ts + 1
         self._last_ts = ts
         return ts
+
+    def take_schema_events(self) -> list[SchemaChangeResult]:
+        """Extra schema-change events of the last DDL (e.g. the CDC log table created/dropped with its
+        base); the protocol pushes them after the DDL's own result."""
+        ev, self.schema_events = self.schema_events, []
+        return ev
 
     # ------------------------------------------------------------------------------ api.Engine
     def supported_options(self) -> dict[str, list[str]]:

@@ -62,8 +62,10 @@ def _cdc_module() -> Any:
     return cdc
 
 
-def _changed(eng: EmulatorEngine, change: str, target: str, ks: str, name: str | None) -> SchemaChangeResult:
+def _changed(eng: EmulatorEngine, change: str, target: str, ks: str, name: str | None,
+             extra: list[SchemaChangeResult] | None = None) -> SchemaChangeResult:
     eng.catalog.bump()
+    eng.schema_events.extend(extra or [])
     for rt in eng.catalog.all_tables():
         _refresh_rt(eng, rt)
     systables.refresh(eng)
@@ -271,9 +273,11 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
     if cdc is not None and cdc.enabled:
         log_rt = _new_log(eng, ks, d)
     ks.tables[st.name] = rt
+    extra = []
     if log_rt is not None:
         ks.tables[log_rt.name] = log_rt
-    return _changed(eng, "CREATED", "TABLE", ks.name, st.name)
+        extra.append(SchemaChangeResult("CREATED", "TABLE", ks.name, log_rt.name))
+    return _changed(eng, "CREATED", "TABLE", ks.name, st.name, extra)
 
 
 def _new_log(eng: EmulatorEngine, ks: KeyspaceDef, base: TableDef) -> TableRt:
@@ -303,9 +307,11 @@ def drop_table(eng: EmulatorEngine, st: A.DropTable, ksname: str | None) -> Resu
             )
     del ks.tables[st.name]
     log = ks.tables.get(st.name + "_scylla_cdc_log")
+    extra = []
     if log is not None and log.d.is_cdc_log:
         del ks.tables[log.name]
-    return _changed(eng, "DROPPED", "TABLE", ks.name, st.name)
+        extra.append(SchemaChangeResult("DROPPED", "TABLE", ks.name, log.name))
+    return _changed(eng, "DROPPED", "TABLE", ks.name, st.name, extra)
 
 
 def _log_of(ks: KeyspaceDef, base: TableRt) -> TableRt | None:
@@ -404,9 +410,12 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
     elif log is not None and st.action in ("add", "drop", "rename"):
         pass  # detached log: untouched (Scylla mirrors only into an attached log)
     ks.tables[d.name] = new_rt
+    extra = []
     if new_log is not None:
+        extra.append(SchemaChangeResult("UPDATED" if new_log.name in ks.tables else "CREATED", "TABLE", ks.name,
+                                        new_log.name))
         ks.tables[new_log.name] = new_log
-    return _changed(eng, "UPDATED", "TABLE", ks.name, d.name)
+    return _changed(eng, "UPDATED", "TABLE", ks.name, d.name, extra)
 
 
 def _reattach(eng: EmulatorEngine, base: TableDef, log: TableRt, st: A.AlterTable) -> TableRt:
