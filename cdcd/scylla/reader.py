@@ -322,6 +322,9 @@ class GroupReader:
         if self._decoder is None or self._decoder.schema != schema:
             self._decoder = LogDecoder(schema)
         self._log_columns = self.session.log_columns(self.keyspace, self.log_table)
+        if self._log_columns is None and not force:  # metadata not caught up with a new table yet
+            await self._refresh_schema(force=True)
+            return
         if self._log_columns is None:
             raise LookupError(f"CDC log table {self.keyspace}.{self.log_table} does not exist")
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from cassandra import (
     ConsistencyLevel,
     CoordinationFailure,
+    DriverException,
     OperationTimedOut,
     RateLimitReached,
     Timeout,
@@ -140,7 +141,8 @@ class ScyllaSession:
         local_dc: str | None = None,
         protocol_version: int = 4,
     ) -> ScyllaSession:
-        """Connect to the cluster. ``hosts`` are ``"host"``/``"host:port"`` strings.
+        """Connect to the cluster. ``hosts`` are ``"host"``/``"host:port"`` strings (one port for all:
+        the driver reaches the nodes it discovers on the cluster-wide port).
 
         Raises ``SourceUnavailable`` when no host can be reached, ``ValueError`` for bad arguments.
         """
@@ -149,6 +151,10 @@ class ScyllaSession:
         if (username is None) != (password is None):
             raise ValueError("username and password must be given together")
         contact_points = [parse_host(h) for h in hosts]
+        ports = {p for _, p in contact_points}
+        if len(ports) != 1:
+            # The driver reaches discovered nodes on one cluster-wide port.
+            raise ValueError(f"all Scylla hosts must use the same port, got {sorted(ports)}")
         cl = parse_consistency(consistency)
         profile = ExecutionProfile(
             load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
@@ -157,7 +163,8 @@ class ScyllaSession:
             row_factory=dict_factory,
         )
         cluster = Cluster(
-            contact_points=contact_points,
+            contact_points=[h for h, _ in contact_points],
+            port=ports.pop(),
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             auth_provider=PlainTextAuthProvider(username, password) if username is not None else None,
             ssl_context=ssl_context,
@@ -300,7 +307,18 @@ class ScyllaSession:
         """Re-read one table's (and its CDC log's) metadata."""
 
         def refresh() -> None:
-            self.cluster.refresh_keyspace_metadata(keyspace)
+            cluster = self.cluster
+            try:
+                cluster.refresh_keyspace_metadata(keyspace)
+                ks = cluster.metadata.keyspaces.get(keyspace)
+                if ks is None:
+                    return
+                for name in list(ks.user_types):
+                    cluster.refresh_user_type_metadata(keyspace, name)
+                for name in (table, table + "_scylla_cdc_log"):
+                    cluster.refresh_table_metadata(keyspace, name)
+            except DriverException as exc:  # "... metadata was not refreshed": connection trouble
+                raise SourceUnavailable(f"refreshing metadata of {keyspace}.{table}: {exc}") from exc
 
         await self._blocking(refresh, f"refreshing metadata of {keyspace}.{table}")
 
