@@ -639,3 +639,23 @@ def test_error_message_type_for_unknown_code_is_readable() -> None:
     body = P.encode_error(CqlError(ErrorCode.IS_BOOTSTRAPPING, "booting"))
     msg = ErrorMessage.recv_body(io.BytesIO(body), 4, ProtocolFeatures())
     assert msg.code == ErrorCode.IS_BOOTSTRAPPING and msg.message == "booting"
+
+
+def test_pipelined_and_fragmented_frames(raw: Raw) -> None:
+    raw.start()
+    frames = b"".join(
+        _ProtocolHandler.encode_message(
+            QueryMessage(f"COUNT {n}", ConsistencyLevel.ONE), n, 4, None, False, None
+        )
+        for n in (1, 2, 3)
+    )
+    raw.sock.sendall(frames)  # three requests in one segment
+    answers = [raw.recv() for _ in range(3)]
+    assert [(s, len(m.parsed_rows)) for _, s, m in answers] == [(1, 1), (2, 2), (3, 3)]
+    one = _ProtocolHandler.encode_message(
+        QueryMessage("COUNT 4", ConsistencyLevel.ONE), 9, 4, None, False, None
+    )
+    for i in range(len(one)):  # one request, byte by byte
+        raw.sock.sendall(one[i : i + 1])
+    _, stream, msg = raw.recv()
+    assert stream == 9 and len(msg.parsed_rows) == 4

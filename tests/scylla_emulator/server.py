@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PASSWORD_AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
 _DRAIN_AT = 1 << 20  # bytes buffered on a transport before we wait for the client to read
+_READ_CHUNK = 1 << 18
+_COMPRESS_FROM = 4096  # bytes
 
 
 class _Conn:
@@ -58,13 +60,21 @@ class _Conn:
         self.compress = False
         self.events: set[str] = set()
         self.consistency = 1  # of the request being served (echoed in error bodies)
+        self.pending: list[bytes] = []  # frames queued for the next flush()
 
     def send(self, stream: int, opcode: int, body: bytes) -> None:
         flags = 0
-        if self.compress and body:
+        if self.compress and len(body) >= _COMPRESS_FROM:  # the flag is per frame: small ones stay raw
             body = P.compress_lz4(body)
             flags = P.FLAG_COMPRESSION
-        self.writer.write(P.encode_frame(stream, opcode, body, flags=flags))
+        self.pending.append(P.encode_frame(stream, opcode, body, flags=flags))
+
+    def flush(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
 
 
 class EmulatorServer:
@@ -177,14 +187,23 @@ class EmulatorServer:
         return counts.index(min(counts))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection. All complete frames that arrived together are executed in order
+        and their answers written with one ``write`` (pipelined drivers send many at once)."""
         conn = _Conn(writer, self._pick_shard())
         self._conns.add(conn)
+        buf = b""
         try:
-            while await self._one_frame(conn, reader):
+            while data := await reader.read(_READ_CHUNK):
+                buf = buf + data if buf else data
+                pos, alive = self._frames(conn, buf)
+                buf = buf[pos:]
+                conn.flush()
+                if not alive:
+                    break
                 if writer.transport.get_write_buffer_size() > _DRAIN_AT:
                     await writer.drain()
             await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except ConnectionError:
             pass
         except Exception:  # never let one connection take the server down
             log.exception("emulator: connection handler failed")
@@ -194,26 +213,38 @@ class EmulatorServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _one_frame(self, conn: _Conn, reader: asyncio.StreamReader) -> bool:
-        """Read, execute and answer one frame; False when the connection must be closed."""
-        header = await reader.readexactly(P.HEADER.size)
-        version = header[0] & 0x7F
-        stream = int.from_bytes(header[2:4], "big", signed=True)
-        if version != P.VERSION:
-            reply_version = 3 if version == 3 else P.VERSION
-            err = P.protocol_error(
-                f"Invalid or unsupported protocol version ({version}); supported versions are (4/v4)"
-            )
-            conn.writer.write(
-                P.encode_frame(stream, P.Opcode.ERROR, P.encode_error(err), version=reply_version)
-            )
-            return False
-        try:
-            _, flags, stream, opcode, length = P.parse_header(header)
-        except CqlError as err:
-            conn.send(stream, P.Opcode.ERROR, P.encode_error(err))
-            return False
-        body = await reader.readexactly(length)
+    def _frames(self, conn: _Conn, buf: bytes) -> tuple[int, bool]:
+        """Execute the complete frames in ``buf``: (bytes consumed, False if the connection must
+        be closed)."""
+        pos, size, hsize = 0, len(buf), P.HEADER.size
+        while size - pos >= hsize:
+            header = buf[pos : pos + hsize]
+            version = header[0] & 0x7F
+            stream = int.from_bytes(header[2:4], "big", signed=True)
+            if version != P.VERSION:
+                err = P.protocol_error(
+                    f"Invalid or unsupported protocol version ({version}); supported versions are (4/v4)"
+                )
+                conn.pending.append(
+                    P.encode_frame(
+                        stream, P.Opcode.ERROR, P.encode_error(err), version=3 if version == 3 else 4
+                    )
+                )
+                return size, False
+            try:
+                _, flags, stream, opcode, length = P.parse_header(header)
+            except CqlError as err:
+                conn.send(stream, P.Opcode.ERROR, P.encode_error(err))
+                return size, False
+            if size - pos - hsize < length:
+                break
+            body = buf[pos + hsize : pos + hsize + length]
+            pos += hsize + length
+            self._one_frame(conn, stream, opcode, flags, body)
+        return pos, True
+
+    def _one_frame(self, conn: _Conn, stream: int, opcode: int, flags: int, body: bytes) -> None:
+        """Execute one request and queue its answer (and the events it causes)."""
         conn.consistency = 1
         try:
             if flags & P.FLAG_COMPRESSION:
@@ -223,24 +254,24 @@ class EmulatorServer:
             events = self._dispatch(conn, stream, opcode, flags, body)
         except CqlError as err:
             conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
-            return True
+            return
         except Exception as exc:
             log.exception("emulator: request %s failed", P.Opcode.NAMES.get(opcode, opcode))
             err = CqlError(ErrorCode.SERVER_ERROR, f"{type(exc).__name__}: {exc}")
             conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
-            return True
+            return
         for ev in events:
             try:
                 self._push_schema_change(ev)
             except Exception:
                 log.exception("emulator: cannot push schema change event %r", ev)
-        return True
 
     def _push_schema_change(self, ev: SchemaChangeResult) -> None:
         body = P.encode_event_schema_change(ev)
         for c in list(self._conns):
             if "SCHEMA_CHANGE" in c.events and not c.writer.is_closing():
                 c.send(-1, P.Opcode.EVENT, body)
+                c.flush()  # after the answers queued before it, e.g. the DDL's own RESULT
 
     # ------------------------------------------------------------------------------ requests
 
