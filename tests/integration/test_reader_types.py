@@ -132,3 +132,40 @@ async def test_collections_udts_and_deletes(scylla: ScyllaSession) -> None:
 
     assert dele.op is Op.ROW_DELETE and dele.key == {"pk": 1, "ck": 1}
     assert dele.preimage is not None and dele.preimage["fu"] == {"a": 2, "b": None}
+
+
+async def test_schema_changes_while_reading(scylla: ScyllaSession) -> None:
+    await scylla.execute(
+        "CREATE TABLE ks.e (pk int PRIMARY KEY, v int, gone int) WITH cdc = {'enabled': true}"
+    )
+    await scylla.execute("INSERT INTO ks.e (pk, v, gone) VALUES (1, 1, 1)")
+    import asyncio
+
+    d = StreamDiscovery(scylla)
+    groups = await d.groups("ks.e", since_ms=0, ttl_s=0)
+    events: list[ChangeEvent] = []
+
+    async def run(g: Any) -> None:
+        async for b in GroupReader(scylla, d, g, config=FAST, start_floor_ms=0).read({}):
+            events.extend(b.events)
+
+    tasks = [asyncio.create_task(run(g)) for g in groups]
+    try:
+        async with asyncio.timeout(30):
+            while not events:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await scylla.execute("ALTER TABLE ks.e ADD w text")
+            await scylla.execute("ALTER TABLE ks.e DROP gone")
+            await scylla.execute("INSERT INTO ks.e (pk, v, w) VALUES (2, 2, 'new')")
+            while len(events) < 2:
+                for t in tasks:
+                    if t.done() and t.exception():
+                        raise t.exception()  # type: ignore[misc]
+                await asyncio.sleep(0.05)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    first, second = sorted(events, key=lambda e: e.write_time_us)
+    assert first.values == {"v": 1, "gone": 1}
+    assert second.values == {"v": 2, "w": "new"}
