@@ -28,9 +28,17 @@ if TYPE_CHECKING:
 __all__ = ["bulk_load"]
 
 
-def bulk_load(engine: EmulatorEngine, table: str, rows: Iterable[Mapping[str, Any]], *,
-              op: Literal["insert", "update", "delete"] = "insert", start_ts_us: int | None = None,
-              step_us: int = 1, ttl: int | None = None, chunk: int = 1) -> int:
+def bulk_load(
+    engine: EmulatorEngine,
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    op: Literal["insert", "update", "delete"] = "insert",
+    start_ts_us: int | None = None,
+    step_us: int = 1,
+    ttl: int | None = None,
+    chunk: int = 1,
+) -> int:
     """Load ``rows`` as ``op`` changes into ``table`` ("ks.name") and its CDC log; returns the count.
 
     ``chunk`` > 1 hands that many consecutive changes to CDC in one call, like an UNLOGGED BATCH with
@@ -50,8 +58,16 @@ def bulk_load(engine: EmulatorEngine, table: str, rows: Iterable[Mapping[str, An
             gc.enable()
 
 
-def _load(engine: EmulatorEngine, table: str, rows: Iterable[Mapping[str, Any]], op: str,
-          start_ts_us: int | None, step_us: int, ttl: int | None, chunk: int) -> int:
+def _load(  # noqa: PLR0917
+    engine: EmulatorEngine,
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    op: str,
+    start_ts_us: int | None,
+    step_us: int,
+    ttl: int | None,
+    chunk: int,
+) -> int:
     ks, _, name = table.partition(".")
     rt = engine.catalog.table(ks, name)
     ts = engine.now_us() if start_ts_us is None else start_ts_us
@@ -67,7 +83,9 @@ def _load(engine: EmulatorEngine, table: str, rows: Iterable[Mapping[str, Any]],
         try:
             pk = tuple(normalize(row[c], types[c]) for c in pk_names)
         except KeyError as e:
-            raise CqlError(ErrorCode.INVALID, f"bulk_load: row {n} misses partition key column {e.args[0]}") from e
+            raise CqlError(
+                ErrorCode.INVALID, f"bulk_load: row {n} misses partition key column {e.args[0]}"
+            ) from e
         pm = PartitionMutation(ks, name, pk, token_of(pk, pk_bytes(pk)))
         has_ck = all(c in row for c in ck_names)
         if not has_ck and (op != "delete" or any(c in row for c in ck_names)):

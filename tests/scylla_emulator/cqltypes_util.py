@@ -204,7 +204,7 @@ def parse_type_text(text: str, keyspace: str | None, udts: UdtLookup | None = No
                     vsize = int(toks[pos])
                     pos += 1
                 else:
-                    params.append(parse(name != "list" and name != "set" and name != "map"))
+                    params.append(parse(name not in {"list", "set", "map"}))
                 if toks[pos] == ",":
                     pos += 1
                     continue
@@ -446,7 +446,7 @@ def literal_value(lit: Any, t: CType, resolve: Callable[[Any, CType], Any]) -> A
             except ValueError as e:
                 raise inv(f"Unable to make inet address from '{s}'") from e
         raise _bad(lit, t)
-    if n == "list" or n == "vector":
+    if n in {"list", "vector"}:
         if not isinstance(lit, A.ListLit):
             raise _bad(lit, t)
         vals = [literal_value(x, t.params[0], resolve) for x in lit.items]
@@ -521,7 +521,7 @@ def normalize(v: Any, t: CType) -> Any:
         return CU.Date(v)
     if n == "time" and not isinstance(v, CU.Time):
         return CU.Time(v)
-    if n == "list" or n == "vector":
+    if n in {"list", "vector"}:
         return [normalize(x, t.params[0]) for x in v]
     if n == "set":
         k = sort_key_fn(t.params[0])

@@ -280,7 +280,7 @@ class EmulatorEngine:
             stmt.keyspace = ks
         return stmt
 
-    def _run(
+    def _run(  # noqa: PLR0917
         self,
         stmt: Any,
         terms: Terms,

@@ -229,7 +229,7 @@ class _Specs:
             self.specs[b.index] = ColumnSpec(ks, table, b.name or name, t.cass)
 
 
-def _walk_term(sp: _Specs, term: Any, ks: str, table: str, name: str, t: CType) -> None:
+def _walk_term(sp: _Specs, term: Any, ks: str, table: str, name: str, t: CType) -> None:  # noqa: PLR0917
     if isinstance(term, A.Bind):
         sp.put(term, ks, table, name, t)
     elif isinstance(term, A.FuncCall):

@@ -62,8 +62,14 @@ def _cdc_module() -> Any:
     return cdc
 
 
-def _changed(eng: EmulatorEngine, change: str, target: str, ks: str, name: str | None,
-             extra: list[SchemaChangeResult] | None = None) -> SchemaChangeResult:
+def _changed(  # noqa: PLR0917
+    eng: EmulatorEngine,
+    change: str,
+    target: str,
+    ks: str,
+    name: str | None,
+    extra: list[SchemaChangeResult] | None = None,
+) -> SchemaChangeResult:
     eng.catalog.bump()
     eng.schema_events.extend(extra or [])
     for rt in eng.catalog.all_tables():
@@ -302,7 +308,7 @@ def drop_table(eng: EmulatorEngine, st: A.DropTable, ksname: str | None) -> Resu
         base = ks.tables.get(st.name[: -len("_scylla_cdc_log")])
         if base is not None and base.d.cdc is not None and base.d.cdc.enabled:
             raise inv(
-                f"Cannot drop CDC log table {ks.name}.{st.name} while CDC is enabled on {ks.name}.{base.name}; "
+                f"Cannot drop CDC log table {ks.name}.{st.name} while CDC is enabled on {ks.name}.{base.name}; "  # noqa: E501
                 f"disable CDC first"
             )
     del ks.tables[st.name]
@@ -412,8 +418,11 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
     ks.tables[d.name] = new_rt
     extra = []
     if new_log is not None:
-        extra.append(SchemaChangeResult("UPDATED" if new_log.name in ks.tables else "CREATED", "TABLE", ks.name,
-                                        new_log.name))
+        extra.append(
+            SchemaChangeResult(
+                "UPDATED" if new_log.name in ks.tables else "CREATED", "TABLE", ks.name, new_log.name
+            )
+        )
         ks.tables[new_log.name] = new_log
     return _changed(eng, "UPDATED", "TABLE", ks.name, d.name, extra)
 

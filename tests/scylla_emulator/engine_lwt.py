@@ -62,7 +62,7 @@ def check_conditions(
 ) -> Result | None:
     """None when every condition holds (the caller applies the writes), else the not-applied result."""
     pk_bytes = set()
-    for (st, _), spec in zip(items, specs, strict=True):
+    for _item, spec in zip(items, specs, strict=True):
         if spec.pk is None:
             raise inv("IN on the partition key is not supported with conditional updates")
         pk_bytes.add((spec.rt.keyspace, spec.rt.name, spec.rt.pk_bytes(spec.pk)))
@@ -145,7 +145,7 @@ def check_conditions(
             if not any(c.name == cond.column for c in cols) and cond.element is None and cond.field is None:
                 cols.append(ColumnSpec(rt.keyspace, rt.name, cond.column, t.cass))
                 row_vals.append(_value(rt, cond.column, cur))
-            elif cond.element is not None or cond.field is not None:
+            elif cond.element is not None or cond.field is not None:  # noqa: SIM102
                 if not any(c.name == label for c in cols):
                     cols.append(ColumnSpec(rt.keyspace, rt.name, label, et.cass))
                     row_vals.append(actual)

@@ -227,7 +227,7 @@ def _plan_where(plan: Plan, rt: TableRt, st: A.Select, terms: Terms) -> None:
             )
         combos: list[tuple[Any, ...]] = [()]
         for c in rt.pk_names:
-            combos = [p + (v,) for p in combos for v in pk_eq[c]]
+            combos = [(*p, v) for p in combos for v in pk_eq[c]]
         seen: dict[bytes, tuple[int, bytes, tuple[Any, ...]]] = {}
         for pk in combos:
             if any(v is None for v in pk):
@@ -252,7 +252,7 @@ def _plan_where(plan: Plan, rt: TableRt, st: A.Select, terms: Terms) -> None:
         vals = _values(eq[0], rt.types[c], terms)
         key = sort_key_fn(rt.types[c])
         vals = sorted({repr(key(v)): v for v in vals}.values(), key=key)
-        prefixes = [p + (v,) for p in prefixes for v in vals]
+        prefixes = [(*p, v) for p in prefixes for v in vals]
         ck_done.add(id(eq[0]))
         i += 1
     lo: tuple[Any, ...] | None = None
@@ -301,7 +301,7 @@ def _plan_where(plan: Plan, rt: TableRt, st: A.Select, terms: Terms) -> None:
         for r in rels:
             if id(r) not in ck_done:
                 idx = rt.ck_names.index(c)
-                if idx >= i + len(slice_on) or r.op not in (">", ">=", "<", "<=", "=", "in"):
+                if idx >= i + len(slice_on) or r.op not in (">", ">=", "<", "<=", "=", "in"):  # noqa: SIM102
                     if not st.allow_filtering:
                         prev = rt.ck_names[i] if i < len(rt.ck_names) else c
                         raise inv(
@@ -370,7 +370,7 @@ def _add_filter(
     t = rt.types[name]
     _col_fetch(plan, name)
     plan.filter_cols.append(name)
-    if r.op == "contains" or r.op == "contains_key":
+    if r.op in {"contains", "contains_key"}:
         if not t.is_collection:
             raise inv(f"Cannot use CONTAINS on non-collection column {name}")
         et = t.params[0] if (r.op == "contains_key" or t.name != "map") else t.params[1]
@@ -470,10 +470,10 @@ def _selector(plan: Plan, rt: TableRt, s: A.Selector) -> tuple[str, CType, tuple
         rt_t = T_BIGINT if fname == "count" else t
         return f"system.{fname}({cname})", rt_t, ("agg", (fname, idx, t))
     if fname in FUNCTIONS:
-        argt, res = FUNCTIONS[fname]
+        _argt, res = FUNCTIONS[fname]
         if len(s.args) != 1 or not isinstance(s.args[0], A.Selector):
             raise inv(f"Unsupported by the Scylla emulator: {fname}() with these arguments in a selector")
-        inner_name, inner_t, inner = _selector(plan, rt, s.args[0])
+        inner_name, _inner_t, inner = _selector(plan, rt, s.args[0])
         if inner[0] != "v":
             raise inv(f"Unsupported by the Scylla emulator: {fname}() over an aggregate")
         i = inner[1]
@@ -683,7 +683,7 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
         pos = [plan.fetch_names.index(n) if n in plan.fetch_names else -1 for n in rt.ck_names]
         if all(p >= 0 for p in pos) and not simple:
             raise inv(
-                "Unsupported by the Scylla emulator: ORDER BY with IN without selecting the clustering columns"
+                "Unsupported by the Scylla emulator: ORDER BY with IN without selecting the clustering columns"  # noqa: E501
             )
         key = rt.ck_key
         out_rows.sort(key=lambda r: key(tuple(r[p] for p in pos)), reverse=plan.reverse)
@@ -721,7 +721,7 @@ def _iter_rows(plan: Plan, part: Partition, after: Any, now: int) -> Iterator[tu
                 break
 
 
-def _values_of(
+def _values_of(  # noqa: PLR0917
     fetch: list[tuple[int, Any, Any]],
     part: Partition,
     row: Row | None,

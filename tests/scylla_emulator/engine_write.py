@@ -96,7 +96,7 @@ class Writer:
         return PartitionMutation(rt.keyspace, rt.name, pk, rt.token_of(pk, pkb))
 
     # -------------------------------------------------------------------------- cells
-    def value_cells(
+    def value_cells(  # noqa: PLR0917
         self, rt: TableRt, col: str, t: CType, value: Any, ts: int, ttl: int | None, overwrite: bool
     ) -> AtomicCell | CollectionMutation:
         if not t.multicell:
@@ -197,10 +197,9 @@ class Writer:
                 raise inv(f"PRIMARY KEY part {a.column} found in SET part")
             if col.kind == "regular":
                 touches_regular = True
-        if cks is None:
-            if touches_regular or not rt.ck_names:
-                missing = [c for c in rt.ck_names if _eq_or_in(st.where, c, rt, terms) is None]
-                raise inv(f"Some clustering keys are missing: {', '.join(missing)}")
+        if cks is None and (touches_regular or not rt.ck_names):
+            missing = [c for c in rt.ck_names if _eq_or_in(st.where, c, rt, terms) is None]
+            raise inv(f"Some clustering keys are missing: {', '.join(missing)}")
         muts = []
         for pk in pks:
             pm = self.make_pm(rt, pk)
@@ -227,7 +226,7 @@ class Writer:
         spec.ck = cks[0] if cks is not None and len(cks) == 1 else None
         return spec
 
-    def _assign(
+    def _assign(  # noqa: PLR0917
         self,
         rt: TableRt,
         pk: tuple[Any, ...],
@@ -422,7 +421,7 @@ class Writer:
             muts.append(pm)
         return spec
 
-    def _delete_target(
+    def _delete_target(  # noqa: PLR0917
         self,
         rt: TableRt,
         pk: tuple[Any, ...],
@@ -483,7 +482,7 @@ class Writer:
             vals = _eq_or_in(rels, c, rt, terms)
             if vals is None:
                 break
-            prefixes = [p + (v,) for p in prefixes for v in vals]
+            prefixes = [(*p, v) for p in prefixes for v in vals]
             i += 1
         lo = hi = None
         lo_incl = hi_incl = True
@@ -560,7 +559,7 @@ def _eq_or_in(rels: list[A.Relation], col: str, rt: TableRt, terms: Terms) -> li
                 seen: dict[Any, Any] = {}
                 for v in vals:
                     seen.setdefault(repr(key(v)) if v is not None else None, v)
-                return sorted(seen.values(), key=lambda v: key(v)) if None not in seen else vals
+                return sorted(seen.values(), key=key) if None not in seen else vals
     return None
 
 

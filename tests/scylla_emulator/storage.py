@@ -268,7 +268,7 @@ def _apply_row(row: Row, rm: RowMutation, now_us: int) -> None:
                 d[key] = _merge_atomic(d.get(key), cell)
 
 
-def apply(
+def apply(  # noqa: PLR0917
     store: TableStore,
     m: PartitionMutation,
     token: int,
