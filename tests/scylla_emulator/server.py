@@ -161,6 +161,11 @@ class EmulatorServer:
         for conn in list(self._conns):
             conn.writer.close()
         self._conns.clear()
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -191,12 +196,12 @@ class EmulatorServer:
         and their answers written with one ``write`` (pipelined drivers send many at once)."""
         conn = _Conn(writer, self._pick_shard())
         self._conns.add(conn)
-        buf = b""
+        buf = bytearray()
         try:
             while data := await reader.read(_READ_CHUNK):
-                buf = buf + data if buf else data
+                buf += data
                 pos, alive = self._frames(conn, buf)
-                buf = buf[pos:]
+                del buf[:pos]
                 conn.flush()
                 if not alive:
                     break
@@ -213,12 +218,12 @@ class EmulatorServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _frames(self, conn: _Conn, buf: bytes) -> tuple[int, bool]:
+    def _frames(self, conn: _Conn, buf: bytearray) -> tuple[int, bool]:
         """Execute the complete frames in ``buf``: (bytes consumed, False if the connection must
         be closed)."""
         pos, size, hsize = 0, len(buf), P.HEADER.size
         while size - pos >= hsize:
-            header = buf[pos : pos + hsize]
+            header = bytes(buf[pos : pos + hsize])
             version = header[0] & 0x7F
             stream = int.from_bytes(header[2:4], "big", signed=True)
             if version != P.VERSION:
@@ -238,7 +243,7 @@ class EmulatorServer:
                 return size, False
             if size - pos - hsize < length:
                 break
-            body = buf[pos + hsize : pos + hsize + length]
+            body = bytes(buf[pos + hsize : pos + hsize + length])
             pos += hsize + length
             self._one_frame(conn, stream, opcode, flags, body)
         return pos, True
