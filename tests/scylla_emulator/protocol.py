@@ -43,7 +43,6 @@ __all__ = [
     "MAX_FRAME_BODY",
     "VERSION",
     "BatchRequest",
-    "Frame",
     "Opcode",
     "QueryParams",
     "compress_lz4",
@@ -135,15 +134,6 @@ def protocol_error(message: str) -> CqlError:
 # ------------------------------------------------------------------------------------------ frames
 
 
-@dataclass
-class Frame:
-    version: int
-    flags: int
-    stream: int
-    opcode: int
-    body: bytes
-
-
 def parse_header(header: bytes) -> tuple[int, int, int, int, int]:
     """(version, flags, stream, opcode, body length) of a 9-byte header; the version has the
     direction bit removed. Raises a PROTOCOL_ERROR for a response-direction frame or a bad length."""
@@ -160,7 +150,8 @@ def encode_frame(stream: int, opcode: int, body: bytes, *, version: int = VERSIO
 
 
 def compress_lz4(body: bytes) -> bytes:
-    return _I32.pack(len(body)) + lz4.block.compress(body, store_size=False)
+    packed: bytes = lz4.block.compress(body, store_size=False)
+    return _I32.pack(len(body)) + packed
 
 
 def decompress_lz4(body: bytes) -> bytes:
@@ -195,39 +186,39 @@ class Reader:
         self.pos = end
         return out
 
-    def byte(self) -> int:
+    def u8(self) -> int:
         return self._take(1)[0]
 
-    def short(self) -> int:
+    def u16(self) -> int:
         v: int = _U16.unpack(self._take(2))[0]
         return v
 
-    def int(self) -> int:
+    def i32(self) -> int:
         v: int = _I32.unpack(self._take(4))[0]
         return v
 
-    def long(self) -> int:
+    def i64(self) -> int:
         v: int = _I64.unpack(self._take(8))[0]
         return v
 
     def string(self) -> str:
-        return self._utf8(self._take(self.short()))
+        return self._utf8(self._take(self.u16()))
 
     def long_string(self) -> str:
-        n = self.int()
+        n = self.i32()
         if n < 0:
             raise protocol_error(f"Malformed {self.what} message: negative [long string] length {n}")
         return self._utf8(self._take(n))
 
     def short_bytes(self) -> bytes:
-        return self._take(self.short())
+        return self._take(self.u16())
 
     def bytes_(self) -> bytes | None:
-        n = self.int()
+        n = self.i32()
         return None if n < 0 else self._take(n)
 
     def value(self) -> Any:
-        n = self.int()
+        n = self.i32()
         if n == -1:
             return None
         if n == -2:
@@ -237,13 +228,13 @@ class Reader:
         return self._take(n)
 
     def string_list(self) -> list[str]:
-        return [self.string() for _ in range(self.short())]
+        return [self.string() for _ in range(self.u16())]
 
     def string_map(self) -> dict[str, str]:
-        return {self.string(): self.string() for _ in range(self.short())}
+        return {self.string(): self.string() for _ in range(self.u16())}
 
     def bytes_map(self) -> dict[str, bytes | None]:
-        return {self.string(): self.bytes_() for _ in range(self.short())}
+        return {self.string(): self.bytes_() for _ in range(self.u16())}
 
     def end(self) -> None:
         if self.pos != len(self.buf):
@@ -291,7 +282,7 @@ class BatchRequest:
 
 
 def _read_values(r: Reader, with_names: bool) -> tuple[list[Any], list[str] | None]:
-    n = r.short()
+    n = r.u16()
     values: list[Any] = []
     names: list[str] | None = [] if with_names else None
     for _ in range(n):
@@ -302,22 +293,22 @@ def _read_values(r: Reader, with_names: bool) -> tuple[list[Any], list[str] | No
 
 
 def _read_params(r: Reader) -> QueryParams:
-    p = QueryParams(consistency=r.short())
-    flags = r.byte()
+    p = QueryParams(consistency=r.u16())
+    flags = r.u8()
     if flags & ~0x7F:
         raise protocol_error(f"Malformed {r.what} message: unknown query flags 0x{flags:02x}")
     if flags & Q_VALUES:
         p.values, p.names = _read_values(r, bool(flags & Q_NAMES))
     p.skip_metadata = bool(flags & Q_SKIP_METADATA)
     if flags & Q_PAGE_SIZE:
-        size = r.int()
+        size = r.i32()
         p.page_size = size if size > 0 else None
     if flags & Q_PAGING_STATE:
         p.paging_state = r.bytes_()
     if flags & Q_SERIAL_CONSISTENCY:
-        p.serial_consistency = r.short()
+        p.serial_consistency = r.u16()
     if flags & Q_DEFAULT_TIMESTAMP:
-        p.timestamp = r.long()
+        p.timestamp = r.i64()
     return p
 
 
@@ -383,12 +374,12 @@ def decode_batch(body: bytes, flags: int = 0) -> BatchRequest:
 
 
 def _batch_layout(r: Reader, with_names: bool) -> BatchRequest:
-    kind = r.byte()
+    kind = r.u8()
     if kind > 2:
         raise protocol_error(f"Malformed BATCH message: unknown batch type {kind}")
     children: list[BatchChild] = []
-    for _ in range(r.short()):
-        ckind = r.byte()
+    for _ in range(r.u16()):
+        ckind = r.u8()
         if ckind == 0:
             query: str | None = r.long_string()
             pid: bytes | None = None
@@ -398,14 +389,14 @@ def _batch_layout(r: Reader, with_names: bool) -> BatchRequest:
             raise protocol_error(f"Malformed BATCH message: unknown statement kind {ckind}")
         values, names = _read_values(r, with_names)
         children.append(BatchChild(query, pid, values, names))
-    consistency = r.short()
-    bflags = r.byte()
+    consistency = r.u16()
+    bflags = r.u8()
     if bflags & ~(Q_SERIAL_CONSISTENCY | Q_DEFAULT_TIMESTAMP | Q_NAMES):
         raise protocol_error(f"Malformed BATCH message: unknown batch flags 0x{bflags:02x}")
     if bool(bflags & Q_NAMES) != with_names:
         raise protocol_error("Malformed BATCH message: values do not match the 'names for values' flag")
-    serial = r.short() if bflags & Q_SERIAL_CONSISTENCY else None
-    timestamp = r.long() if bflags & Q_DEFAULT_TIMESTAMP else None
+    serial = r.u16() if bflags & Q_SERIAL_CONSISTENCY else None
+    timestamp = r.i64() if bflags & Q_DEFAULT_TIMESTAMP else None
     r.end()
     return BatchRequest(kind, children, consistency, serial, timestamp)
 
@@ -455,9 +446,10 @@ _MARSHAL = "org.apache.cassandra.db.marshal."
 def _unwrap(t: Any) -> Any:
     from cassandra import cqltypes as ct
 
-    while isinstance(t, type) and issubclass(t, (ct.FrozenType, ct.ReversedType)) and t.subtypes:
-        t = t.subtypes[0]
-    return t
+    cur: Any = t
+    while isinstance(cur, type) and issubclass(cur, (ct.FrozenType, ct.ReversedType)) and cur.subtypes:
+        cur = cur.subtypes[0]
+    return cur
 
 
 def _class_name(t: Any) -> str:

@@ -262,8 +262,8 @@ class EmulatorServer:
             return
         except Exception as exc:
             log.exception("emulator: request %s failed", P.Opcode.NAMES.get(opcode, opcode))
-            err = CqlError(ErrorCode.SERVER_ERROR, f"{type(exc).__name__}: {exc}")
-            conn.send(stream, P.Opcode.ERROR, P.encode_error(err, conn.consistency))
+            crash = CqlError(ErrorCode.SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            conn.send(stream, P.Opcode.ERROR, P.encode_error(crash, conn.consistency))
             return
         for ev in events:
             try:
