@@ -446,10 +446,11 @@ _MARSHAL = "org.apache.cassandra.db.marshal."
 def _unwrap(t: Any) -> Any:
     from cassandra import cqltypes as ct
 
-    cur: Any = t
-    while isinstance(cur, type) and issubclass(cur, (ct.FrozenType, ct.ReversedType)) and cur.subtypes:
-        cur = cur.subtypes[0]
-    return cur
+    while True:
+        subs: Any = getattr(t, "subtypes", None)
+        if not (subs and isinstance(t, type) and issubclass(t, (ct.FrozenType, ct.ReversedType))):
+            return t
+        t = subs[0]
 
 
 def _class_name(t: Any) -> str:
