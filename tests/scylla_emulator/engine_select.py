@@ -546,31 +546,6 @@ def _partitions(plan: Plan, resume: tuple[int, bytes] | None) -> Iterator[Partit
         yield p
 
 
-def _row_indices(plan: Plan, part: Partition, after: Any) -> Iterator[int]:
-    keys = part.keys
-    if plan.ranges is None:
-        spans = [(0, len(keys))]
-    else:
-        spans = [part.slice(lo, li, hi, hi_i) for lo, li, hi, hi_i in plan.ranges]
-        spans = [s for s in spans if s[0] < s[1]]
-    if plan.reverse:
-        for a, b in reversed(spans):
-            j = b - 1
-            if after is not None:
-                j = min(j, bisect.bisect_left(keys, after, a, b) - 1)
-            while j >= a:
-                yield j
-                j -= 1
-    else:
-        for a, b in spans:
-            j = a
-            if after is not None:
-                j = max(j, bisect.bisect_right(keys, after, a, b))
-            while j < b:
-                yield j
-                j += 1
-
-
 def _static_values(plan: Plan, part: Partition, now: int) -> tuple[dict[str, Any], bool]:
     st = part.static
     out: dict[str, Any] = {}
@@ -614,6 +589,7 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     if plan.aggregate or plan.order_by_in:
         page_size = None
     fetch = plan.fetch
+    fast = _compile_fetch(fetch)
     filters = plan.filters
     names = plan.fetch_names
     ppl = plan.ppl
@@ -647,7 +623,11 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
             if page_size is not None and len(out_rows) >= page_size:
                 more = stop = True
                 break
-            vals = _values_of(fetch, part, row, dts, svals, now)
+            vals = (
+                fast(part, row, dts, svals, now)
+                if fast is not None
+                else _values_of(fetch, part, row, dts, svals, now)
+            )
             if filters:
                 d = dict(zip(names, vals, strict=True))
                 if not all(f(d) for f in filters):
@@ -695,30 +675,85 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     return RowsResult(plan.columns, out_rows, state)
 
 
-def _iter_rows(plan: Plan, part: Partition, after: Any, now: int) -> Iterator[tuple[Row, int]]:
+def _key_runs(plan: Plan, part: Partition, after: Any) -> list[list[Any]]:
+    """The sort keys to visit, as runs in output order."""
     keys = part.keys
+    if plan.ranges is None:
+        spans = [(0, len(keys))]
+    else:
+        spans = [part.slice(lo, li, hi, hi_i) for lo, li, hi, hi_i in plan.ranges]
+    runs = []
+    if plan.reverse:
+        for a, b in reversed(spans):
+            if after is not None:
+                b = min(b, bisect.bisect_left(keys, after, a, b))
+            if a < b:
+                runs.append(keys[a:b][::-1])
+    else:
+        for a, b in spans:
+            if after is not None:
+                a = max(a, bisect.bisect_right(keys, after, a, b))
+            if a < b:
+                runs.append(keys[a:b])
+    return runs
+
+
+def _iter_rows(plan: Plan, part: Partition, after: Any, now: int) -> Iterator[tuple[Row, int]]:
     rows = part.rows
     ptomb = part.tomb
     rts = part.rts
-    for j in _row_indices(plan, part, after):
-        k = keys[j]
-        row = rows[k]
-        if rts:
-            dts = part.deletion_for(k, row)
-        else:
-            dts = row.tomb if row.tomb > ptomb else ptomb
-        m = row.marker
-        if m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now):
-            yield row, dts
-            continue
-        for c in row.cells.values():
-            if type(c) is AtomicCell:
-                if c.live and c.ts > dts and (c.expiry is None or c.expiry > now):
+    for run in _key_runs(plan, part, after):
+        for k in run:
+            row = rows[k]
+            if rts:
+                dts = part.deletion_for(k, row)
+            else:
+                dts = row.tomb if row.tomb > ptomb else ptomb
+            m = row.marker
+            if m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now):
+                yield row, dts
+                continue
+            for c in row.cells.values():
+                if type(c) is AtomicCell:
+                    if c.live and c.ts > dts and (c.expiry is None or c.expiry > now):
+                        yield row, dts
+                        break
+                elif live_cells(c, dts, now):
                     yield row, dts
                     break
-            elif live_cells(c, dts, now):
-                yield row, dts
-                break
+
+
+def _compile_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]] | None:
+    """A generated extractor for plans made only of key, atomic and static columns (the hot path of
+    CDC log reads); None when the generic ``_values_of`` is needed."""
+    if any(code not in (0, 1, 2, 4, 5) for code, _, _ in fetch):
+        return None
+    lines = ["def f(part, row, dts, svals, now):"]
+    lines.append("    pk = part.pk")
+    lines.append(
+        "    if row is None:\n        cells = {}\n        ck = None\n    else:\n        cells = row.cells\n"
+        "        ck = row.ck"
+    )
+    out = []
+    for i, (code, key, _) in enumerate(fetch):
+        if code == 0:
+            out.append(f"pk[{key}]")
+        elif code == 1:
+            out.append(f"(ck[{key}] if ck else None)")
+        elif code == 2:
+            lines.append(f"    c = cells.get({key!r})")
+            lines.append(
+                f"    v{i} = c.value if c is not None and c.live and c.ts > dts and "
+                f"(c.expiry is None or c.expiry > now) else None"
+            )
+            out.append(f"v{i}")
+        else:
+            out.append(f"svals.get({key!r})")
+    lines.append(f"    return [{', '.join(out)}]")
+    ns: dict[str, Any] = {}
+    exec("\n".join(lines), ns)
+    fn: Callable[..., list[Any]] = ns["f"]
+    return fn
 
 
 def _values_of(  # noqa: PLR0917
