@@ -208,7 +208,7 @@ class EmulatorServer:
                 if writer.transport.get_write_buffer_size() > _DRAIN_AT:
                     await writer.drain()
             await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):  # client gone, or server stopping
             pass
         except Exception:  # never let one connection take the server down
             log.exception("emulator: connection handler failed")
