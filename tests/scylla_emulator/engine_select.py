@@ -684,15 +684,13 @@ def _key_runs(plan: Plan, part: Partition, after: Any) -> list[list[Any]]:
         spans = [part.slice(lo, li, hi, hi_i) for lo, li, hi, hi_i in plan.ranges]
     runs = []
     if plan.reverse:
-        for a, b in reversed(spans):
-            if after is not None:
-                b = min(b, bisect.bisect_left(keys, after, a, b))
+        for a, b0 in reversed(spans):
+            b = b0 if after is None else min(b0, bisect.bisect_left(keys, after, a, b0))
             if a < b:
                 runs.append(keys[a:b][::-1])
     else:
-        for a, b in spans:
-            if after is not None:
-                a = max(a, bisect.bisect_right(keys, after, a, b))
+        for a0, b in spans:
+            a = a0 if after is None else max(a0, bisect.bisect_right(keys, after, a0, b))
             if a < b:
                 runs.append(keys[a:b])
     return runs
