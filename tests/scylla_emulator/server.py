@@ -215,7 +215,7 @@ class EmulatorServer:
         finally:
             self._conns.discard(conn)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     def _frames(self, conn: _Conn, buf: bytearray) -> tuple[int, bool]:
