@@ -41,7 +41,9 @@ from cassandra.protocol import (
     ErrorMessage,
     EventMessage,
     ExecuteMessage,
+    IsBootstrappingErrorMessage,
     OptionsMessage,
+    OverloadedErrorMessage,
     PrepareMessage,
     ProtocolException,
     QueryMessage,
@@ -52,6 +54,7 @@ from cassandra.protocol import (
     StartupMessage,
     SupportedMessage,
     SyntaxException,
+    TruncateError,
     _ProtocolHandler,
 )
 from cassandra.protocol_features import ProtocolFeatures
@@ -146,6 +149,9 @@ ERRORS: dict[str, tuple[CqlError, type[BaseException]]] = {
     "config": (CqlError(ErrorCode.CONFIG_ERROR, "cfg"), ConfigurationException),
     "already_exists": (CqlError(ErrorCode.ALREADY_EXISTS, "exists", keyspace="ks", table="t"), AlreadyExists),
     "server": (CqlError(ErrorCode.SERVER_ERROR, "boom"), ServerError),
+    "overloaded": (CqlError(ErrorCode.OVERLOADED, "busy"), OverloadedErrorMessage),
+    "bootstrapping": (CqlError(ErrorCode.IS_BOOTSTRAPPING, "booting"), IsBootstrappingErrorMessage),
+    "truncate": (CqlError(ErrorCode.TRUNCATE_ERROR, "trunc"), TruncateError),
 }  # fmt: skip
 
 
