@@ -1,0 +1,168 @@
+"""What the pipeline needs from its neighbours, as structural Protocols, and what it reports.
+
+The pipeline does not import sinks, stages or the reader: anything with the right shape fits.
+
+* ``SourceFactory``: ``start -> AsyncIterator[EventBatch]`` (``GroupReader.read`` is one). Yields
+  batches strictly after ``start`` per stream and ends when the group's generation is fully
+  read; may raise retriable errors (the pipeline re-opens it from the last handed-on position).
+* ``BatchSink``: ``await write(mapping, events) -> outcome`` with ``applied``/``skipped_stale``;
+  one transaction; raises ``SinkUnavailable`` (retry all) or ``BadRows({index: reason})`` having
+  committed nothing. ``cdcd.sinks.Sink`` satisfies it.
+* ``StageFn``: ``events -> (passed, rejected)`` or an object with ``.passed``/``.rejected``
+  (``Stage.process`` returning ``StageResult``). Pure, synchronous, every input lands in exactly
+  one of the two. Rejections are written to the validation queue / staleness audit.
+* ``FlowEvents``: telemetry hook, called synchronously, must not block or raise;
+  ``cdcd.ops`` implements it (metrics + logs). ``NoFlowEvents`` is the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from cdcd.events import ChangeEvent, EventBatch, Position
+
+__all__ = [
+    "BatchSink",
+    "FlowEvents",
+    "NoFlowEvents",
+    "PipelineId",
+    "PipelineState",
+    "PipelineStatus",
+    "RejectionLike",
+    "SourceFactory",
+    "StageFn",
+    "StageOutput",
+    "WriteOutcomeLike",
+]
+
+PipelineState = Literal[
+    "starting",  # loading checkpoints
+    "running",  # reading and writing normally
+    "retrying",  # a write or state update failed and is being retried with backoff
+    "circuit-open",  # the destination's circuit breaker is open; waiting for half-open
+    "draining",  # close() called: writing what was read, then the final commit
+    "done",  # the group's generation is closed and fully applied (checkpoint marked done)
+    "closed",  # close() finished: drained and committed
+    "terminated",  # terminate() or a close() deadline: abandoned, nothing more committed
+    "failed",  # stopped by a non-retriable error (see last_error)
+]
+
+SourceFactory = Callable[[Mapping[bytes, Position]], AsyncIterator[EventBatch]]
+
+
+class WriteOutcomeLike(Protocol):
+    @property
+    def applied(self) -> int: ...
+
+    @property
+    def skipped_stale(self) -> int: ...
+
+
+class BatchSink(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def write(self, mapping: Any, events: Sequence[ChangeEvent]) -> WriteOutcomeLike: ...
+
+
+class RejectionLike(Protocol):
+    @property
+    def event(self) -> ChangeEvent: ...
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class _StageResultLike(Protocol):
+    @property
+    def passed(self) -> Sequence[ChangeEvent]: ...
+
+    @property
+    def rejected(self) -> Sequence[RejectionLike]: ...
+
+
+StageOutput = tuple[Sequence[ChangeEvent], Sequence[RejectionLike]] | _StageResultLike
+StageFn = Callable[[Sequence[ChangeEvent]], StageOutput]
+
+
+class PipelineId(msgspec.Struct, frozen=True, kw_only=True):
+    """Labels of one pipeline (bounded cardinality: destinations x tables x groups)."""
+
+    destination: str
+    table: str
+    group: str
+
+
+class PipelineStatus(msgspec.Struct, kw_only=True):
+    """Plain snapshot for ``/status``; JSON-encodable with ``msgspec.json``."""
+
+    destination: str
+    table: str
+    group: str
+    state: PipelineState
+    positions: dict[str, str]  # stream id (hex) -> cdc$time of the applied contiguous watermark
+    checkpoint: dict[str, str]  # stream id (hex) -> cdc$time last saved to the checkpoint store
+    lag_seconds: float | None  # now - oldest applied watermark time over the streams (idle-proof)
+    last_event_age_seconds: float | None  # now - write time of the newest applied event
+    events_applied: int
+    events_skipped_stale: int
+    events_rejected: int
+    events_dead_lettered: int
+    write_retries: int
+    queue_depth: int
+    in_flight: int  # events read but not yet resolved
+    last_commit_age_seconds: float | None
+    last_error: str | None
+
+
+class FlowEvents(Protocol):
+    """Telemetry of pipelines. Implementations log and count; they must not raise or block."""
+
+    def batch_written(
+        self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float
+    ) -> None: ...
+
+    def write_failed(self, pid: PipelineId, error: BaseException, attempt: int, delay: float) -> None: ...
+
+    def rejected(self, pid: PipelineId, stage: str, count: int) -> None: ...
+
+    def dead_lettered(self, pid: PipelineId, count: int) -> None: ...
+
+    def committed(self, pid: PipelineId, positions: Mapping[bytes, Position]) -> None: ...
+
+    def commit_failed(self, pid: PipelineId, error: BaseException) -> None: ...
+
+    def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None: ...
+
+
+class NoFlowEvents:
+    """Default ``FlowEvents``: does nothing."""
+
+    def batch_written(
+        self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float
+    ) -> None:
+        pass
+
+    def write_failed(self, pid: PipelineId, error: BaseException, attempt: int, delay: float) -> None:
+        pass
+
+    def rejected(self, pid: PipelineId, stage: str, count: int) -> None:
+        pass
+
+    def dead_lettered(self, pid: PipelineId, count: int) -> None:
+        pass
+
+    def committed(self, pid: PipelineId, positions: Mapping[bytes, Position]) -> None:
+        pass
+
+    def commit_failed(self, pid: PipelineId, error: BaseException) -> None:
+        pass
+
+    def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None:
+        pass
