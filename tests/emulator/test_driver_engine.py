@@ -196,4 +196,6 @@ def test_errors_surface_as_driver_exceptions(session: Any) -> None:
         session.prepare("SELECT * FROM ks.e WHERE nosuchcol = ?")
     with pytest.raises(InvalidRequest):
         session.execute("USE nosuchks")
+    with pytest.raises(InvalidRequest, match="Unsupported by the Scylla emulator: DESCRIBE"):
+        session.execute("DESCRIBE KEYSPACE ks")
     assert session.execute("SELECT count(*) FROM ks.e").one()[0] == 0
