@@ -1,0 +1,246 @@
+"""The Structs of ``cdcd.toml``: closed (unknown keys are errors), frozen, a comment per field.
+``cdcd.toml.example`` repeats every comment for operators; keep the two in step."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from cdcd.config.values import Consistency, Duration, Identifier, PosInt, Secret, SourceTable, TargetTable
+
+__all__ = [
+    "BatchConfig",
+    "BreakerConfig",
+    "ClickHouseDestination",
+    "Config",
+    "Destination",
+    "HttpConfig",
+    "HypertableConfig",
+    "InstanceConfig",
+    "LoggingConfig",
+    "PipelineConfig",
+    "PostgresDestination",
+    "RetryConfig",
+    "SourceConfig",
+    "StateConfig",
+    "TableConfig",
+    "TimescaleDestination",
+    "TlsConfig",
+    "TracingConfig",
+]
+
+
+# ---------------------------------------------------------------------------------------- sections
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every section: closed (unknown keys are errors), immutable."""
+
+    # Secret fields that must be given (directly or through ``<name>_file``).
+    required_secrets: ClassVar[tuple[str, ...]] = ()
+
+
+class TlsConfig(_Section, frozen=True, kw_only=True):
+    """TLS to a server. Off unless ``enabled``; the system trust store unless ``ca_file``."""
+
+    enabled: bool = False  # use TLS for this connection
+    ca_file: str | None = None  # PEM bundle of CAs to trust (default: the system store)
+    cert_file: str | None = None  # client certificate (PEM) for mutual TLS
+    key_file: str | None = None  # its private key (PEM)
+    verify_hostname: bool = True  # check the server name against its certificate
+
+
+class SourceConfig(_Section, frozen=True, kw_only=True):
+    """The Scylla cluster whose CDC log tables are read."""
+
+    hosts: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["127.0.0.1:9042"]
+    )  # contact points, "host" or "host:port" (one port for the whole cluster)
+    username: str | None = None  # CQL user (PasswordAuthenticator); needs a password
+    password: Secret | None = None  # "${SCYLLA_PASSWORD}"; or password_file
+    password_file: str | None = None  # file holding the password (trailing newline ignored)
+    local_dc: str | None = None  # prefer this datacenter (default: the driver's choice)
+    consistency: Consistency = "LOCAL_QUORUM"  # consistency level of CDC log reads
+    confidence_window: Duration = Duration(2.0)  # never read log rows newer than now - this
+    poll_interval: Duration = Duration(0.25)  # pause between windows once caught up
+    window: Duration = Duration(30.0)  # first read window while behind
+    max_window: Duration = Duration(900.0)  # catch-up windows double up to this
+    generation_poll: Duration = Duration(15.0)  # how often an open generation looks for its successor
+    fetch_size: PosInt = 1000  # rows per page of a log query
+    request_timeout: Duration = Duration(30.0)  # per-query timeout
+    connect_timeout: Duration = Duration(10.0)  # connection (and control connection) timeout
+    tablet_group_size: PosInt = 8  # streams per reader for tablet keyspaces
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)  # TLS to Scylla
+
+
+class StateConfig(_Section, frozen=True, kw_only=True):
+    """Redis: checkpoints, leases and the dead-letter store."""
+
+    redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
+    redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
+    key_prefix: str = "cdcd"  # every key starts with "<prefix>:"; use "{name}" in Redis Cluster
+    checkpoint_interval: Duration = Duration(10.0)  # save positions at least this often (R-41)
+    checkpoint_every: PosInt = 1000  # ...or after this many applied events, whichever is first
+    connect_timeout: Duration = Duration(5.0)  # Redis connect/command timeout
+    ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
+
+
+class HttpConfig(_Section, frozen=True, kw_only=True):
+    """The operator HTTP endpoint: /status, /healthz, /readyz, /metrics, /admin/*."""
+
+    enabled: bool = True  # serve HTTP at all
+    listen: str = "127.0.0.1:8088"  # "host:port" to bind ("0.0.0.0:8088" for all interfaces)
+    admin_token: Secret | None = None  # bearer token for /admin/* ("${CDCD_ADMIN_TOKEN}"); unset: disabled
+    admin_token_file: str | None = None  # file holding the admin token
+
+
+class BatchConfig(_Section, frozen=True, kw_only=True):
+    """When a writer batch is flushed: whichever limit is reached first."""
+
+    max_rows: PosInt = 1000  # change events per batch
+    max_bytes: PosInt = 8 * 1024 * 1024  # encoded size per batch
+    max_wait: Duration = Duration(0.5)  # a non-empty batch waits at most this long for more
+
+
+class RetryConfig(_Section, frozen=True, kw_only=True):
+    """Backoff of failed writes: exponential with full jitter (R-40)."""
+
+    initial: Duration = Duration(1.0)  # first wait (upper bound)
+    max: Duration = Duration(60.0)  # longest wait
+    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0  # growth per attempt
+    max_attempts: PosInt = 10  # attempts of a failing row before it goes to the dead-letter store
+
+
+class BreakerConfig(_Section, frozen=True, kw_only=True):
+    """Circuit breaker per destination (R-40)."""
+
+    failure_threshold: PosInt = 5  # consecutive failures that open it
+    reset_timeout: Duration = Duration(30.0)  # open -> half-open (one trial write) after this
+
+
+class PipelineConfig(_Section, frozen=True, kw_only=True):
+    """One pipeline per (destination, stream group): read -> stages -> queue -> write -> checkpoint."""
+
+    queue_size: PosInt = 16  # batches buffered between reader and writer (then the reader blocks)
+    max_in_flight: PosInt = 10_000  # events read but not yet resolved (watermark cap)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)  # default batching of all sinks
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)  # write retries
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)  # per-destination breaker
+    shutdown_timeout: Duration = Duration(30.0)  # SIGTERM: drain and checkpoint within this, then exit
+
+
+class LoggingConfig(_Section, frozen=True, kw_only=True):
+    """Logs go to stderr (journald under systemd)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"  # lowest level written
+    format: Literal["json", "console"] = "json"  # json lines (R-60) or human-readable
+
+
+class TracingConfig(_Section, frozen=True, kw_only=True):
+    """OpenTelemetry spans for read -> write (R-62)."""
+
+    enabled: bool = False  # create spans at all
+    exporter: Literal["none", "console"] = "none"  # where finished spans go
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # share of traces kept
+    service_name: str = "cdcd"  # service.name resource attribute
+
+
+class InstanceConfig(_Section, frozen=True, kw_only=True):
+    """This replica."""
+
+    replica: str = ""  # name in logs, metrics and leases (default: the host name)
+
+
+# ------------------------------------------------------------------------------------ destinations
+class _Destination(_Section, frozen=True, kw_only=True, tag_field="type"):
+    kind: ClassVar[str]
+
+    create_tables: bool = True  # create missing target tables (else they must exist)
+    batch_max_rows: PosInt | None = None  # override pipeline.batch.max_rows for this destination
+    batch_max_wait: Duration | None = None  # override pipeline.batch.max_wait for this destination
+
+    def batch(self, default: BatchConfig) -> BatchConfig:
+        """The batch policy of this destination: its overrides on top of ``pipeline.batch``."""
+        return msgspec.structs.replace(
+            default,
+            max_rows=self.batch_max_rows or default.max_rows,
+            max_wait=default.max_wait if self.batch_max_wait is None else self.batch_max_wait,
+        )
+
+
+class PostgresDestination(_Destination, frozen=True, kw_only=True, tag="postgres"):
+    """PostgreSQL: COPY into staging, then INSERT .. ON CONFLICT with a version guard (R-10)."""
+
+    kind: ClassVar[str] = "postgres"
+    required_secrets: ClassVar[tuple[str, ...]] = ("dsn",)
+
+    dsn: Secret | None = None  # "${PG_DSN}" (libpq URL; sslmode=verify-full for TLS); or dsn_file
+    dsn_file: str | None = None  # file holding the DSN
+    pool_size: PosInt = 4  # connections in the pool
+    connect_timeout: Duration = Duration(10.0)  # connect timeout
+    command_timeout: Duration = Duration(60.0)  # per-statement timeout
+
+
+class HypertableConfig(_Section, frozen=True, kw_only=True):
+    """TimescaleDB options of one table (R-12)."""
+
+    time_column: Identifier  # the hypertable's time column (a timestamp column of the table)
+    chunk_interval: Duration = Duration(7 * 86400.0)  # chunk_time_interval
+    compress_after: Duration | None = None  # add a compression policy for chunks older than this
+    retention: Duration | None = None  # drop chunks older than this
+
+
+class TimescaleDestination(PostgresDestination, frozen=True, kw_only=True, tag="timescaledb"):
+    """TimescaleDB: the PostgreSQL sink plus hypertables for the listed tables."""
+
+    kind: ClassVar[str] = "timescaledb"
+
+    hypertables: dict[SourceTable, HypertableConfig] = {}  # source "ks.table" -> hypertable options
+
+
+class ClickHouseDestination(_Destination, frozen=True, kw_only=True, tag="clickhouse"):
+    """ClickHouse over HTTP: ReplacingMergeTree tables, deduplicated retries (R-11)."""
+
+    kind: ClassVar[str] = "clickhouse"
+
+    url: str = "http://127.0.0.1:8123"  # http:// or https:// endpoint
+    username: str = "default"  # ClickHouse user
+    password: Secret | None = None  # "${CH_PASSWORD}"; or password_file
+    password_file: str | None = None  # file holding the password
+    verify_tls: bool = True  # verify the https certificate
+    ca_file: str | None = None  # CA bundle for https (default: the system store)
+    connect_timeout: Duration = Duration(10.0)  # connect timeout
+    send_receive_timeout: Duration = Duration(300.0)  # per-request timeout
+
+
+Destination = PostgresDestination | TimescaleDestination | ClickHouseDestination
+
+
+class TableConfig(_Section, frozen=True, kw_only=True):
+    """One replicated table."""
+
+    source: SourceTable  # "keyspace.table" in Scylla (CDC enabled)
+    destinations: Annotated[list[str], msgspec.Meta(min_length=1)]  # names under [destinations]
+    delete: Literal["hard", "soft", "tombstone"] = "hard"  # delete strategy (R-02)
+    target: TargetTable | None = None  # "schema.table" in the destinations (default: the source name)
+
+    @property
+    def target_schema(self) -> str:
+        return (self.target or self.source).split(".", 1)[0]
+
+    @property
+    def target_table(self) -> str:
+        return (self.target or self.source).split(".", 1)[1]
+
+
+class Config(_Section, frozen=True, kw_only=True):
+    """The whole of ``cdcd.toml``."""
+
+    source: SourceConfig = msgspec.field(default_factory=SourceConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    instance: InstanceConfig = msgspec.field(default_factory=InstanceConfig)
+    destinations: Annotated[dict[str, Destination], msgspec.Meta(min_length=1)]
+    tables: Annotated[list[TableConfig], msgspec.Meta(min_length=1)]
