@@ -34,7 +34,6 @@ from typing import Annotated, Any
 
 import msgspec
 
-from cdcd.errors import BadRows
 from cdcd.events import ChangeEvent, EventBatch, Position, timeuuid_to_micros
 from cdcd.flow.batcher import Batcher, BatchPolicy
 from cdcd.flow.clock import Clock, SystemClock, wait_first
@@ -53,8 +52,9 @@ from cdcd.flow.contracts import (
 )
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.flow.watermark import Ticket, WatermarkTracker
+from cdcd.flow.writer import SinkWriter
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
-from cdcd.state.deadletter import DeadLetter, DeadLetterStore, Kind
+from cdcd.state.deadletter import DeadLetterStore, Kind
 
 __all__ = ["Pipeline", "PipelineConfig", "default_rejection_kind"]
 
@@ -152,15 +152,20 @@ class Pipeline:
         self.rejection_kind = rejection_kind
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
         self.state: PipelineState = "starting"
-        self.last_error: str | None = None
-        self.counters = {"applied": 0, "skipped_stale": 0, "rejected": 0, "dead_lettered": 0, "retries": 0}
+        self._last_error: str | None = None
+        self.rejected = 0
         self._queue: asyncio.Queue[_Unit | object] = asyncio.Queue(maxsize=self.config.queue_size)
         self._tracker = WatermarkTracker(max_in_flight=self.config.max_in_flight)
         self._committer: Committer | None = None
         self._batcher: Batcher[_Unit] = Batcher(
             self.config.batch, clock=self.clock, rows_of=lambda u: len(u.events), bytes_of=lambda u: u.nbytes
         )
-        self._last_event_us: int | None = None
+        self._writer_policy = SinkWriter(
+            sink=sink, mapping=mapping, destination=destination, breaker=self.breaker,
+            retry=self.config.retry, write_timeout=self.config.write_timeout, clock=self.clock,
+            events=self.events, pid=self.pid, set_state=self._writer_state,
+            dead_letter=lambda entries: self._with_state_retry(lambda: self.deadletters.add(entries)),
+        )  # fmt: skip
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._source_ended = False
@@ -256,6 +261,7 @@ class Pipeline:
     def status(self) -> PipelineStatus:
         """A plain snapshot for /status."""
         now = self.clock.time()
+        stats = self._writer_policy.stats
         applied = self._tracker.committed()
         lag = None
         if applied:
@@ -271,12 +277,12 @@ class Pipeline:
             positions={s.hex(): str(p.time) for s, p in applied.items()},
             checkpoint={s.hex(): str(p.time) for s, p in saved.items()},
             lag_seconds=lag,
-            last_event_age_seconds=None if self._last_event_us is None else now - self._last_event_us / 1e6,
-            events_applied=self.counters["applied"],
-            events_skipped_stale=self.counters["skipped_stale"],
-            events_rejected=self.counters["rejected"],
-            events_dead_lettered=self.counters["dead_lettered"],
-            write_retries=self.counters["retries"],
+            last_event_age_seconds=None if stats.last_event_us is None else now - stats.last_event_us / 1e6,
+            events_applied=stats.applied,
+            events_skipped_stale=stats.skipped_stale,
+            events_rejected=self.rejected,
+            events_dead_lettered=stats.dead_lettered,
+            write_retries=stats.retries,
             queue_depth=self._queue.qsize(),
             in_flight=self._tracker.in_flight,
             last_commit_age_seconds=None if last_save is None else self.clock.monotonic() - last_save,
@@ -367,7 +373,7 @@ class Pipeline:
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
         for i in range(0, len(events), rows):
-            await self._write(events[i : i + rows])
+            await self._writer_policy.write(events[i : i + rows])
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -390,113 +396,12 @@ class Pipeline:
             for r in rejections
         ]
         await self._with_state_retry(lambda: self.deadletters.add(entries))
-        self.counters["rejected"] += len(rejections)
+        self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
             by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
-
-    async def _write(self, events: list[ChangeEvent]) -> None:
-        """Write ``events`` until every row is applied or dead-lettered."""
-        policy = self.config.retry
-        pending = events
-        attempts = [0] * len(pending)
-        first_failed: list[float | None] = [None] * len(pending)
-        failures = 0
-        while pending:
-            wait = self.breaker.wait_time()
-            if wait > 0:
-                self._set_state("circuit-open")
-                await self.clock.sleep(wait)
-                continue
-            started = self.clock.monotonic()
-            try:
-                ok, outcome = await wait_first(
-                    self.clock, self.sink.write(self.mapping, pending), self.config.write_timeout
-                )
-                if not ok or outcome is None:
-                    raise TimeoutError(f"sink {self.sink.name} write took over {self.config.write_timeout} s")
-            except BadRows as exc:
-                self.breaker.record_success()  # the destination answered; the data is at fault
-                pending, attempts, first_failed, delay = await self._bad_rows(
-                    exc, pending, attempts, first_failed
-                )
-                if delay > 0:
-                    self.counters["retries"] += 1
-                    self.events.write_failed(self.pid, exc, max(attempts), delay)
-                    self._set_state("retrying")
-                    await self.clock.sleep(delay)
-                continue
-            except asyncio.CancelledError:
-                self.breaker.abandon()
-                raise
-            except Exception as exc:
-                if not is_retriable(exc):
-                    self.breaker.abandon()
-                    raise
-                self.breaker.record_failure()
-                failures += 1
-                delay = policy.delay(failures)
-                self.counters["retries"] += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self.events.write_failed(self.pid, exc, failures, delay)
-                log.warning("sink write failed, retrying: %s: %s", self.pid, exc)
-                self._set_state("retrying")
-                await self.clock.sleep(delay)
-                continue
-            self.breaker.record_success()
-            self.counters["applied"] += outcome.applied
-            self.counters["skipped_stale"] += outcome.skipped_stale
-            self._last_event_us = max(e.write_time_us for e in pending)
-            self.events.batch_written(self.pid, pending, outcome, self.clock.monotonic() - started)
-            if self.state in ("retrying", "circuit-open"):
-                self._set_state("draining" if self._closing else "running")
-            pending = []
-
-    async def _bad_rows(
-        self,
-        exc: BadRows,
-        pending: list[ChangeEvent],
-        attempts: list[int],
-        first_failed: list[float | None],
-    ) -> tuple[list[ChangeEvent], list[int], list[float | None], float]:
-        """Count an attempt for each bad row; dead-letter rows out of attempts. Returns what is
-        left to write and how long to wait first (0: no bad row is left, retry at once)."""
-        bad = set(exc.errors)
-        if not bad or not bad <= set(range(len(pending))):
-            raise RuntimeError(
-                f"sink {self.sink.name} raised BadRows with indices {sorted(exc.errors)} "
-                f"for a batch of {len(pending)} rows"
-            )
-        now = self.clock.time()
-        self.last_error = f"BadRows: {exc}"
-        for i in bad:
-            attempts[i] += 1
-            first_failed[i] = first_failed[i] or now
-        dead = [i for i in sorted(bad) if self.config.retry.exhausted(attempts[i])]
-        if dead:
-            entries: list[DeadLetter] = [
-                DeadLetterStore.make(
-                    "dead",
-                    self.destination,
-                    pending[i],
-                    reason=exc.errors[i],
-                    stage="sending",
-                    attempts=attempts[i],
-                    first_failed_at=first_failed[i] or now,
-                    last_failed_at=now,
-                )
-                for i in dead
-            ]
-            await self._with_state_retry(lambda: self.deadletters.add(entries))
-            self.counters["dead_lettered"] += len(dead)
-            self.events.dead_lettered(self.pid, len(dead))
-            log.error("rows dead-lettered after %d attempts: %s: %d", attempts[dead[0]], self.pid, len(dead))
-        keep = [i for i in range(len(pending)) if i not in set(dead)]
-        left_bad = [attempts[i] for i in keep if i in bad]
-        delay = self.config.retry.delay(max(left_bad)) if left_bad else 0.0
-        return [pending[i] for i in keep], [attempts[i] for i in keep], [first_failed[i] for i in keep], delay
 
     # ---------------------------------------------------------------------------------- helpers
 
@@ -517,6 +422,20 @@ class Pipeline:
                 self._set_state("retrying")
                 await self.clock.sleep(self.config.retry.delay(attempt))
                 self._set_state(previous)
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error or self._writer_policy.stats.last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._last_error = value
+
+    def _writer_state(self, new: PipelineState | None) -> None:
+        if new is not None:
+            self._set_state(new)
+        elif self.state in ("retrying", "circuit-open"):
+            self._set_state("draining" if self._closing else "running")
 
     def _set_state(self, new: PipelineState) -> None:
         old, self.state = self.state, new
