@@ -1,0 +1,223 @@
+"""One function per notable happening: it logs and counts together (Vector ``internal_events``).
+
+Call these instead of touching ``cdcd.ops.metrics`` or writing ad-hoc log lines, so every
+happening has the same fields in logs and the same labels in metrics. Messages are fixed strings;
+details go in fields. Levels follow style.md rule 9: ERROR only when data is at risk or an
+operator must act, WARNING for retried trouble, INFO for lifecycle, DEBUG per batch.
+
+``FlowTelemetry`` implements ``cdcd.flow.FlowEvents`` (the pipelines' hook) with these rules.
+None of these functions raise or block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cdcd import __version__
+from cdcd.events import ChangeEvent, Op, Position
+from cdcd.flow.contracts import PipelineId, PipelineState, WriteOutcomeLike
+from cdcd.ops import metrics as m
+from cdcd.ops.logging import get_logger, scrub
+
+__all__ = [
+    "FlowTelemetry",
+    "config_loaded",
+    "dependency_checked",
+    "dlq_size",
+    "generation_switched",
+    "group_finished",
+    "group_started",
+    "operation_label",
+    "pipeline_failed",
+    "replica",
+    "set_replica",
+    "shutdown_complete",
+    "shutdown_requested",
+    "source_error",
+    "startup",
+    "undecodable_group",
+]
+
+log = get_logger("cdcd.ops")
+_replica = "unknown"
+
+_OPS = {
+    Op.INSERT: "insert",
+    Op.UPDATE: "update",
+    Op.ROW_DELETE: "delete",
+    Op.SERVICE_ROW_DELETE: "delete",
+    Op.PARTITION_DELETE: "partition_delete",
+    Op.SERVICE_PARTITION_DELETE: "partition_delete",
+    Op.RANGE_DELETE: "range_delete",
+}
+
+
+def set_replica(name: str) -> None:
+    """Name this replica in every metric (``replica`` label) and in ``cdcd_build_info``."""
+    global _replica
+    _replica = name
+    m.BUILD_INFO.info({"version": __version__, "replica": name})
+
+
+def replica() -> str:
+    return _replica
+
+
+def operation_label(op: Op) -> str:
+    """The bounded ``operation`` label of an event (see ``metrics.OPERATIONS``)."""
+    return _OPS.get(op, "other")
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    return scrub(f"{type(exc).__name__}: {exc}")[:500]
+
+
+# ---------------------------------------------------------------------------------- lifecycle
+def startup(*, config_file: str, tables: int, destinations: Sequence[str]) -> None:
+    log.info("cdcd starting", version=__version__, replica=_replica, config=config_file,
+             tables=tables, destinations=list(destinations))  # fmt: skip
+
+
+def config_loaded(*, config_file: str) -> None:
+    log.info("configuration loaded", config=config_file)
+
+
+def shutdown_requested(*, signal: str, forced: bool) -> None:
+    if forced:
+        log.warning("second signal: exiting without draining", signal=signal)
+    else:
+        log.info("shutting down: draining in-flight batches", signal=signal)
+
+
+def shutdown_complete(*, seconds: float, abandoned: int) -> None:
+    if abandoned:
+        log.warning("shutdown deadline passed; pipelines abandoned (they resume from their checkpoint)",
+                    seconds=round(seconds, 3), abandoned=abandoned)  # fmt: skip
+    else:
+        log.info("shutdown complete", seconds=round(seconds, 3))
+
+
+def dependency_checked(*, dependency: str, ok: bool, detail: str, seconds: float) -> None:
+    """A health check of Scylla, Redis or a destination (start-up, /readyz, check-config)."""
+    m.DEPENDENCY_UP.labels(dependency, _replica).set(1 if ok else 0)
+    if ok:
+        log.debug("dependency healthy", dependency=dependency, seconds=round(seconds, 3))
+    else:
+        log.warning("dependency unhealthy", dependency=dependency, error=scrub(detail))
+
+
+# ------------------------------------------------------------------------------- stream groups
+def group_started(*, table: str, destination: str, group: str, streams: int, end: int | None) -> None:
+    log.info("stream group started", table=table, destination=destination, group=group,
+             streams=streams, generation_closed=end is not None)  # fmt: skip
+
+
+def group_finished(*, table: str, destination: str, group: str, state: str) -> None:
+    log.info("stream group finished", table=table, destination=destination, group=group, state=state)
+
+
+def generation_switched(*, table: str, destination: str, old: int, new: int) -> None:
+    """Every group of generation ``old`` is applied; reading moves on to ``new``."""
+    m.GENERATION_SWITCHES.labels(table, destination, _replica).inc()
+    log.info(
+        "generation switch", table=table, destination=destination, old_generation=old, new_generation=new
+    )
+
+
+def pipeline_failed(*, table: str, destination: str, group: str, error: BaseException) -> None:
+    """A pipeline stopped on a non-retriable error: replication of that group is halted."""
+    m.ERRORS.labels(table, destination, "processing", _error_type(error), _replica).inc()
+    log.error("pipeline stopped; the group is not replicated until restart", table=table,
+              destination=destination, group=group, error=_error_text(error))  # fmt: skip
+
+
+def source_error(*, table: str, destination: str, error: BaseException) -> None:
+    m.ERRORS.labels(table, destination, "receiving", _error_type(error), _replica).inc()
+    log.warning("reading the CDC log failed; retrying", table=table, destination=destination,
+                error=_error_text(error))  # fmt: skip
+
+
+def undecodable_group(*, table: str, destination: str, reason: str) -> None:
+    """A CDC log group the decoder could not turn into events (routed, not applied)."""
+    m.ERRORS.labels(table, destination, "receiving", "UndecodableGroup", _replica).inc()
+    log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
+
+
+def dlq_size(*, destination: str, kind: str, size: int) -> None:
+    m.DLQ_SIZE.labels(destination, kind, _replica).set(size)
+
+
+# ------------------------------------------------------------------------------------ pipelines
+class FlowTelemetry:
+    """``cdcd.flow.FlowEvents``: what pipelines report, logged and counted."""
+
+    def __init__(self, clock: Any = time) -> None:
+        self.clock = clock  # .time(): epoch seconds (latency = commit time - source write time)
+
+    def batch_written(
+        self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float
+    ) -> None:
+        t, d = pid.table, pid.destination
+        m.BATCH_SECONDS.labels(t, d, _replica).observe(seconds)
+        by_op: dict[str, int] = {}
+        now = self.clock.time()
+        latency = m.REPLICATION_LATENCY.labels(t, d, _replica)
+        for ev in events:
+            op = _OPS.get(ev.op, "other")
+            by_op[op] = by_op.get(op, 0) + 1
+            latency.observe(max(0.0, now - ev.write_time_us / 1e6))
+        for op, n in by_op.items():
+            m.EVENTS_APPLIED.labels(t, d, op, _replica).inc(n)
+        if outcome.skipped_stale:
+            m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(outcome.skipped_stale)
+        log.debug("batch written", table=t, destination=d, group=pid.group, rows=len(events),
+                  applied=outcome.applied, skipped_stale=outcome.skipped_stale,
+                  seconds=round(seconds, 4))  # fmt: skip
+
+    def write_failed(self, pid: PipelineId, error: BaseException, attempt: int, delay: float) -> None:
+        m.ERRORS.labels(pid.table, pid.destination, "sending", _error_type(error), _replica).inc()
+        m.RETRIES.labels(pid.table, pid.destination, _replica).inc()
+        log.warning("destination write failed; retrying", table=pid.table, destination=pid.destination,
+                    group=pid.group, attempt=attempt, retry_in=round(delay, 3),
+                    error=_error_text(error))  # fmt: skip
+
+    def rejected(self, pid: PipelineId, stage: str, count: int) -> None:
+        m.EVENTS_SKIPPED.labels(pid.table, pid.destination, stage, _replica).inc(count)
+        log.info("events rejected by a stage", table=pid.table, destination=pid.destination,
+                 group=pid.group, stage=stage, count=count)  # fmt: skip
+
+    def dead_lettered(self, pid: PipelineId, count: int) -> None:
+        m.DEAD_LETTERS.labels(pid.table, pid.destination, _replica).inc(count)
+        log.error("events moved to the dead-letter store", table=pid.table, destination=pid.destination,
+                  group=pid.group, count=count)  # fmt: skip
+
+    def committed(self, pid: PipelineId, positions: Mapping[bytes, Position]) -> None:
+        m.CHECKPOINTS_SAVED.labels(pid.table, pid.destination, _replica).inc()
+        log.debug("checkpoint saved", table=pid.table, destination=pid.destination, group=pid.group,
+                  streams=len(positions))  # fmt: skip
+
+    def commit_failed(self, pid: PipelineId, error: BaseException) -> None:
+        m.ERRORS.labels(pid.table, pid.destination, "processing", _error_type(error), _replica).inc()
+        log.warning("checkpoint save failed; retrying", table=pid.table, destination=pid.destination,
+                    group=pid.group, error=_error_text(error))  # fmt: skip
+
+    def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None:
+        fields = {
+            "table": pid.table,
+            "destination": pid.destination,
+            "group": pid.group,
+            "old": old,
+            "new": new,
+        }
+        if new == "circuit-open":
+            log.warning("circuit breaker open: destination failing, writes paused", **fields)
+        elif new in ("failed", "terminated"):
+            log.warning("pipeline state changed", **fields)
+        else:
+            log.debug("pipeline state changed", **fields)

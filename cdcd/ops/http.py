@@ -1,0 +1,188 @@
+"""The operator HTTP endpoint (R-63), on aiohttp.
+
+* ``GET /healthz``: 200 while the process and its event loop answer.
+* ``GET /readyz``: 200 when every dependency check passes, else 503; JSON per dependency.
+* ``GET /status``: JSON from the status provider: per table, destination and stream group the
+  state, positions, lag and counters (``build_status`` folds ``cdcd.flow.PipelineStatus`` values).
+* ``GET /metrics``: Prometheus text of the given registries.
+* ``/admin/*``: operator actions; every request needs ``Authorization: Bearer <http.admin_token>``
+  (401 otherwise, and always 401 while no token is configured). ``POST /admin/<name>`` runs the
+  action registered under ``name`` (e.g. ``checkpoints/flush``); ``GET /admin/`` lists them.
+
+The server binds in ``start()``; ``port`` is the bound port (``listen = "127.0.0.1:0"`` picks one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from cdcd import __version__
+from cdcd.config import Secret
+from cdcd.ops.logging import get_logger, scrub
+
+__all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app"]
+
+log = get_logger("cdcd.ops.http")
+
+AdminAction = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of one dependency health check."""
+
+    ok: bool
+    detail: str = ""  # error text when not ok (secrets scrubbed), or a short description
+    seconds: float = 0.0
+
+
+ReadyCheck = Callable[[], Awaitable[Mapping[str, CheckResult]]]
+StatusProvider = Callable[[], Mapping[str, Any]]
+
+_json = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_json.encode(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def build_status(statuses: Iterable[Any], **top: Any) -> dict[str, Any]:
+    """Fold pipeline statuses into ``{"tables": {table: {"destinations": {dest: {...,
+    "groups": {group: status}}}}}}``, with per-destination totals (max lag, summed counters,
+    a state: the worst of its groups)."""
+    tables: dict[str, Any] = {}
+    for st in statuses:
+        raw = msgspec.to_builtins(st)
+        dest = tables.setdefault(st.table, {"destinations": {}})["destinations"].setdefault(
+            st.destination,
+            {"state": "done", "lag_seconds": None, "events_applied": 0, "queue_depth": 0, "groups": {}},
+        )
+        for k in ("destination", "table", "group"):
+            raw.pop(k, None)
+        dest["groups"][st.group] = raw
+        dest["events_applied"] += st.events_applied
+        dest["queue_depth"] += st.queue_depth
+        if st.lag_seconds is not None and st.state not in ("done", "closed", "terminated"):
+            dest["lag_seconds"] = max(dest["lag_seconds"] or 0.0, st.lag_seconds)
+        if _RANK.get(st.state, 0) > _RANK.get(dest["state"], 0):
+            dest["state"] = st.state
+    return {**top, "tables": tables}
+
+
+# Worst first wins when folding group states into a destination state.
+_RANK = {
+    "done": 0, "closed": 1, "starting": 2, "running": 3, "draining": 4, "retrying": 5,
+    "circuit-open": 6, "terminated": 7, "failed": 8,
+}  # fmt: skip
+
+
+def make_app(
+    *,
+    status: StatusProvider,
+    ready: ReadyCheck,
+    registries: Sequence[CollectorRegistry],
+    admin_token: Secret | None,
+    admin_actions: Mapping[str, AdminAction] | None = None,
+    ready_timeout: float = 10.0,
+) -> web.Application:
+    """The aiohttp application (no I/O until served)."""
+    actions = dict(admin_actions or {})
+    started = time.time()
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _response({"status": "ok", "version": __version__, "uptime_seconds": time.time() - started})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(ready_timeout):
+                results = dict(await ready())
+        except TimeoutError:
+            return _response({"ready": False, "error": f"checks took over {ready_timeout} s"}, status=503)
+        ok = all(r.ok for r in results.values())
+        body = {"ready": ok, "checks": {k: msgspec.to_builtins(v) for k, v in results.items()}}
+        return _response(body, status=200 if ok else 503)
+
+    async def status_handler(request: web.Request) -> web.Response:
+        return _response(status())
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = b"".join(generate_latest(r) for r in registries)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def admin_index(request: web.Request) -> web.Response:
+        return _response({"actions": sorted(actions)})
+
+    async def admin_action(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        action = actions.get(name)
+        if action is None:
+            return _response({"error": f"unknown admin action {name!r}", "actions": sorted(actions)}, 404)
+        log.info("admin action", action=name, remote=request.remote)
+        try:
+            result = await action()
+        except Exception as exc:
+            log.warning("admin action failed", action=name, error=scrub(f"{type(exc).__name__}: {exc}"))
+            return _response({"error": scrub(f"{type(exc).__name__}: {exc}")}, 500)
+        return _response({"action": name, "result": dict(result)})
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/admin" or request.path.startswith("/admin/"):
+            denied = _check_token(request, admin_token)
+            if denied is not None:
+                return denied
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = web.Application(middlewares=[require_token])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status_handler)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/", admin_index)
+    app.router.add_post("/admin/{name:.+}", admin_action)
+    return app
+
+
+def _check_token(request: web.Request, token: Secret | None) -> web.Response | None:
+    challenge = {"WWW-Authenticate": 'Bearer realm="cdcd admin"'}
+    if token is None or not token.get():
+        return _response({"error": "admin API disabled: set http.admin_token"}, 401, challenge)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.get().encode()):
+        log.warning("admin request refused", path=request.path, remote=request.remote)
+        return _response({"error": "missing or wrong bearer token"}, 401, challenge)
+    return None
+
+
+class HttpServer:
+    """Serves an app on ``listen`` ("host:port"). ``start()`` binds; ``aclose()`` stops."""
+
+    def __init__(self, app: web.Application, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        """Bind and serve. Raises OSError when the address is taken."""
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
+        log.info("http listening", host=self.host, port=self.port)
+
+    async def aclose(self) -> None:
+        await self._runner.cleanup()

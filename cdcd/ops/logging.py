@@ -1,0 +1,153 @@
+"""Structured logs (R-60): one JSON object per line on stderr, through structlog.
+
+Every line has ``timestamp`` (ISO 8601, UTC), ``level``, ``component`` (the logger name, e.g.
+``cdcd.flow.pipeline``), ``message`` (a fixed string, never an f-string) and the fields passed with
+it: ``table``, ``destination``, ``group``, ``correlation_id`` (bound per batch with
+``correlation()``), ``error``... Standard-library loggers (the READER's ``logging.getLogger``,
+the Scylla driver) go through the same renderer, so the output is uniform.
+
+Sensitive values are never logged (``Redactor``): row values, images and event payloads are
+dropped, secrets are masked by key name (password, token, dsn...), ``Secret`` values render as
+``***``, and passwords inside URLs in any string (``postgresql://u:pw@h`` in a driver error)
+become ``u:***@``. It runs last before rendering, on every line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from cdcd.config import Secret
+
+__all__ = ["Redactor", "configure", "correlation", "get_logger", "new_correlation_id", "scrub"]
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_SECRET_ARG = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^\s&;,]+)")
+
+
+def scrub(text: str) -> str:
+    """``text`` with URL passwords and ``password=...`` style arguments masked."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_ARG.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+class Redactor:
+    """structlog processor: drop payloads, mask secrets. Cheap: one dict pass per line."""
+
+    DROP = frozenset(
+        {"values", "row", "preimage", "postimage", "deleted_elements", "event_data", "payload"}
+    )
+    MASK = frozenset(
+        {
+            "password", "passwd", "secret", "token", "admin_token", "authorization", "dsn",
+            "redis_url", "api_key", "credentials", "cookie",
+        }
+    )  # fmt: skip
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        for key in list(event):
+            value = event[key]
+            low = key.lower()
+            if low in self.DROP:
+                del event[key]
+            elif low in self.MASK or isinstance(value, Secret):
+                event[key] = "***"
+            elif isinstance(value, str):
+                if "://" in value or "=" in value:
+                    event[key] = scrub(value)
+            elif type(value).__name__ == "ChangeEvent":
+                event[key] = _describe_event(value)
+            elif isinstance(value, BaseException):
+                event[key] = scrub(f"{type(value).__name__}: {value}")
+        return event
+
+
+def _describe_event(ev: Any) -> str:
+    return f"{ev.table} op={ev.op.name} time={ev.pos.time}"
+
+
+def _rename_logger(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    name = event.pop("logger", None)
+    if name is not None and "component" not in event:
+        event["component"] = name
+    return event
+
+
+def _scrub_exception(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    exc = event.get("exception")
+    if isinstance(exc, str):
+        event["exception"] = scrub(exc)
+    return event
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Route structlog and the standard ``logging`` module to one handler on ``stream``
+    (stderr). Safe to call again (tests, reconfiguration): it replaces cdcd's handler."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        _rename_logger,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(default=repr)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _scrub_exception,
+            Redactor(),
+            structlog.processors.EventRenamer("message"),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name("cdcd")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "cdcd"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # The driver is chatty at INFO (every connection); keep its warnings.
+    logging.getLogger("cassandra").setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(component: str) -> structlog.stdlib.BoundLogger:
+    """A logger whose lines carry ``component`` (use the module's ``__name__``)."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(component)
+    return logger
+
+
+def new_correlation_id() -> str:
+    """A short random id tying together the log lines of one batch (read -> write -> commit)."""
+    return uuid.uuid4().hex[:16]
+
+
+@contextlib.contextmanager
+def correlation(correlation_id: str | None = None, **fields: Any) -> Iterator[str]:
+    """Bind ``correlation_id`` (new if None) and ``fields`` to every log line in this context
+    (contextvars: per asyncio task)."""
+    cid = correlation_id or new_correlation_id()
+    with structlog.contextvars.bound_contextvars(correlation_id=cid, **fields):
+        yield cid

@@ -1,0 +1,213 @@
+"""Every Prometheus metric of cdcd, in one place, one comment each (arroyo ``metric_defs``).
+
+All live in ``REGISTRY``, a dedicated ``CollectorRegistry`` (not the process-global default), which
+``/metrics`` serves. Code does not touch these objects directly: ``cdcd.ops.emit`` functions log
+and count together.
+
+Labels have bounded cardinality: ``table`` (configured tables), ``destination`` (configured
+destinations), ``replica`` (one value per process), ``operation`` (the ``OPERATIONS`` below),
+``stage`` (receiving / processing / sending), ``reason`` and ``error_type`` (exception class names,
+a small set). Stream ids and groups are never labels; per-group figures are folded (max lag, summed
+queue depth) by ``PipelineCollector`` at scrape time.
+
+Gauges that age (replication lag, checkpoint age) are computed at scrape time from the pipelines'
+status snapshots, so a stalled pipeline shows a growing lag instead of a frozen one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "BATCH_SECONDS",
+    "BUILD_INFO",
+    "CHECKPOINTS_SAVED",
+    "DEAD_LETTERS",
+    "DEPENDENCY_UP",
+    "DLQ_SIZE",
+    "ERRORS",
+    "EVENTS_APPLIED",
+    "EVENTS_SKIPPED",
+    "GENERATION_SWITCHES",
+    "OPERATIONS",
+    "REGISTRY",
+    "REPLICATION_LATENCY",
+    "RETRIES",
+    "STATES",
+    "PipelineCollector",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Values of the ``operation`` label (cdcd.events.Op folded into what a destination applies).
+OPERATIONS = ("insert", "update", "delete", "partition_delete", "range_delete", "other")
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+# cdcd version and this replica's name (value 1).
+BUILD_INFO = Info("cdcd_build", "cdcd version and replica name", registry=REGISTRY)
+
+# Change events a destination applied (committed in its transaction), by operation.
+EVENTS_APPLIED = Counter(
+    "cdcd_events_applied_total",
+    "Change events applied to a destination",
+    ["table", "destination", "operation", "replica"],
+    registry=REGISTRY,
+)
+
+# Events intentionally not applied: reason = stale (older than the row), validation, staleness...
+EVENTS_SKIPPED = Counter(
+    "cdcd_events_skipped_total",
+    "Change events intentionally not applied (stale, rejected by a stage)",
+    ["table", "destination", "reason", "replica"],
+    registry=REGISTRY,
+)
+
+# Errors by stage (receiving = Scylla, processing = stages/state, sending = destination).
+ERRORS = Counter(
+    "cdcd_errors_total",
+    "Errors, retried or not",
+    ["table", "destination", "stage", "error_type", "replica"],
+    registry=REGISTRY,
+)
+
+# Failed writes that will be retried (after backoff).
+RETRIES = Counter(
+    "cdcd_write_retries_total",
+    "Destination writes retried after a failure",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+
+# Duration of one successful destination write (one transaction).
+BATCH_SECONDS = Histogram(
+    "cdcd_batch_write_seconds",
+    "Duration of a successful destination batch write",
+    ["table", "destination", "replica"],
+    buckets=_WRITE_BUCKETS,
+    registry=REGISTRY,
+)
+
+# End-to-end latency per event: destination commit time - source write time (R-61 p50/p95/p99).
+REPLICATION_LATENCY = Histogram(
+    "cdcd_replication_latency_seconds",
+    "Source write to destination commit, per event",
+    ["table", "destination", "replica"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# Rows moved to the dead-letter store after their last attempt (R-23).
+DEAD_LETTERS = Counter(
+    "cdcd_dead_letters_total",
+    "Events stored in the dead-letter store",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+
+# Entries currently in a dead-letter queue (kind = dead, validation, stale), refreshed periodically.
+DLQ_SIZE = Gauge(
+    "cdcd_dlq_size",
+    "Entries in the dead-letter store, validation queue and staleness audit",
+    ["destination", "kind", "replica"],
+    registry=REGISTRY,
+)
+
+# Checkpoints saved to Redis.
+CHECKPOINTS_SAVED = Counter(
+    "cdcd_checkpoints_saved_total",
+    "Checkpoint saves",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+
+# Stream groups finished because their generation closed, and the next generation started.
+GENERATION_SWITCHES = Counter(
+    "cdcd_generation_switches_total",
+    "Generations fully applied and followed by their successor",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+
+# 1 while a dependency (scylla, redis, destination:<name>) passed its last health check, else 0.
+DEPENDENCY_UP = Gauge(
+    "cdcd_dependency_up",
+    "Result of the last health check of a dependency",
+    ["dependency", "replica"],
+    registry=REGISTRY,
+)
+
+# Pipeline states counted by PipelineCollector (cdcd.flow.PipelineState values).
+STATES = (
+    "starting",
+    "running",
+    "retrying",
+    "circuit-open",
+    "draining",
+    "done",
+    "closed",
+    "terminated",
+    "failed",
+)
+
+
+class PipelineCollector(Collector):
+    """Scrape-time gauges from pipeline status snapshots (``cdcd.flow.PipelineStatus``).
+
+    ``snapshot`` returns the current statuses; each needs ``table``, ``destination``, ``state``,
+    ``lag_seconds``, ``queue_depth``, ``in_flight`` and ``last_commit_age_seconds``.
+    """
+
+    def __init__(self, snapshot: Callable[[], Iterable[Any]], replica: Callable[[], str]) -> None:
+        self.snapshot = snapshot
+        self.replica = replica
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # values are only known at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        replica = self.replica()
+        labels = ["table", "destination", "replica"]
+        # now - oldest applied position over the table's streams (max over its groups), R-61.
+        lag = GaugeMetricFamily("cdcd_replication_lag_seconds", "Replication lag", labels=labels)
+        # seconds since the oldest of the table's last checkpoint saves.
+        age = GaugeMetricFamily("cdcd_checkpoint_age_seconds", "Age of the last checkpoint", labels=labels)
+        # read batches waiting for the writer (summed over groups); alert when it stays high.
+        depth = GaugeMetricFamily("cdcd_queue_depth", "Batches queued for the writer", labels=labels)
+        # events read and not yet resolved (summed over groups).
+        inflight = GaugeMetricFamily("cdcd_in_flight_events", "Events read, not yet resolved", labels=labels)
+        # stream-group pipelines by state.
+        groups = GaugeMetricFamily(
+            "cdcd_pipelines", "Stream-group pipelines by state", labels=[*labels[:2], "state", "replica"]
+        )
+        folded: dict[tuple[str, str], dict[str, float]] = {}
+        counts: dict[tuple[str, str, str], int] = {}
+        for st in self.snapshot():
+            key = (st.table, st.destination)
+            f = folded.setdefault(key, {"lag": -1.0, "age": -1.0, "depth": 0.0, "inflight": 0.0})
+            if st.state not in ("done", "closed", "terminated"):
+                if st.lag_seconds is not None:
+                    f["lag"] = max(f["lag"], st.lag_seconds)
+                if st.last_commit_age_seconds is not None:
+                    f["age"] = max(f["age"], st.last_commit_age_seconds)
+            f["depth"] += st.queue_depth
+            f["inflight"] += st.in_flight
+            counts[(st.table, st.destination, st.state)] = (
+                counts.get((st.table, st.destination, st.state), 0) + 1
+            )
+        for (table, dest), f in sorted(folded.items()):
+            if f["lag"] >= 0:
+                lag.add_metric([table, dest, replica], f["lag"])
+            if f["age"] >= 0:
+                age.add_metric([table, dest, replica], f["age"])
+            depth.add_metric([table, dest, replica], f["depth"])
+            inflight.add_metric([table, dest, replica], f["inflight"])
+        for (table, dest, state), n in sorted(counts.items()):
+            groups.add_metric([table, dest, state, replica], n)
+        yield from (lag, age, depth, inflight, groups)

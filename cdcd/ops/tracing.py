@@ -1,0 +1,54 @@
+"""OpenTelemetry tracing (R-62): a tracer provider set up from ``[tracing]``.
+
+``configure(cfg)`` installs a ``TracerProvider`` (resource ``service.name``, ratio sampler) with a
+console exporter or none; ``tracer()`` returns cdcd's tracer (a no-op one while tracing is off,
+so callers never check). Spans are cheap to create only when sampled; wrap whole batches (read,
+write, commit), never single events.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from cdcd import __version__
+from cdcd.config import TracingConfig
+
+__all__ = ["configure", "shutdown", "tracer"]
+
+_provider: TracerProvider | None = None
+
+
+def configure(cfg: TracingConfig, *, replica: str = "") -> TracerProvider | None:
+    """Install the provider described by ``cfg`` (None when tracing is disabled)."""
+    global _provider
+    if not cfg.enabled:
+        return None
+    resource = Resource.create(
+        {"service.name": cfg.service_name, "service.version": __version__, "service.instance.id": replica}
+    )
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
+    if cfg.exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    _provider = provider
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    """cdcd's tracer; a no-op tracer unless ``configure`` enabled tracing."""
+    if _provider is None:
+        return trace.NoOpTracer()
+    return _provider.get_tracer("cdcd", __version__)
+
+
+def shutdown() -> None:
+    """Flush and stop the exporter (at process exit)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
