@@ -111,6 +111,10 @@ def _approx_size(event: ChangeEvent) -> int:
 _END = object()
 
 
+class _Terminated(Exception):
+    """terminate() was called while run() was still starting."""
+
+
 def _split(out: StageOutput) -> tuple[Sequence[ChangeEvent], Sequence[RejectionLike]]:
     if isinstance(out, tuple):
         return out
@@ -190,6 +194,7 @@ class Pipeline:
                 clock=self.clock, events=self.events, pid=self.pid,
             )  # fmt: skip
             if self._closing or self._terminated:
+                self._set_state("terminated" if self._terminated else "closed")
                 return
             self._set_state("running")
             async with asyncio.TaskGroup() as tg:
@@ -197,11 +202,15 @@ class Pipeline:
                 self._writer = tg.create_task(self._write_loop())
         except BaseExceptionGroup as eg:
             # Surface the first real error as itself (LeaseLost, a bug...), not as a group.
-            error = next((e for e in eg.exceptions if not isinstance(e, asyncio.CancelledError)), None)
+            quiet = asyncio.CancelledError | _Terminated
+            error = next((e for e in eg.exceptions if not isinstance(e, quiet)), None)
             self._fail(error)
             if error is None:
-                raise
+                return
             raise error from None
+        except _Terminated:
+            self._set_state("terminated")
+            return
         except asyncio.CancelledError:
             self._set_state("terminated")
             raise
@@ -415,6 +424,8 @@ class Pipeline:
             except Exception as exc:
                 if not is_retriable(exc):
                     raise
+                if self._terminated:  # terminate() before run() started its tasks
+                    raise _Terminated from exc
                 attempt += 1
                 self.last_error = f"state: {exc}"
                 log.warning("state update failed, retrying: %s: %s", self.pid, exc)

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cdcd.errors import BadRows, LeaseLost, SinkUnavailable, SourceUnavailable
 from cdcd.events import ChangeEvent, EventBatch, Op, Position
@@ -33,6 +35,7 @@ from cdcd.flow import (
 )
 from cdcd.scylla.generations import StreamGroup
 from cdcd.state import CheckpointStore, DeadLetterStore, entry_id
+from tests.conftest import free_port
 
 GEN = 1_700_000_000_000
 S1, S2 = b"\x01" * 16, b"\x02" * 16
@@ -390,3 +393,23 @@ async def test_lost_lease_stops_the_pipeline_without_saving(
         await asyncio.wait_for(pipeline.run(), 10)
     assert pipeline.state == "failed" and "LeaseLost" in (pipeline.status().last_error or "")
     assert await store.load("pg", GROUP) == {}
+
+
+async def test_terminate_while_starting_against_an_unreachable_redis(deadletters: DeadLetterStore) -> None:
+    clock = ManualClock()
+    client = aioredis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    try:
+        store = CheckpointStore(client, prefix="cdcdtest:down")
+        pipeline = make(ListSource([batch(1, ev(1))]), MemorySink(), store, deadletters, clock=clock)
+        run = asyncio.ensure_future(pipeline.run())
+        async with asyncio.timeout(10):
+            while clock.sleepers == 0:  # noqa: ASYNC110 (backing off after the failed load)
+                await asyncio.sleep(0.01)
+        assert pipeline.state == "retrying"
+        assert "Redis unavailable" in (pipeline.status().last_error or "")
+        pipeline.terminate()
+        clock.advance(60)
+        await asyncio.wait_for(run, 10)
+        assert pipeline.state == "terminated"
+    finally:
+        await client.aclose()
