@@ -112,7 +112,8 @@ class ManualClock:
         """Drive ``done`` to completion, jumping time to the next sleeper whenever it stalls.
 
         ``step`` caps each jump. Raises RuntimeError once ``limit`` seconds of clock time have
-        passed, and TimeoutError-free: the awaitable's own exception propagates.
+        passed; the awaitable's own exception propagates. When nothing sleeps on this clock the
+        awaitable is waiting on real I/O, and real time is given to it instead.
         """
         task = asyncio.ensure_future(done)
         start = self._mono

@@ -172,3 +172,12 @@ async def test_update_replaces_an_existing_entry_only(store: DeadLetterStore) ->
 async def test_unknown_kind_is_refused(store: DeadLetterStore) -> None:
     with pytest.raises(ConfigError, match="unknown dead-letter queue 'trash'"):
         await store.count("trash", "pg")  # type: ignore[arg-type]
+
+
+async def test_values_of_unknown_types_are_refused_by_name(store: DeadLetterStore) -> None:
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match="Opaque"):
+        await store.add([dead(event(1, v=Opaque()))])
+    assert await store.count("dead", "pg") == 0

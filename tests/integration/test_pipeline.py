@@ -199,6 +199,7 @@ async def test_applies_everything_once_commits_and_marks_the_generation_done(
     assert await checkpoints.is_done("pg", GROUP)
     status = pipeline.status()
     assert (status.events_applied, status.queue_depth, status.in_flight) == (3, 0, 0)
+    assert msgspec.json.decode(msgspec.json.encode(status))["state"] == "done"
     assert status.checkpoint == {S1.hex(): str(pos(S1, 5).time), S2.hex(): str(pos(S2, 5).time)}
 
     # A restarted pipeline sees the done marker and reads nothing.
