@@ -91,6 +91,8 @@ class Finisher:
         for f in msgspec.structs.fields(sec):
             value = getattr(sec, f.name)
             key = join_key(path, f.name)
+            if isinstance(value, Secret) and not value.get():
+                raise self.fail(key, "is empty (is the environment variable set to an empty string?)")
             if isinstance(value, Secret) and f.name not in changes and key not in self.from_env:
                 self.refuse_literal(key, f.name, value)
             if f.name in sec.required_secrets and getattr(sec, f.name) is None and f.name not in changes:

@@ -335,6 +335,14 @@ def test_values_from_the_environment_never_appear_in_errors() -> None:
     assert "super-secret-value" not in message and "source.window" in message
 
 
+def test_empty_secret_from_the_environment() -> None:
+    message = error(BASE, {"PG_DSN": ""})
+    assert (
+        message
+        == "cdcd.toml: destinations.pg.dsn: is empty (is the environment variable set to an empty string?)"
+    )
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError) as info:
         load("/nonexistent/cdcd.toml", env=ENV)

@@ -1,0 +1,383 @@
+"""``Daemon``: one cdcd process: startup -> main loop -> graceful shutdown (see ``cdcd.app``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import functools
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from cdcd import __version__
+from cdcd.app.deps import (
+    Dependencies,
+    SinkFactory,
+    default_sink_factory,
+    pipeline_config,
+    reader_config,
+    table_mapping,
+    timed,
+)
+from cdcd.config import Config, TableConfig, redacted
+from cdcd.errors import CdcdError, ConfigError
+from cdcd.flow import CircuitBreaker, Pipeline, SystemClock
+from cdcd.ops import emit, metrics, tracing
+from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
+from cdcd.ops.logging import get_logger, scrub
+from cdcd.schema import TableSchema
+from cdcd.scylla import GroupReader, StreamDiscovery, StreamGroup, start_floor_ms
+from cdcd.scylla.decode import UndecodableGroup
+from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
+
+__all__ = ["Daemon", "StartAt"]
+
+log = get_logger("cdcd.app")
+T = TypeVar("T")
+StartAt = Literal["now", "earliest"] | datetime.datetime | None
+
+
+class Daemon:
+    """One cdcd process. ``await serve()`` returns the exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_file: str = "",
+        start_at: StartAt = None,
+        sink_factory: SinkFactory = default_sink_factory,
+    ) -> None:
+        self.cfg = cfg
+        self.config_file = config_file
+        self.start_at = start_at
+        self.deps = Dependencies(cfg, sink_factory)
+        self.clock = SystemClock()
+        self.telemetry = emit.FlowTelemetry()
+        self.state = "starting"
+        self.started_at = time.time()
+        self.pipelines: dict[tuple[str, str, str], Pipeline] = {}
+        self.breakers = {
+            name: CircuitBreaker(
+                self.clock,
+                failure_threshold=cfg.pipeline.breaker.failure_threshold,
+                reset_timeout=cfg.pipeline.breaker.reset_timeout,
+            )
+            for name in cfg.destinations
+        }
+        self.exit_code = 0
+        self.force_exit = False
+        self.http: HttpServer | None = None
+        self.local_metrics = CollectorRegistry()
+        self.local_metrics.register(metrics.PipelineCollector(self._statuses, emit.replica))
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready_cache: tuple[float, dict[str, CheckResult]] | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def serve(self) -> int:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_signal, sig)
+        try:
+            await self.startup()
+            if not self.stopping:
+                await self.main_loop()
+        except CdcdError as exc:
+            log.error("cdcd cannot run", error=scrub(str(exc)))
+            self.exit_code = 1
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 1 if self.force_exit else self.exit_code
+
+    def handle_signal(self, sig: signal.Signals) -> None:
+        """First signal: graceful shutdown. Second: abandon at once (uvicorn ``force_exit``)."""
+        if self.stopping:
+            self.force_exit = True
+            emit.shutdown_requested(signal=sig.name, forced=True)
+            for p in self.pipelines.values():
+                p.terminate()
+            for task in self._tasks:
+                task.cancel()
+            return
+        emit.shutdown_requested(signal=sig.name, forced=False)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def startup(self) -> None:
+        cfg = self.cfg
+        emit.set_replica(cfg.instance.replica)
+        tracing.configure(cfg.tracing, replica=cfg.instance.replica)
+        emit.startup(
+            config_file=self.config_file, tables=len(cfg.tables), destinations=list(cfg.destinations)
+        )
+        log.debug("effective configuration", config=redacted(cfg))
+        if cfg.http.enabled:
+            self.http = HttpServer(self._http_app(), cfg.http.listen)
+            await self.http.start()
+        await self._until_up("redis", self.deps.connect_redis)
+        await self._until_up("scylla", self.deps.connect_scylla)
+        for name in cfg.destinations:
+            await self._until_up(f"destination:{name}", functools.partial(self.deps.connect_sink, name))
+        if self.stopping:
+            return
+        assert self.deps.redis is not None and self.deps.scylla is not None
+        self.checkpoints = CheckpointStore(self.deps.redis, prefix=cfg.state.key_prefix)
+        self.deadletters = DeadLetterStore(self.deps.redis, prefix=cfg.state.key_prefix)
+        self.discovery = StreamDiscovery(self.deps.scylla, tablet_group_size=cfg.source.tablet_group_size)
+        self.schemas: dict[str, TableSchema] = {}
+        for table in cfg.tables:
+            schema = await self._until_up(
+                f"table {table.source}", functools.partial(self.deps.table_schema, table)
+            )
+            if schema is None:
+                return
+            self.schemas[table.source] = schema
+            for dest in table.destinations:
+                mapping = table_mapping(table, cfg.destinations[dest])
+                await self._until_up(
+                    f"destination:{dest}",
+                    functools.partial(self.deps.sinks[dest].ensure_table, mapping, schema),
+                )
+        self.state = "running"
+
+    async def main_loop(self) -> None:
+        assert self._stop is not None
+        for table in self.cfg.tables:
+            for dest in table.destinations:
+                self._tasks.append(
+                    asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
+                )
+        self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                err = task.exception()
+                log.error("supervisor crashed; shutting down", task=task.get_name(), error=scrub(repr(err)))
+                self.exit_code = 1
+
+    async def shutdown(self) -> None:
+        self.state = "stopping"
+        self.request_stop()
+        started = time.monotonic()
+        budget = self.cfg.pipeline.shutdown_timeout
+        pipelines = list(self.pipelines.values())
+        if not self.force_exit and pipelines:
+            closing = asyncio.gather(*(p.close(deadline=budget) for p in pipelines), return_exceptions=True)
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(closing, budget + 5)
+        for p in pipelines:
+            if p.state not in ("closed", "done", "terminated", "failed"):
+                p.terminate()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        abandoned = sum(1 for p in pipelines if p.state == "terminated")
+        if self.http is not None:
+            await self.http.aclose()
+        await self.deps.aclose()
+        tracing.shutdown()
+        self.state = "stopped"
+        emit.shutdown_complete(seconds=time.monotonic() - started, abandoned=abandoned)
+
+    # -------------------------------------------------------------------------- supervising
+    async def _until_up(self, what: str, connect: Callable[[], Awaitable[T]]) -> T | None:
+        """``connect()`` until it succeeds or a stop is requested (None then). ConfigError and
+        other non-retriable errors propagate: they need an operator."""
+        attempt = 0
+        policy = self.cfg.pipeline.retry
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                result = await connect()
+            except (ConfigError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                attempt += 1
+                emit.dependency_checked(
+                    dependency=what, ok=False, detail=f"{type(exc).__name__}: {exc}", seconds=0
+                )
+                delay = min(policy.max, policy.initial * policy.multiplier ** min(attempt - 1, 30))
+                await self._sleep(delay)
+                continue
+            emit.dependency_checked(dependency=what, ok=True, detail="", seconds=time.monotonic() - started)
+            return result
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _start_floor(self, table: TableConfig, dest: str) -> int:
+        """Where streams without a checkpoint start (ms); see the module docstring."""
+        assert self.deps.redis is not None
+        key = f"{self.cfg.state.key_prefix}:start:{dest}:{table.source}"
+        now_ms = int(time.time() * 1000)
+        if self.start_at is not None:
+            floor = start_floor_ms(self.start_at, now_ms)
+            await self.deps.redis.set(key, str(floor))
+            return floor
+        await self.deps.redis.set(key, str(now_ms), nx=True)
+        stored = await self.deps.redis.get(key)
+        return int(stored) if stored is not None else now_ms
+
+    async def _supervise(self, table: TableConfig, dest: str) -> None:
+        """Run the groups of one (table, destination), generation after generation."""
+        floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
+        if floor is None:
+            return
+        ttl = self.schemas[table.source].cdc.ttl
+        finished: set[int] = set()
+        while not self.stopping:
+            groups = await self._until_up(
+                "scylla", lambda: self.discovery.groups(table.source, since_ms=floor, ttl_s=ttl)
+            )
+            if groups is None:
+                return
+            pending = sorted({g.generation for g in groups} - finished)
+            if not pending:
+                await self._sleep(self.cfg.source.generation_poll)
+                continue
+            generation = pending[0]
+            current = [g for g in groups if g.generation == generation]
+            results = await asyncio.gather(*(self._run_group(table, dest, g, floor) for g in current))
+            if self.stopping or not all(results):
+                return
+            finished.add(generation)
+            later = [g for g in pending[1:]]
+            nxt = later[0] if later else await self.discovery.next_generation(table.source, generation)
+            emit.generation_switched(table=table.source, destination=dest, old=generation, new=nxt or 0)
+            for g in current:  # finished groups leave /status once their successors start
+                self.pipelines.pop((dest, table.source, g.key), None)
+
+    async def _run_group(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> bool:
+        """Run one group's pipeline until it is done (True) or cdcd stops (False); restart it
+        from its checkpoint after an error, with a growing pause."""
+        failures = 0
+        emit.group_started(table=table.source, destination=dest, group=group.key,
+                           streams=len(group.streams), end=group.end)  # fmt: skip
+        while not self.stopping:
+            pipeline = self._pipeline(table, dest, group, floor)
+            self.pipelines[(dest, table.source, group.key)] = pipeline
+            try:
+                await pipeline.run()
+            except asyncio.CancelledError:
+                pipeline.terminate()
+                raise
+            except Exception as exc:
+                failures += 1
+                emit.pipeline_failed(table=table.source, destination=dest, group=group.key, error=exc)
+                await self._sleep(min(300.0, 5.0 * 2 ** min(failures - 1, 6)))
+                continue
+            emit.group_finished(table=table.source, destination=dest, group=group.key, state=pipeline.state)
+            return pipeline.state == "done"
+        return False
+
+    def _pipeline(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Pipeline:
+        assert self.deps.scylla is not None
+        dest_cfg = self.cfg.destinations[dest]
+
+        async def on_invalid(err: UndecodableGroup) -> None:
+            emit.undecodable_group(table=table.source, destination=dest, reason=err.reason)
+
+        reader = GroupReader(
+            self.deps.scylla,
+            self.discovery,
+            group,
+            config=reader_config(self.cfg),
+            start_floor_ms=floor,
+            on_invalid=on_invalid,
+        )
+        return Pipeline(
+            destination=dest,
+            group=group,
+            mapping=table_mapping(table, dest_cfg),
+            source=reader.read,
+            sink=self.deps.sinks[dest],
+            checkpoints=self.checkpoints,
+            deadletters=self.deadletters,
+            breaker=self.breakers[dest],
+            config=pipeline_config(self.cfg, dest_cfg),
+            clock=self.clock,
+            events=self.telemetry,
+        )
+
+    async def _refresh_dlq_sizes(self) -> None:
+        while not self.stopping:
+            with contextlib.suppress(Exception):
+                for dest in self.cfg.destinations:
+                    for kind in KINDS:
+                        size = await self.deadletters.count(kind, dest)
+                        emit.dlq_size(destination=dest, kind=kind, size=size)
+            await self._sleep(30.0)
+
+    # ---------------------------------------------------------------------------- http views
+    def _statuses(self) -> list[Any]:
+        return [p.status() for p in list(self.pipelines.values())]
+
+    def status(self) -> Mapping[str, Any]:
+        return build_status(
+            self._statuses(),
+            version=__version__,
+            replica=self.cfg.instance.replica,
+            state=self.state,
+            started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
+        )
+
+    async def ready(self) -> Mapping[str, CheckResult]:
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < 2.0:
+            return self._ready_cache[1]
+        checks: dict[str, CheckResult] = {
+            "daemon": CheckResult(ok=self.state == "running", detail=self.state),
+        }
+        if self.deps.redis is not None:
+            checks["redis"] = await timed(self.deps.redis.ping(), 5.0)
+        if self.deps.scylla is not None:
+            checks["scylla"] = await timed(self.deps.scylla.execute("SELECT now() FROM system.local"), 5.0)
+        for name, sink in list(self.deps.sinks.items()):
+            checks[f"destination:{name}"] = await timed(sink.healthcheck(), 5.0)
+        for dep, result in checks.items():
+            emit.dependency_checked(
+                dependency=dep, ok=result.ok, detail=result.detail, seconds=result.seconds
+            )
+        self._ready_cache = (now, checks)
+        return checks
+
+    async def flush_checkpoints(self) -> Mapping[str, Any]:
+        """Admin: save every pipeline's applied positions now."""
+        flushed = 0
+        for p in list(self.pipelines.values()):
+            commit_now = getattr(p, "commit_now", None)
+            if commit_now is not None and p.state in ("running", "retrying", "circuit-open"):
+                await commit_now()
+                flushed += 1
+        return {"pipelines": flushed}
+
+    def _http_app(self) -> Any:
+        return make_app(
+            status=self.status,
+            ready=self.ready,
+            registries=[metrics.REGISTRY, self.local_metrics],
+            admin_token=self.cfg.http.admin_token,
+            admin_actions={"checkpoints/flush": self.flush_checkpoints},
+        )

@@ -1,0 +1,243 @@
+"""What the daemon and ``cdcd check-config`` connect to, and how config becomes component settings.
+
+* ``Dependencies``: one connection attempt each to Redis, Scylla and every destination's sink.
+* ``check_dependencies``: connect once to each and report (``CheckResult`` per dependency).
+* ``reader_config`` / ``pipeline_config`` / ``table_mapping``: ``cdcd.toml`` -> the settings of
+  ``GroupReader``, ``Pipeline`` and the sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ssl
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cdcd.config import Config, Destination, TableConfig, TlsConfig
+from cdcd.errors import ConfigError
+from cdcd.flow import BatchPolicy, CommitPolicy, PipelineConfig, RetryPolicy
+from cdcd.ops import emit
+from cdcd.ops.http import CheckResult
+from cdcd.ops.logging import scrub
+from cdcd.schema import TableSchema
+from cdcd.scylla import ReaderConfig, ScyllaSession
+
+__all__ = [
+    "Dependencies",
+    "SinkFactory",
+    "check_dependencies",
+    "default_sink_factory",
+    "pipeline_config",
+    "reader_config",
+    "ssl_context",
+    "table_mapping",
+    "timed",
+]
+
+SinkFactory = Callable[[str, Destination], Any]
+
+
+# ------------------------------------------------------------------------------- dependencies
+def default_sink_factory(name: str, dest: Destination) -> Any:
+    """The sink registry of ``cdcd.sinks`` (by ``type``)."""
+    sinks = importlib.import_module("cdcd.sinks")
+    return sinks.create_sink(name, dest)
+
+
+def table_mapping(table: TableConfig, dest: Destination) -> Any:
+    """The ``cdcd.sinks.TableMapping`` of one table in one destination."""
+    sinks = importlib.import_module("cdcd.sinks")
+    return sinks.TableMapping(
+        source=str(table.source),
+        target_schema=table.target_schema,
+        target_table=table.target_table,
+        delete=table.delete,
+        create=dest.create_tables,
+    )
+
+
+def ssl_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    if not tls.enabled:
+        return None
+    ctx = ssl.create_default_context(cafile=tls.ca_file)
+    ctx.check_hostname = tls.verify_hostname
+    if tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+class Dependencies:
+    """Connections to Scylla, Redis and the destinations; each ``connect_*`` is one attempt."""
+
+    def __init__(self, cfg: Config, sink_factory: SinkFactory = default_sink_factory) -> None:
+        self.cfg = cfg
+        self.sink_factory = sink_factory
+        self.redis: aioredis.Redis | None = None
+        self.scylla: ScyllaSession | None = None
+        self.sinks: dict[str, Any] = {}
+
+    async def connect_redis(self) -> aioredis.Redis:
+        st = self.cfg.state
+        url = st.redis_url.get()
+        kwargs: dict[str, Any] = {
+            "socket_timeout": st.connect_timeout,
+            "socket_connect_timeout": st.connect_timeout,
+        }
+        if urllib.parse.urlsplit(url).scheme == "rediss" and st.ca_file:
+            kwargs["ssl_ca_certs"] = st.ca_file
+        client = aioredis.Redis.from_url(url, **kwargs)
+        try:
+            await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        self.redis = client
+        return client
+
+    async def connect_scylla(self) -> ScyllaSession:
+        src = self.cfg.source
+        self.scylla = await ScyllaSession.connect(
+            src.hosts,
+            username=src.username,
+            password=src.password.get() if src.password is not None else None,
+            ssl_context=ssl_context(src.tls),
+            consistency=src.consistency,
+            request_timeout=src.request_timeout,
+            connect_timeout=src.connect_timeout,
+            local_dc=src.local_dc,
+        )
+        return self.scylla
+
+    async def connect_sink(self, name: str) -> Any:
+        sink = self.sinks.get(name) or self.sink_factory(name, self.cfg.destinations[name])
+        self.sinks[name] = sink
+        await sink.connect()
+        await sink.healthcheck()
+        return sink
+
+    async def table_schema(self, table: TableConfig) -> TableSchema:
+        """The source table's schema; ConfigError when it is missing or has no CDC."""
+        assert self.scylla is not None
+        try:
+            schema = await self.scylla.table_schema(table.source.keyspace, table.source.name)
+        except LookupError as exc:
+            raise ConfigError(str(exc), key="tables.source") from None
+        if not schema.cdc.enabled:
+            raise ConfigError(
+                f"CDC is not enabled on {table.source}: "
+                f"ALTER TABLE {table.source} WITH cdc = {{'enabled': true}}",
+                key="tables.source",
+            )
+        return schema
+
+    async def aclose(self) -> None:
+        for sink in self.sinks.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sink.aclose(), 10)
+        if self.scylla is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.scylla.aclose(), 10)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+
+
+async def timed(what: Awaitable[Any], limit: float) -> CheckResult:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(limit):
+            result = await what
+    except TimeoutError:
+        return CheckResult(ok=False, detail=f"no answer within {limit} s", seconds=limit)
+    except Exception as exc:
+        return CheckResult(
+            ok=False, detail=scrub(f"{type(exc).__name__}: {exc}"), seconds=time.monotonic() - started
+        )
+    return CheckResult(ok=True, detail=str(result or ""), seconds=time.monotonic() - started)
+
+
+async def check_dependencies(
+    cfg: Config, *, limit: float = 15.0, sink_factory: SinkFactory = default_sink_factory
+) -> list[tuple[str, CheckResult]]:
+    """Connect once to Redis, Scylla (and read every table's schema) and each destination."""
+    deps = Dependencies(cfg, sink_factory)
+    out: list[tuple[str, CheckResult]] = []
+    try:
+
+        async def redis_info() -> str:
+            client = await deps.connect_redis()
+            policy: Any = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+            if isinstance(policy, bytes):
+                policy = policy.decode()
+            return f"PING ok; maxmemory-policy {policy} (noeviction advised)"
+
+        out.append(("redis", await timed(redis_info(), limit)))
+
+        async def scylla_info() -> str:
+            session = await deps.connect_scylla()
+            nodes = len(session.cluster.metadata.all_hosts())
+            return f"connected to {', '.join(cfg.source.hosts)} ({nodes} nodes)"
+
+        scylla = await timed(scylla_info(), limit)
+        out.append(("scylla", scylla))
+        for table in cfg.tables:
+            if not scylla.ok:
+                out.append((f"table {table.source}", CheckResult(ok=False, detail="Scylla unreachable")))
+                continue
+
+            async def table_info(t: TableConfig = table) -> str:
+                schema = await deps.table_schema(t)
+                return f"CDC enabled (ttl {schema.cdc.ttl} s, preimage {schema.cdc.preimage})"
+
+            out.append((f"table {table.source}", await timed(table_info(), limit)))
+        for name, dest in cfg.destinations.items():
+
+            async def sink_info(n: str = name) -> str:
+                await deps.connect_sink(n)
+                return "connect and healthcheck ok"
+
+            out.append((f"destination {name} ({dest.kind})", await timed(sink_info(), limit)))
+    finally:
+        await deps.aclose()
+    for dep, result in out:
+        emit.dependency_checked(dependency=dep, ok=result.ok, detail=result.detail, seconds=result.seconds)
+    return out
+
+
+def reader_config(cfg: Config) -> ReaderConfig:
+    src = cfg.source
+    return ReaderConfig(
+        confidence_window_s=src.confidence_window,
+        window_s=src.window,
+        max_window_s=src.max_window,
+        poll_interval_s=src.poll_interval,
+        generation_poll_s=src.generation_poll,
+        fetch_size=src.fetch_size,
+        consistency=src.consistency,
+        retry_initial_s=cfg.pipeline.retry.initial,
+        retry_max_s=cfg.pipeline.retry.max,
+    )
+
+
+def pipeline_config(cfg: Config, dest: Destination) -> PipelineConfig:
+    p = cfg.pipeline
+    batch = dest.batch(p.batch)
+    return PipelineConfig(
+        batch=BatchPolicy(max_rows=batch.max_rows, max_bytes=batch.max_bytes, max_wait=batch.max_wait),
+        retry=RetryPolicy(
+            initial=p.retry.initial,
+            max=p.retry.max,
+            multiplier=p.retry.multiplier,
+            max_attempts=p.retry.max_attempts,
+        ),
+        commit=CommitPolicy(every_s=cfg.state.checkpoint_interval, every_events=cfg.state.checkpoint_every),
+        queue_size=p.queue_size,
+        max_in_flight=p.max_in_flight,
+        shutdown_timeout=p.shutdown_timeout,
+    )

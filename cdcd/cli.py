@@ -1,0 +1,101 @@
+"""The ``cdcd`` command line: argument handling only; the work is in ``cdcd.app``.
+
+::
+
+    cdcd --version
+    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
+    cdcd check-config --config cdcd.toml [--offline]
+
+Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
+second signal forced it out); 2 bad arguments or a bad configuration (the message names the
+file and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Sequence
+from typing import Literal
+
+from cdcd import __version__
+
+__all__ = ["main", "parse_args", "parse_start_at"]
+
+StartAt = Literal["now", "earliest"] | datetime.datetime
+
+
+def parse_start_at(text: str) -> StartAt:
+    """``"now"``, ``"earliest"`` or an RFC 3339 time with a zone (``2026-01-31T12:00:00Z``)."""
+    if text == "now":
+        return "now"
+    if text == "earliest":
+        return "earliest"
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected "now", "earliest" or an RFC 3339 time such as 2026-01-31T12:00:00Z, got {text!r}'
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"the time {text!r} needs a zone (Z or +hh:mm)")
+    return when
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdcd", description="Replicate ScyllaDB CDC logs into PostgreSQL, ClickHouse and TimescaleDB."
+    )
+    parser.add_argument("--version", action="version", version=f"cdcd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the replication daemon")
+    run.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    run.add_argument(
+        "--start-at",
+        type=parse_start_at,
+        default=None,
+        metavar="WHEN",
+        help='where streams without a checkpoint start: "now" (default on a fresh start), "earliest" '
+        "(the oldest log entry still kept) or an RFC 3339 time; saved checkpoints always win",
+    )
+    run.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level"
+    )
+
+    check = sub.add_parser(
+        "check-config",
+        aliases=["check"],
+        help="validate the configuration, then connect to Scylla, Redis and every destination",
+    )
+    check.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    check.add_argument("--offline", action="store_true", help="only validate the file; connect to nothing")
+    check.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds per dependency check (default 15)"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cdcd import app
+    from cdcd.config import load
+    from cdcd.errors import ConfigError
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"cdcd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
+    return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
