@@ -11,11 +11,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
+import redis.exceptions
 from prometheus_client import CollectorRegistry
 
 from cdcd import __version__
 from cdcd.app.deps import (
     Dependencies,
+    MappingFactory,
     SinkFactory,
     default_sink_factory,
     pipeline_config,
@@ -25,7 +27,7 @@ from cdcd.app.deps import (
 )
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
-from cdcd.flow import CircuitBreaker, Pipeline, SystemClock
+from cdcd.flow import CircuitBreaker, Pipeline, SystemClock, is_retriable
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
@@ -37,6 +39,14 @@ from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 __all__ = ["Daemon", "StartAt"]
 
 log = get_logger("cdcd.app")
+_TRANSIENT = (OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying at start-up: a dependency that is down or slow, not a bug or bad config."""
+    return isinstance(exc, _TRANSIENT) or (is_retriable(exc) and not isinstance(exc, ConfigError))
+
+
 T = TypeVar("T")
 StartAt = Literal["now", "earliest"] | datetime.datetime | None
 
@@ -51,11 +61,13 @@ class Daemon:
         config_file: str = "",
         start_at: StartAt = None,
         sink_factory: SinkFactory = default_sink_factory,
+        mapping_factory: MappingFactory = table_mapping,
     ) -> None:
         self.cfg = cfg
         self.config_file = config_file
         self.start_at = start_at
         self.deps = Dependencies(cfg, sink_factory)
+        self.mapping_factory = mapping_factory
         self.clock = SystemClock()
         self.telemetry = emit.FlowTelemetry()
         self.state = "starting"
@@ -92,8 +104,12 @@ class Daemon:
             await self.startup()
             if not self.stopping:
                 await self.main_loop()
-        except CdcdError as exc:
-            log.error("cdcd cannot run", error=scrub(str(exc)))
+        except Exception as exc:
+            log.error(
+                "cdcd cannot run",
+                error=scrub(f"{type(exc).__name__}: {exc}"),
+                exc_info=not isinstance(exc, CdcdError),
+            )
             self.exit_code = 1
         finally:
             await self.shutdown()
@@ -148,7 +164,7 @@ class Daemon:
                 return
             self.schemas[table.source] = schema
             for dest in table.destinations:
-                mapping = table_mapping(table, cfg.destinations[dest])
+                mapping = self.mapping_factory(table, cfg.destinations[dest])
                 await self._until_up(
                     f"destination:{dest}",
                     functools.partial(self.deps.sinks[dest].ensure_table, mapping, schema),
@@ -200,17 +216,17 @@ class Daemon:
 
     # -------------------------------------------------------------------------- supervising
     async def _until_up(self, what: str, connect: Callable[[], Awaitable[T]]) -> T | None:
-        """``connect()`` until it succeeds or a stop is requested (None then). ConfigError and
-        other non-retriable errors propagate: they need an operator."""
+        """``connect()`` until it succeeds or a stop is requested (None then). Only transient
+        errors are retried; anything else (ConfigError, a bug) propagates: it needs an operator."""
         attempt = 0
         policy = self.cfg.pipeline.retry
         while not self.stopping:
             started = time.monotonic()
             try:
                 result = await connect()
-            except (ConfigError, asyncio.CancelledError):
-                raise
             except Exception as exc:
+                if not transient(exc):
+                    raise
                 attempt += 1
                 emit.dependency_checked(
                     dependency=what, ok=False, detail=f"{type(exc).__name__}: {exc}", seconds=0
@@ -310,7 +326,7 @@ class Daemon:
         return Pipeline(
             destination=dest,
             group=group,
-            mapping=table_mapping(table, dest_cfg),
+            mapping=self.mapping_factory(table, dest_cfg),
             source=reader.read,
             sink=self.deps.sinks[dest],
             checkpoints=self.checkpoints,
@@ -353,7 +369,8 @@ class Daemon:
         if self.deps.redis is not None:
             checks["redis"] = await timed(self.deps.redis.ping(), 5.0)
         if self.deps.scylla is not None:
-            checks["scylla"] = await timed(self.deps.scylla.execute("SELECT now() FROM system.local"), 5.0)
+            probe = self.deps.scylla.execute("SELECT release_version FROM system.local")
+            checks["scylla"] = await timed(probe, 5.0)
         for name, sink in list(self.deps.sinks.items()):
             checks[f"destination:{name}"] = await timed(sink.healthcheck(), 5.0)
         for dep, result in checks.items():

@@ -30,6 +30,7 @@ from cdcd.scylla import ReaderConfig, ScyllaSession
 
 __all__ = [
     "Dependencies",
+    "MappingFactory",
     "SinkFactory",
     "check_dependencies",
     "default_sink_factory",
@@ -40,7 +41,10 @@ __all__ = [
     "timed",
 ]
 
+# (destination name, its config) -> a cdcd.sinks.Sink
 SinkFactory = Callable[[str, Destination], Any]
+# (table, destination config) -> the cdcd.sinks.TableMapping handed to Sink.ensure_table / write
+MappingFactory = Callable[[TableConfig, Destination], Any]
 
 
 # ------------------------------------------------------------------------------- dependencies
@@ -54,7 +58,7 @@ def table_mapping(table: TableConfig, dest: Destination) -> Any:
     """The ``cdcd.sinks.TableMapping`` of one table in one destination."""
     sinks = importlib.import_module("cdcd.sinks")
     return sinks.TableMapping(
-        source=str(table.source),
+        source=table.source,
         target_schema=table.target_schema,
         target_table=table.target_table,
         delete=table.delete,
@@ -125,7 +129,7 @@ class Dependencies:
         """The source table's schema; ConfigError when it is missing or has no CDC."""
         assert self.scylla is not None
         try:
-            schema = await self.scylla.table_schema(table.source.keyspace, table.source.name)
+            schema = await self.scylla.table_schema(table.keyspace, table.name)
         except LookupError as exc:
             raise ConfigError(str(exc), key="tables.source") from None
         if not schema.cdc.enabled:

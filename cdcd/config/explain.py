@@ -16,7 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from cdcd.config.model import Config, Destination
-from cdcd.config.values import dec_hook, join_key, show_value, unwrap
+from cdcd.config.values import PATTERN_NAMES, dec_hook, join_key, show_value, unwrap
 from cdcd.errors import ConfigError
 
 __all__ = ["explain"]
@@ -53,6 +53,10 @@ def explain(message: str, raw: Any, from_env: set[str], file: str) -> ConfigErro
         options = _choices(tp, path)
         if options:
             return ConfigError(f"expected one of {options}, got {shown}", file=file, key=path)
+    pattern = re.match(r"Expected `str` matching regex '(.*)'$", msg)
+    regex = pattern.group(1).replace("\\\\", "\\") if pattern else ""  # msgspec doubles backslashes
+    if regex in PATTERN_NAMES:
+        return ConfigError(f"expected {PATTERN_NAMES[regex]}, got {shown}", file=file, key=path)
     t = re.match(r"Expected `(\w+)`(.*?)(?:, got `(\w+)`)?$", msg)
     if t:
         expected = _TYPE_WORDS.get(t.group(1), t.group(1)) + t.group(2).replace("`", "")

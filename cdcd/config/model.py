@@ -224,6 +224,14 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     target: TargetTable | None = None  # "schema.table" in the destinations (default: the source name)
 
     @property
+    def keyspace(self) -> str:
+        return self.source.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.source.split(".", 1)[1]
+
+    @property
     def target_schema(self) -> str:
         return (self.target or self.source).split(".", 1)[0]
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 __all__ = [
+    "PATTERN_NAMES",
     "Consistency",
     "Duration",
     "Identifier",
@@ -86,40 +87,23 @@ class Secret:
         return bool(self._value)
 
 
-class SourceTable(str):
-    """``"keyspace.table"`` of a CDC-enabled Scylla table (CQL names: letters, digits, ``_``)."""
+_SOURCE_TABLE = r"^[A-Za-z0-9_]{1,48}\.[A-Za-z0-9_]{1,48}$"
+_TARGET_TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 
-    __slots__ = ()
-    PATTERN = re.compile(r"[A-Za-z0-9_]{1,48}\.[A-Za-z0-9_]{1,48}")
+# "keyspace.table" of a CDC-enabled Scylla table (CQL names: letters, digits, _).
+SourceTable = Annotated[str, msgspec.Meta(pattern=_SOURCE_TABLE)]
+# "schema.table" in a destination: letters, digits, _, not starting with a digit, at most 63 each
+# (PostgreSQL's limit, the strictest of the three destinations).
+TargetTable = Annotated[str, msgspec.Meta(pattern=_TARGET_TABLE)]
+# One column or table name in a destination (the rule of each part of TargetTable).
+Identifier = Annotated[str, msgspec.Meta(pattern=_IDENTIFIER)]
 
-    @property
-    def keyspace(self) -> str:
-        return self.split(".", 1)[0]
-
-    @property
-    def name(self) -> str:
-        return self.split(".", 1)[1]
-
-
-class TargetTable(str):
-    """``"schema.table"`` in a destination: letters, digits, ``_``, not starting with a digit,
-    at most 63 characters each (PostgreSQL's limit, the strictest of the three)."""
-
-    __slots__ = ()
-    PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-class Identifier(str):
-    """One column or table name in a destination (same rule as each part of ``TargetTable``)."""
-
-    __slots__ = ()
-    PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-_NAMES: dict[type, tuple[re.Pattern[str], str]] = {
-    SourceTable: (SourceTable.PATTERN, '"keyspace.table" (letters, digits, _; at most 48 each)'),
-    TargetTable: (TargetTable.PATTERN, '"schema.table" (letters, digits, _; not starting with a digit)'),
-    Identifier: (Identifier.PATTERN, "an identifier (letters, digits, _; not starting with a digit)"),
+# What each pattern means, for error messages (msgspec only says "matching regex ...").
+PATTERN_NAMES = {
+    _SOURCE_TABLE: '"keyspace.table" (letters, digits, _; at most 48 each)',
+    _TARGET_TABLE: '"schema.table" (letters, digits, _; not starting with a digit)',
+    _IDENTIFIER: "an identifier (letters, digits, _; not starting with a digit)",
 }
 
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -137,11 +121,6 @@ def dec_hook(tp: Any, obj: Any) -> Any:
         if isinstance(obj, str):
             return Secret(obj)
         raise TypeError("expected a string")
-    if tp in _NAMES:
-        pattern, what = _NAMES[tp]
-        if isinstance(obj, str) and pattern.fullmatch(obj):
-            return tp(obj)
-        raise ValueError(f"expected {what}, got {show_value(obj)}")
     raise NotImplementedError(f"no decoder for {tp!r}")
 
 

@@ -42,9 +42,7 @@ def scrub(text: str) -> str:
 class Redactor:
     """structlog processor: drop payloads, mask secrets. Cheap: one dict pass per line."""
 
-    DROP = frozenset(
-        {"values", "row", "preimage", "postimage", "deleted_elements", "event_data", "payload"}
-    )
+    DROP = frozenset({"values", "row", "preimage", "postimage", "deleted_elements", "event_data", "payload"})
     MASK = frozenset(
         {
             "password", "passwd", "secret", "token", "admin_token", "authorization", "dsn",
