@@ -327,7 +327,7 @@ class Daemon:
             destination=dest,
             group=group,
             mapping=self.mapping_factory(table, dest_cfg),
-            source=reader.read,
+            source=tracing.traced_source(reader.read, table=table.source, destination=dest, group=group.key),
             sink=self.deps.sinks[dest],
             checkpoints=self.checkpoints,
             deadletters=self.deadletters,

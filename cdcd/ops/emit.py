@@ -19,6 +19,7 @@ from cdcd import __version__
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
+from cdcd.ops import tracing
 from cdcd.ops.logging import get_logger, scrub
 
 __all__ = [
@@ -176,6 +177,10 @@ class FlowTelemetry:
             m.EVENTS_APPLIED.labels(t, d, op, _replica).inc(n)
         if outcome.skipped_stale:
             m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(outcome.skipped_stale)
+        end = time.time_ns()
+        tracing.record_span("cdcd.write", end - int(seconds * 1e9), end,
+                            {"table": t, "destination": d, "group": pid.group, "rows": len(events),
+                             "applied": outcome.applied})  # fmt: skip
         log.debug("batch written", table=t, destination=d, group=pid.group, rows=len(events),
                   applied=outcome.applied, skipped_stale=outcome.skipped_stale,
                   seconds=round(seconds, 4))  # fmt: skip

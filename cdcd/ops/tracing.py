@@ -8,7 +8,11 @@ write, commit), never single events.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -19,7 +23,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from cdcd import __version__
 from cdcd.config import TracingConfig
 
-__all__ = ["configure", "shutdown", "tracer"]
+__all__ = ["configure", "record_span", "shutdown", "traced_source", "tracer"]
 
 _provider: TracerProvider | None = None
 
@@ -52,3 +56,42 @@ def shutdown() -> None:
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+
+
+def record_span(name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any]) -> None:
+    """A finished span for work that was timed elsewhere (nothing happens while tracing is off)."""
+    if _provider is None:
+        return
+    span = tracer().start_span(name, start_time=start_ns, attributes=dict(attributes))
+    span.end(end_time=end_ns)
+
+
+def traced_source(
+    read: Callable[[Any], AsyncIterator[Any]], **attributes: Any
+) -> Callable[[Any], AsyncIterator[Any]]:
+    """Wrap a ``SourceFactory``: one ``cdcd.read`` span per non-empty batch (time spent waiting
+    for it, events in it). Closing the wrapper closes the wrapped iterator."""
+    if _provider is None:
+        return read
+
+    async def source(start: Any) -> AsyncIterator[Any]:
+        it = read(start)
+        try:
+            while True:
+                began = time.time_ns()
+                try:
+                    batch = await anext(it)
+                except StopAsyncIteration:
+                    return
+                if batch.events:
+                    record_span(
+                        "cdcd.read", began, time.time_ns(), {**attributes, "events": len(batch.events)}
+                    )
+                yield batch
+        finally:
+            close = getattr(it, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    return source

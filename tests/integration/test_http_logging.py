@@ -111,3 +111,54 @@ def test_emit_logs_with_fixed_messages(lines: io.StringIO) -> None:
 )
 def test_scrub(text: str, expected: str) -> None:
     assert scrub(text) == expected
+
+
+def test_spans_for_reads_and_writes() -> None:
+    """With tracing on, a write records a ``cdcd.write`` span and a wrapped source ``cdcd.read``."""
+    import asyncio
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cdcd.config import TracingConfig
+    from cdcd.events import EventBatch
+    from cdcd.ops import tracing
+
+    provider = tracing.configure(TracingConfig(enabled=True, exporter="none"), replica="r1")
+    assert provider is not None
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        pid = PipelineId(destination="pg", table="shop.orders", group="5:1")
+        event = ChangeEvent(
+            table="shop.orders",
+            pos=Position(generation=1, stream_id=b"\1" * 16, time=uuid.uuid1()),
+            batch_seq=0,
+            op=Op.INSERT,
+            write_time_us=1,
+            key={"id": 7},
+        )
+
+        class Outcome:
+            applied = 1
+            skipped_stale = 0
+
+        emit.FlowTelemetry().batch_written(pid, [event], Outcome(), 0.02)
+
+        async def read(start: object):  # type: ignore[no-untyped-def]
+            yield EventBatch(events=[event], upto={})
+            yield EventBatch(events=[], upto={})
+
+        async def drain() -> int:
+            return len([b async for b in tracing.traced_source(read, table="shop.orders")({})])
+
+        assert asyncio.run(drain()) == 2
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        assert set(spans) == {"cdcd.write", "cdcd.read"}
+        assert spans["cdcd.write"].attributes is not None
+        assert spans["cdcd.write"].attributes["rows"] == 1
+        assert spans["cdcd.read"].attributes is not None
+        assert spans["cdcd.read"].attributes["events"] == 1
+        assert spans["cdcd.write"].resource.attributes["service.instance.id"] == "r1"
+    finally:
+        tracing.shutdown()
