@@ -275,15 +275,28 @@ class Daemon:
                 continue
             generation = pending[0]
             current = [g for g in groups if g.generation == generation]
+            if await self._all_done(dest, current):  # applied before this start: skip quietly
+                finished.add(generation)
+                continue
             results = await asyncio.gather(*(self._run_group(table, dest, g, floor) for g in current))
             if self.stopping or not all(results):
                 return
             finished.add(generation)
-            later = [g for g in pending[1:]]
-            nxt = later[0] if later else await self.discovery.next_generation(table.source, generation)
+            nxt = (
+                pending[1]
+                if len(pending) > 1
+                else await self.discovery.next_generation(table.source, generation)
+            )
             emit.generation_switched(table=table.source, destination=dest, old=generation, new=nxt or 0)
             for g in current:  # finished groups leave /status once their successors start
                 self.pipelines.pop((dest, table.source, g.key), None)
+
+    async def _all_done(self, dest: str, groups: list[StreamGroup]) -> bool:
+        for g in groups:
+            done = await self._until_up("redis", functools.partial(self.checkpoints.is_done, dest, g))
+            if not done:
+                return False
+        return True
 
     async def _run_group(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> bool:
         """Run one group's pipeline until it is done (True) or cdcd stops (False); restart it

@@ -262,6 +262,18 @@ async def test_generation_switch_moves_to_the_next_generation(
             text = await r.text()
         labels = 'destination="mem",replica="test-replica",table="ks.t"'
         assert f"cdcd_generation_switches_total{{{labels}}} {before + 1}" in text
+    # A restart skips the finished generation quietly and keeps replicating the new one.
+    async with Running(make_config(emulator, redis_url, redis_prefix, free_port()), sink) as run:
+        assert {k[2].split(":")[0] for k in run.daemon.pipelines} != first
+        await scylla.execute("INSERT INTO ks.t (pk, v) VALUES (3, 'later')")
+
+        async def three() -> bool:
+            return sink.rows.get(3) == "later"
+
+        await until(three)
+    labels_dict = {"destination": "mem", "replica": "test-replica", "table": "ks.t"}
+    assert metrics.REGISTRY.get_sample_value("cdcd_generation_switches_total", labels_dict) == before + 1
+    assert sorted(sink.applied) == [1, 2, 3]
 
 
 async def test_admin_flush_needs_the_token(
