@@ -169,6 +169,7 @@ class Daemon:
                     f"destination:{dest}",
                     functools.partial(self.deps.sinks[dest].ensure_table, mapping, schema),
                 )
+            emit.table_ready(table=table.source, ttl=schema.cdc.ttl, destinations=table.destinations)
         self.state = "running"
 
     async def main_loop(self) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "shutdown_requested",
     "source_error",
     "startup",
+    "table_ready",
     "undecodable_group",
 ]
 
@@ -111,6 +112,12 @@ def dependency_checked(*, dependency: str, ok: bool, detail: str, seconds: float
         log.debug("dependency healthy", dependency=dependency, seconds=round(seconds, 3))
     else:
         log.warning("dependency unhealthy", dependency=dependency, error=scrub(detail))
+
+
+def table_ready(*, table: str, ttl: int, destinations: Sequence[str]) -> None:
+    """A source table's schema was read and its target tables ensured."""
+    m.CDC_TTL.labels(table, _replica).set(ttl)
+    log.info("table ready", table=table, cdc_ttl=ttl, destinations=list(destinations))
 
 
 # ------------------------------------------------------------------------------- stream groups

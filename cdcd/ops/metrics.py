@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "BATCH_SECONDS",
     "BUILD_INFO",
+    "CDC_TTL",
     "CHECKPOINTS_SAVED",
     "DEAD_LETTERS",
     "DEPENDENCY_UP",
@@ -132,6 +133,14 @@ GENERATION_SWITCHES = Counter(
     "cdcd_generation_switches_total",
     "Generations fully applied and followed by their successor",
     ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+
+# The CDC log TTL of a source table: alert when replication lag approaches it.
+CDC_TTL = Gauge(
+    "cdcd_cdc_log_ttl_seconds",
+    "CDC log time-to-live of the source table (rows older than this are gone)",
+    ["table", "replica"],
     registry=REGISTRY,
 )
 

@@ -208,6 +208,7 @@ async def test_daemon_replicates_reports_and_resumes(
         async with aiohttp.ClientSession() as http, http.get(run.url + "/metrics") as r:
             text = await r.text()
         assert 'cdcd_replication_lag_seconds{destination="mem",replica="test-replica",table="ks.t"}' in text
+        assert 'cdcd_cdc_log_ttl_seconds{replica="test-replica",table="ks.t"} 86400.0' in text
         assert 'operation="insert"' in text
         assert 'operation="partition_delete"' in text  # DELETE by partition key of a table without clustering
         assert await run.stop() == 0
