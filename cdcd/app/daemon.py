@@ -388,6 +388,8 @@ class Daemon:
         for name, sink in list(self.deps.sinks.items()):
             checks[f"destination:{name}"] = await timed(sink.healthcheck(), 5.0)
         for dep, result in checks.items():
+            if dep == "daemon":
+                continue
             emit.dependency_checked(
                 dependency=dep, ok=result.ok, detail=result.detail, seconds=result.seconds
             )

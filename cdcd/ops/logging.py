@@ -86,6 +86,16 @@ def _scrub_exception(logger: WrappedLogger, method: str, event: EventDict) -> Ev
     return event
 
 
+_FIRST = ("timestamp", "level", "component", "message")
+
+
+def _order(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """timestamp, level, component and message first: easier to read, same JSON."""
+    ordered = {k: event[k] for k in _FIRST if k in event}
+    ordered.update((k, v) for k, v in event.items() if k not in ordered)
+    return ordered
+
+
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Route structlog and the standard ``logging`` module to one handler on ``stream``
     (stderr). Safe to call again (tests, reconfiguration): it replaces cdcd's handler."""
@@ -110,6 +120,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             _scrub_exception,
             Redactor(),
             structlog.processors.EventRenamer("message"),
+            _order,
             renderer,
         ],
     )
