@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import ssl
 import time
 import urllib.parse
@@ -27,6 +26,7 @@ from cdcd.ops.http import CheckResult
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.scylla import ReaderConfig, ScyllaSession
+from cdcd.sinks import Sink, TableMapping, create_sink
 
 __all__ = [
     "Dependencies",
@@ -42,22 +42,20 @@ __all__ = [
 ]
 
 # (destination name, its config) -> a cdcd.sinks.Sink
-SinkFactory = Callable[[str, Destination], Any]
+SinkFactory = Callable[[str, Destination], Sink]
 # (table, destination config) -> the cdcd.sinks.TableMapping handed to Sink.ensure_table / write
-MappingFactory = Callable[[TableConfig, Destination], Any]
+MappingFactory = Callable[[TableConfig, Destination], TableMapping]
 
 
 # ------------------------------------------------------------------------------- dependencies
-def default_sink_factory(name: str, dest: Destination) -> Any:
-    """The sink registry of ``cdcd.sinks`` (by ``type``)."""
-    sinks = importlib.import_module("cdcd.sinks")
-    return sinks.create_sink(name, dest)
+def default_sink_factory(name: str, dest: Destination) -> Sink:
+    """The sink registry of ``cdcd.sinks`` (the class is chosen by ``type``)."""
+    return create_sink(name, dest)
 
 
-def table_mapping(table: TableConfig, dest: Destination) -> Any:
-    """The ``cdcd.sinks.TableMapping`` of one table in one destination."""
-    sinks = importlib.import_module("cdcd.sinks")
-    return sinks.TableMapping(
+def table_mapping(table: TableConfig, dest: Destination) -> TableMapping:
+    """The ``TableMapping`` of one table in one destination."""
+    return TableMapping(
         source=table.source,
         target_schema=table.target_schema,
         target_table=table.target_table,
@@ -84,7 +82,7 @@ class Dependencies:
         self.sink_factory = sink_factory
         self.redis: aioredis.Redis | None = None
         self.scylla: ScyllaSession | None = None
-        self.sinks: dict[str, Any] = {}
+        self.sinks: dict[str, Sink] = {}
 
     async def connect_redis(self) -> aioredis.Redis:
         st = self.cfg.state
@@ -118,7 +116,7 @@ class Dependencies:
         )
         return self.scylla
 
-    async def connect_sink(self, name: str) -> Any:
+    async def connect_sink(self, name: str) -> Sink:
         sink = self.sinks.get(name) or self.sink_factory(name, self.cfg.destinations[name])
         self.sinks[name] = sink
         await sink.connect()
