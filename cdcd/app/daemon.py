@@ -397,14 +397,19 @@ class Daemon:
         return checks
 
     async def flush_checkpoints(self) -> Mapping[str, Any]:
-        """Admin: save every pipeline's applied positions now."""
-        flushed = 0
+        """Admin: save every running pipeline's applied positions now. Needs
+        ``Pipeline.commit_now()``; pipelines without it are counted as ``unsupported``."""
+        flushed = unsupported = 0
         for p in list(self.pipelines.values()):
+            if p.state not in ("running", "retrying", "circuit-open"):
+                continue
             commit_now = getattr(p, "commit_now", None)
-            if commit_now is not None and p.state in ("running", "retrying", "circuit-open"):
-                await commit_now()
-                flushed += 1
-        return {"pipelines": flushed}
+            if commit_now is None:
+                unsupported += 1
+                continue
+            await commit_now()
+            flushed += 1
+        return {"pipelines": flushed, "unsupported": unsupported}
 
     def _http_app(self) -> Any:
         return make_app(
