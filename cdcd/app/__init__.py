@@ -2,9 +2,10 @@
 
 ``run()`` (``cdcd run``) installs uvloop and serves a ``Daemon``:
 
-* startup: Redis, Scylla and every destination are connected with retries (backoff from
+* startup: the HTTP endpoint starts first (``/healthz`` answers, ``/readyz`` says 503 until
+  running); then Redis, Scylla and every destination are connected with retries (backoff from
   ``[pipeline.retry]``; a dependency that is down is waited for, R-42); each table's schema is read
-  and its target tables ensured; then the HTTP endpoint starts.
+  and its target tables ensured.
 * main loop: one supervisor per (table, destination) runs a ``Pipeline`` for every stream group of
   the oldest unfinished generation. When all groups of a generation are done (closed and fully
   applied) it moves on to the next one (generation switch). A pipeline that stops on an error is
