@@ -34,6 +34,7 @@ from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
 from cdcd.scylla import GroupReader, StreamDiscovery, StreamGroup, start_floor_ms
 from cdcd.scylla.decode import UndecodableGroup
+from cdcd.sinks import Sink
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
 __all__ = ["Daemon", "StartAt"]
@@ -88,6 +89,8 @@ class Daemon:
         self.local_metrics.register(metrics.PipelineCollector(self._statuses, emit.replica))
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sink_tasks: dict[str, asyncio.Task[Sink | None]] = {}
+        self._active: set[tuple[str, str]] = set()  # (table, destination) replicating
         self._ready_cache: tuple[float, dict[str, CheckResult]] | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -145,10 +148,10 @@ class Daemon:
         if cfg.http.enabled:
             self.http = HttpServer(self._http_app(), cfg.http.listen)
             await self.http.start()
+        # Destinations are connected by their own supervisors (_sink): one that is down must not
+        # hold back the others (R-13). Redis and Scylla are needed by all.
         await self._until_up("redis", self.deps.connect_redis)
         await self._until_up("scylla", self.deps.connect_scylla)
-        for name in cfg.destinations:
-            await self._until_up(f"destination:{name}", functools.partial(self.deps.connect_sink, name))
         if self.stopping:
             return
         assert self.deps.redis is not None and self.deps.scylla is not None
@@ -163,13 +166,6 @@ class Daemon:
             if schema is None:
                 return
             self.schemas[table.source] = schema
-            for dest in table.destinations:
-                mapping = self.mapping_factory(table, cfg.destinations[dest])
-                await self._until_up(
-                    f"destination:{dest}",
-                    functools.partial(self.deps.sinks[dest].ensure_table, mapping, schema),
-                )
-            emit.table_ready(table=table.source, ttl=schema.cdc.ttl, destinations=table.destinations)
         self.state = "running"
 
     async def main_loop(self) -> None:
@@ -204,9 +200,9 @@ class Daemon:
         for p in pipelines:
             if p.state not in ("closed", "done", "terminated", "failed"):
                 p.terminate()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._sink_tasks.values()]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._sink_tasks.values(), return_exceptions=True)
         abandoned = sum(1 for p in pipelines if p.state == "terminated")
         if self.http is not None:
             await self.http.aclose()
@@ -257,12 +253,30 @@ class Daemon:
         stored = await self.deps.redis.get(key)
         return int(stored) if stored is not None else now_ms
 
+    async def _sink(self, dest: str) -> Sink | None:
+        """The destination's sink, connected (None if cdcd stops first). One connection attempt
+        loop per destination, shared by its supervisors."""
+        task = self._sink_tasks.get(dest)
+        if task is None:
+            connect = functools.partial(self.deps.connect_sink, dest)
+            task = asyncio.create_task(self._until_up(f"destination:{dest}", connect), name=f"connect:{dest}")
+            self._sink_tasks[dest] = task
+        return await asyncio.shield(task)
+
     async def _supervise(self, table: TableConfig, dest: str) -> None:
         """Run the groups of one (table, destination), generation after generation."""
-        floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
-        if floor is None:
+        schema = self.schemas[table.source]
+        sink = await self._sink(dest)
+        if sink is None:
             return
-        ttl = self.schemas[table.source].cdc.ttl
+        mapping = self.mapping_factory(table, self.cfg.destinations[dest])
+        await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, schema))
+        floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
+        if floor is None or self.stopping:
+            return
+        emit.table_ready(table=table.source, destination=dest, ttl=schema.cdc.ttl)
+        self._active.add((table.source, dest))
+        ttl = schema.cdc.ttl
         finished: set[int] = set()
         while not self.stopping:
             groups = await self._until_up(
@@ -374,11 +388,18 @@ class Daemon:
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:
+        """/readyz: Redis, Scylla and every destination answer, and every (table, destination)
+        is replicating (its start position is fixed: writes from now on will be applied)."""
         now = time.monotonic()
         if self._ready_cache is not None and now - self._ready_cache[0] < 2.0:
             return self._ready_cache[1]
+        pairs = sum(len(t.destinations) for t in self.cfg.tables)
+        active = len(self._active)
         checks: dict[str, CheckResult] = {
-            "daemon": CheckResult(ok=self.state == "running", detail=self.state),
+            "daemon": CheckResult(
+                ok=self.state == "running" and active == pairs,
+                detail=f"{self.state}; replicating {active} of {pairs} table destinations",
+            ),
         }
         if self.deps.redis is not None:
             checks["redis"] = await timed(self.deps.redis.ping(), 5.0)

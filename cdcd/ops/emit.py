@@ -114,10 +114,10 @@ def dependency_checked(*, dependency: str, ok: bool, detail: str, seconds: float
         log.warning("dependency unhealthy", dependency=dependency, error=scrub(detail))
 
 
-def table_ready(*, table: str, ttl: int, destinations: Sequence[str]) -> None:
-    """A source table's schema was read and its target tables ensured."""
+def table_ready(*, table: str, destination: str, ttl: int) -> None:
+    """A source table's target is ensured in a destination; replication starts."""
     m.CDC_TTL.labels(table, _replica).set(ttl)
-    log.info("table ready", table=table, cdc_ttl=ttl, destinations=list(destinations))
+    log.info("table ready", table=table, destination=destination, cdc_ttl=ttl)
 
 
 # ------------------------------------------------------------------------------- stream groups

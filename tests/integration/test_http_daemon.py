@@ -75,7 +75,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_config(emulator: Any, redis_url: str, redis_prefix: str, port: int) -> Config:
+def make_config(emulator: Any, redis_url: str, redis_prefix: str, port: int, extra: str = "") -> Config:
     return loads(
         f"""
 [instance]
@@ -111,7 +111,8 @@ source = "ks.t"
 destinations = ["mem"]
 delete = "hard"
 target = "analytics.t"
-""",
+"""
+        + extra,
         env={"ADMIN": "tok"},
     )
 
@@ -136,13 +137,14 @@ async def scylla(emulator: Any) -> AsyncIterator[ScyllaSession]:
 
 
 class Running:
-    def __init__(self, cfg: Config, sink: MemorySink) -> None:
+    def __init__(self, cfg: Config, sink: MemorySink, others: dict[str, MemorySink] | None = None) -> None:
         self.cfg = cfg
         self.sink = sink
+        sinks = {"mem": sink, **(others or {})}
         self.daemon = Daemon(
             cfg,
             config_file="test.toml",
-            sink_factory=lambda name, dest: sink,
+            sink_factory=lambda name, dest: sinks[name],
             mapping_factory=self.mapping,
         )
         self.task: asyncio.Task[int] | None = None
@@ -339,3 +341,36 @@ async def test_second_signal_forces_exit_1(
         assert run.task is not None
         assert await asyncio.wait_for(run.task, 30) == 1
     assert "terminated" in {p.state for p in run.daemon.pipelines.values()}
+
+
+class DownSink(MemorySink):
+    """A destination that cannot be reached."""
+
+    async def connect(self) -> None:
+        raise ConnectionError("connection refused")
+
+
+async def test_a_destination_that_is_down_does_not_hold_back_the_others(
+    emulator: Any, scylla: ScyllaSession, redis_url: str, redis_prefix: str
+) -> None:
+    extra = (
+        '[destinations.down]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
+        '[[tables]]\nsource = "ks.t"\ndestinations = ["down"]\n'
+    )
+    extra = extra.replace('source = "ks.t"', 'source = "ks.u"')
+    await scylla.execute("CREATE TABLE ks.u (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true}")
+    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
+    sink, down = MemorySink("mem"), DownSink("down")
+    async with Running(cfg, sink, {"down": down}) as run:
+        await scylla.execute("INSERT INTO ks.t (pk, v) VALUES (1, 'one')")
+        await scylla.execute("INSERT INTO ks.u (pk, v) VALUES (1, 'lost?')")
+
+        async def applied() -> bool:
+            return sink.rows == {1: "one"}
+
+        await until(applied)
+        status, ready = await get_json("/readyz", run.url)
+        assert status == 503
+        assert ready["checks"]["destination:down"]["ok"] is False
+        assert ready["checks"]["destination:mem"]["ok"] is True
+        assert down.rows == {}
