@@ -126,15 +126,16 @@ class Dependencies:
     async def table_schema(self, table: TableConfig) -> TableSchema:
         """The source table's schema; ConfigError when it is missing or has no CDC."""
         assert self.scylla is not None
+        key = f"tables[{self.cfg.tables.index(table)}].source"
         try:
             schema = await self.scylla.table_schema(table.keyspace, table.name)
         except LookupError as exc:
-            raise ConfigError(str(exc), key="tables.source") from None
+            raise ConfigError(str(exc), key=key) from None
         if not schema.cdc.enabled:
             raise ConfigError(
                 f"CDC is not enabled on {table.source}: "
                 f"ALTER TABLE {table.source} WITH cdc = {{'enabled': true}}",
-                key="tables.source",
+                key=key,
             )
         return schema
 

@@ -123,3 +123,49 @@ def test_run_arguments() -> None:
         "debug",
     )
     assert parse_args(["run", "-c", "x.toml"]).start_at is None
+
+
+def test_check_config_against_live_servers(
+    tmp_path: Path, emulator: object, redis_url: str, pg_dsn: str
+) -> None:
+    """Everything reachable: each table's CDC setting is checked, the PostgreSQL sink connects."""
+    import asyncio
+
+    from cdcd.scylla import ScyllaSession
+
+    async def schema() -> None:
+        host, port = emulator.host, emulator.port  # type: ignore[attr-defined]
+        session = await ScyllaSession.connect([f"{host}:{port}"], request_timeout=10.0)
+        try:
+            await session.execute(
+                "CREATE KEYSPACE ks WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+            )
+            await session.execute(
+                "CREATE TABLE ks.good (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true}"
+            )
+            await session.execute("CREATE TABLE ks.plain (pk int PRIMARY KEY, v text)")
+        finally:
+            await session.aclose()
+
+    asyncio.run(schema())
+    cfg = tmp_path / "cdcd.toml"
+    cfg.write_text(
+        f'[source]\nhosts = ["{emulator.host}:{emulator.port}"]\n'  # type: ignore[attr-defined]
+        f'[state]\nredis_url = "{redis_url}"\n'
+        '[destinations.pg]\ntype = "postgres"\ndsn = "${TEST_PG_DSN}"\n'
+        '[[tables]]\nsource = "ks.good"\ndestinations = ["pg"]\n'
+        '[[tables]]\nsource = "ks.plain"\ndestinations = ["pg"]\n'
+    )
+    out = cdcd("check-config", "--config", str(cfg), env={"TEST_PG_DSN": pg_dsn})
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("ok   scylla ") for line in lines), out.stdout
+    assert any(
+        line.startswith("ok   table ks.good ") and "CDC enabled (ttl 86400 s" in line for line in lines
+    )
+    assert any(
+        line.startswith("FAIL table ks.plain ") and "tables[1].source: CDC is not enabled on ks.plain" in line
+        for line in lines
+    ), out.stdout
+    assert any(line.startswith("ok   destination pg (postgres) ") for line in lines), out.stdout
+    assert "1 of 5 checks failed" in out.stderr
