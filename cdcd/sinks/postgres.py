@@ -153,8 +153,9 @@ class PostgresSink:
 
         async def setup(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                # Serialise concurrent replicas creating the same table.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", table.main.name)
+                # Serialise concurrent replicas/pipelines creating tables of the same schema
+                # (CREATE SCHEMA IF NOT EXISTS races too: unique violation on pg_namespace).
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ident(mapping.target_schema))
                 if mapping.create:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(mapping.target_schema)}")
                 for layout in (table.main, table.static):
