@@ -110,6 +110,8 @@ def set_sort_key(v: Any) -> Any:
         return (0, timeuuid_sort_key(v))
     if isinstance(v, uuid.UUID):
         return (1, v.int)
+    if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return v.packed  # CQL inet order: raw address bytes (mixed IPv4/IPv6 do not compare)
     return v
 
 
