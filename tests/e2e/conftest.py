@@ -1,0 +1,60 @@
+"""Fixtures of the end-to-end tests: a driver session on the emulator and a ``cdcd run`` factory."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cassandra.cluster import Cluster
+
+from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, free_port, write_config
+
+MakeCdcd = Callable[..., CdcdProcess]
+
+
+@pytest.fixture
+def cql(emulator: Any) -> Iterator[Any]:
+    """A driver session on the test's emulator (protocol v4, default row factory)."""
+    cluster = Cluster([emulator.host], port=emulator.port, protocol_version=4)
+    session = cluster.connect()
+    session.default_timeout = 30
+    try:
+        yield session
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def make_cdcd(
+    tmp_path: Path, emulator: Any, redis_url: str, redis_prefix: str, pg_dsn: str
+) -> Iterator[MakeCdcd]:
+    """``make_cdcd(tables, options=None)`` writes a config and returns a (not started) CdcdProcess.
+
+    Every process is stopped at teardown; its log tail is printed (pytest shows it on failure).
+    """
+    made: list[CdcdProcess] = []
+
+    def make(tables: Sequence[TableSpec], options: ConfigOptions | None = None) -> CdcdProcess:
+        port = free_port()
+        cfg = write_config(
+            tmp_path / f"cdcd-{len(made)}.toml",
+            hosts=[f"{emulator.host}:{emulator.port}"],
+            redis_url=redis_url,
+            key_prefix=redis_prefix,
+            tables=tables,
+            http_port=port,
+            options=options,
+        )
+        proc = CdcdProcess(cfg, http_port=port, pg_dsn=pg_dsn)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        with contextlib.suppress(Exception):
+            proc.stop(timeout=30)
+        proc.kill9()
+        print(proc.log_tail(120))
