@@ -1,0 +1,414 @@
+"""ClickHouse destination (R-11): full rows into ReplacingMergeTree, deduplicated retries.
+
+Per ``write()``:
+
+1. every event is converted to ClickHouse values (ch_fold.prepare): bad values are ``BadRows``
+   before anything is read or written;
+2. the newest stored version of every row the batch touches (delete markers included; whole
+   partitions for partition/range deletes) is read back with server-side parameters;
+3. the batch is applied in memory on those rows (ch_fold.BatchState: version guard, partial
+   updates, exact collection deltas, deletes), giving ONE full row per touched key;
+4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
+   ``<table>_history``), each with an ``insert_deduplication_token`` derived from the batch's CDC
+   positions, so a batch retried after a crash is not stored twice.
+
+``SELECT .. FINAL`` then shows the source state (``WHERE _cdc_deleted = 0`` for soft deletes).
+Errors: network, timeouts, overload -> ``SinkUnavailable``; bad data (client- or server-side) ->
+bisection against a ``Null``-engine twin of the table (nothing is stored) -> ``BadRows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+
+from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
+from cdcd.events import ChangeEvent, Op
+from cdcd.schema import TableSchema
+from cdcd.sinks import TableMapping, WriteOutcome
+from cdcd.sinks.ch_classify import Action, classify
+from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, prepare
+from cdcd.sinks.ch_sql import (
+    DELETED_AT,
+    ChLayout,
+    history_columns,
+    history_ddl,
+    ident,
+    layouts_for,
+    read_sql,
+    table_ddl,
+)
+from cdcd.sinks.pg_types import JSON_ENCODER, json_value
+
+__all__ = ["ClickHouseSink"]
+
+_READ_FORMATS = {"String": "bytes", "Tuple": "tuple"}
+_MAX_KEYS_PER_READ = 5000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class _Table:
+    """Everything the sink knows about one mapping."""
+
+    def __init__(self, mapping: TableMapping, schema: TableSchema) -> None:
+        self.mapping = mapping
+        self.schema = schema
+        try:
+            self.main, self.static = layouts_for(schema, mapping.target_schema, mapping.target_table)
+        except ValueError as exc:
+            raise SchemaMismatch(f"{mapping.source} -> {mapping.target}: {exc}") from exc
+        self.codec = TableCodec(schema, self.main, self.static)
+        self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
+        self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
+
+
+class _Block:
+    """One insert: a physical table, its columns (names, types, data) and the rows' events."""
+
+    def __init__(self, part: str, table: str, types: dict[str, str], records: list[dict[str, Any]]) -> None:
+        self.part = part
+        self.table = table
+        self.names = list(types)
+        self.types = [types[n] for n in self.names]
+        self.records = records
+        self.events: list[list[int]] = []
+
+    def columns(self, rows: Sequence[int] | None = None) -> list[list[Any]]:
+        recs = self.records if rows is None else [self.records[i] for i in rows]
+        return [[r[n] for r in recs] for n in self.names]
+
+
+def _micros_to_dt(us: int | None) -> dt.datetime | None:
+    return None if us is None else _EPOCH + dt.timedelta(microseconds=us)
+
+
+class ClickHouseSink:
+    """``[destinations.<name>] type = "clickhouse"``."""
+
+    kind = "clickhouse"
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+        self._client: Any = None
+        self._tables: dict[tuple[str, str], _Table] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _password(self) -> str:
+        pw = getattr(self.config, "password", None)
+        if pw:
+            return str(pw.get() if hasattr(pw, "get") else pw)
+        path = getattr(self.config, "password_file", None)
+        if path:
+            return Path(path).read_text().rstrip("\n")
+        return ""
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        url = urlsplit(str(getattr(self.config, "url", "http://127.0.0.1:8123")))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SchemaMismatch(
+                f"destination {self.name!r}: url must be http(s)://host:port, got {url.scheme!r}"
+            )
+        secure = url.scheme == "https"
+        kwargs: dict[str, Any] = {
+            "host": url.hostname,
+            "port": url.port or (8443 if secure else 8123),
+            "username": str(getattr(self.config, "username", "default")),
+            "password": self._password(),
+            "secure": secure,
+            "verify": bool(getattr(self.config, "verify_tls", True)),
+            "connect_timeout": float(getattr(self.config, "connect_timeout", 10.0)),
+            "send_receive_timeout": float(getattr(self.config, "send_receive_timeout", 300.0)),
+            "autogenerate_session_id": False,
+        }
+        ca = getattr(self.config, "ca_file", None)
+        if ca:
+            kwargs["ca_cert"] = str(ca)
+        try:
+            self._client = await clickhouse_connect.get_async_client(**kwargs)
+        except Exception as exc:
+            if classify(exc) is Action.RETRY:
+                raise SinkUnavailable(
+                    f"{self.name}: cannot connect to ClickHouse: {type(exc).__name__}"
+                ) from exc
+            raise
+
+    async def healthcheck(self) -> None:
+        await self._call(lambda c: c.command("SELECT 1"))
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 10)
+
+    async def _call(self, fn: Any) -> Any:
+        """Run ``fn(client)``; network trouble and overload become SinkUnavailable."""
+        if self._client is None:
+            await self.connect()
+        try:
+            return await fn(self._client)
+        except (SinkUnavailable, BadRows, SchemaMismatch):
+            raise
+        except Exception as exc:
+            if classify(exc) is Action.RETRY:
+                raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    # -- tables ------------------------------------------------------------------------------
+    async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        table = _Table(mapping, schema)
+        create = mapping.create and bool(getattr(self.config, "create_tables", True))
+        if create:
+            await self._call(
+                lambda c: c.command(f"CREATE DATABASE IF NOT EXISTS {ident(mapping.target_schema)}")
+            )
+        for layout in (table.main, table.static):
+            if layout is not None:
+                if create:
+                    await self._call(lambda c, layout=layout: c.command(table_ddl(layout)))
+                await self._check(layout.database, layout.table, layout.column_types(), create)
+        if mapping.delete == "tombstone":
+            name = mapping.target_table + "_history"
+            if create:
+                ddl = history_ddl(
+                    mapping.target_schema, mapping.target_table, schema.primary_key, len(schema.partition_key)
+                )
+                await self._call(lambda c: c.command(ddl))
+            await self._check(mapping.target_schema, name, table.history_types, create)
+        self._tables[(mapping.source, mapping.target)] = table
+
+    async def _check(self, database: str, name: str, want: dict[str, str], create: bool) -> None:
+        """The table exists and holds every column with the expected type (missing ones are added
+        when ``create``); raises SchemaMismatch otherwise."""
+        res = await self._call(
+            lambda c: c.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                parameters={"db": database, "t": name},
+            )
+        )
+        have = {str(n): str(t) for n, t in res.result_rows}
+        where = f"{database}.{name}"
+        if not have:
+            raise SchemaMismatch(f"ClickHouse table {where} does not exist and create_tables is off")
+        for col, typ in want.items():
+            got = have.get(col)
+            if got is None:
+                if not create:
+                    raise SchemaMismatch(f"ClickHouse table {where} lacks column {col!r} ({typ})")
+                sql = (
+                    f"ALTER TABLE {ident(database)}.{ident(name)} ADD COLUMN IF NOT EXISTS {ident(col)} {typ}"
+                )
+                await self._call(lambda c, sql=sql: c.command(sql))
+            elif _norm_type(got) != _norm_type(typ):
+                raise SchemaMismatch(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
+
+    # -- write -------------------------------------------------------------------------------
+    async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
+        table = self._tables.get((mapping.source, mapping.target))
+        if table is None:
+            raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
+        if not events:
+            return WriteOutcome(applied=0)
+        prepared, bad = prepare(table.codec, events)
+        if bad:
+            raise BadRows(bad)
+        state = BatchState(table.codec, mapping.delete)
+        await self._read_back(table, prepared, state)
+        for p in prepared:
+            state.apply(p)
+        blocks = self._blocks(table, state, events)
+        token = _batch_token(mapping, events)
+        try:
+            for block in blocks:
+                await self._insert(block, f"{token}:{block.part}:{len(block.records)}")
+        except (SinkUnavailable, SchemaMismatch):
+            raise
+        except Exception as exc:
+            if classify(exc) is not Action.BAD_DATA:
+                raise
+            raise BadRows(await self._find_bad(table, blocks, exc)) from exc
+        return WriteOutcome(applied=state.applied, skipped_stale=state.skipped)
+
+    async def _read_back(self, table: _Table, prepared: list[Prepared], state: BatchState) -> None:
+        """Load the newest stored version of every row (and wide-deleted partition) into ``state``."""
+        codec = table.codec
+        wants: dict[bool, tuple[dict[Any, tuple[Any, ...]], dict[Any, tuple[Any, ...]]]] = {
+            False: ({}, {}),
+            True: ({}, {}),
+        }
+        for p in prepared:
+            if p.ev.op in (Op.PARTITION_DELETE, Op.RANGE_DELETE):
+                wants[False][1][codec.hkey(p.key)] = p.key
+                if p.ev.op == Op.PARTITION_DELETE and table.static is not None:
+                    wants[True][0][codec.hkey(p.key)] = p.key
+            else:
+                wants[p.ev.static][0][codec.hkey(p.key)] = p.key
+        for static, layout in ((False, table.main), (True, table.static)):
+            if layout is None:
+                continue
+            keys, parts = (list(d.values()) for d in wants[static])
+            while keys or parts:
+                chunk_k, keys = keys[:_MAX_KEYS_PER_READ], keys[_MAX_KEYS_PER_READ:]
+                chunk_p, parts = parts[:_MAX_KEYS_PER_READ], parts[_MAX_KEYS_PER_READ:]
+                rows = await self._select(layout, chunk_k, chunk_p)
+                state.load(static, layout, rows)
+
+    async def _select(
+        self, layout: ChLayout, keys: list[tuple[Any, ...]], parts: list[tuple[Any, ...]]
+    ) -> Any:
+        sql = read_sql(layout, bool(keys), bool(parts))
+        params: dict[str, Any] = {}
+        if keys:
+            params["keys"] = [k[0] for k in keys] if len(layout.key) == 1 else keys
+        if parts:
+            params["parts"] = [k[0] for k in parts] if layout.partition_width == 1 else parts
+        res = await self._call(lambda c: c.query(sql, parameters=params, query_formats=_READ_FORMATS))
+        return res.result_rows
+
+    def _blocks(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> list[_Block]:
+        blocks = []
+        for part, static, layout in (("main", False, table.main), ("static", True, table.static)):
+            if layout is None:
+                continue
+            out = state.output(static)
+            if not out:
+                continue
+            records = []
+            for _, rec in out:
+                rec[DELETED_AT] = _micros_to_dt(rec[DELETED_AT])
+                records.append(rec)
+            block = _Block(part, layout.name, layout.column_types(), records)
+            block.events = [row.events for row, _ in out]
+            blocks.append(block)
+        if table.mapping.delete == "tombstone":
+            hist = self._history(table, state, events)
+            if hist is not None:
+                blocks.append(hist)
+        return blocks
+
+    def _history(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> _Block | None:
+        codec = table.codec
+        keys = [c.name for c in table.schema.primary_key]
+        width = len(table.schema.partition_key)
+        records: list[dict[str, Any]] = []
+        owners: list[list[int]] = []
+        for i, ev in enumerate(events):
+            if ev.op not in (Op.ROW_DELETE, Op.PARTITION_DELETE, Op.RANGE_DELETE) or ev.static:
+                continue
+            rec: dict[str, Any] = {
+                "_cdc_stream_id": ev.pos.stream_id,
+                "_cdc_time": ev.pos.time,
+                "_cdc_batch_seq": ev.batch_seq,
+                "_cdc_op": ev.op.name.lower(),
+                "_cdc_write_time": ev.write_time_us,
+                DELETED_AT: _micros_to_dt(ev.write_time_us),
+            }
+            for j, k in enumerate(keys):
+                if k in ev.key:
+                    rec[k] = codec.key_conv[k](ev.key[k])
+                else:
+                    rec[k] = codec.empty[k] if j >= width else None
+            rng = None
+            if ev.range is not None:
+                r = ev.range
+                rng = JSON_ENCODER.encode(
+                    json_value(
+                        {"start": list(r.start), "start_inclusive": r.start_inclusive,
+                         "end": list(r.end), "end_inclusive": r.end_inclusive}
+                    )
+                ).decode()  # fmt: skip
+            rec["_cdc_range"] = rng
+            records.append(rec)
+            owners.append([i])
+        if not records:
+            return None
+        block = _Block("history", table.history, table.history_types, records)
+        block.events = owners
+        return block
+
+    async def _insert(self, block: _Block, token: str | None, rows: Sequence[int] | None = None) -> None:
+        settings = {"insert_deduplication_token": token} if token else None
+        await self._call(
+            lambda c: c.insert(
+                block.table,
+                block.columns(rows),
+                column_names=block.names,
+                column_type_names=block.types,
+                column_oriented=True,
+                settings=settings,
+            )
+        )
+
+    # -- bad rows ----------------------------------------------------------------------------
+    async def _find_bad(self, table: _Table, blocks: list[_Block], exc: BaseException) -> dict[int, str]:
+        """Bisect every block against a ``Null``-engine twin (stores nothing) to name the events
+        whose rows ClickHouse refuses."""
+        found: dict[int, str] = {}
+        for block in blocks:
+            probe = block.table[:-1] + "_cdcd_probe`"
+            await self._call(
+                lambda c, b=block, p=probe: c.command(
+                    f"CREATE TABLE IF NOT EXISTS {p} AS {b.table} ENGINE = Null"
+                )
+            )
+            try:
+                probe_block = _Block(
+                    block.part, probe, dict(zip(block.names, block.types, strict=True)), block.records
+                )
+                for row, reason in (
+                    await self._bisect(probe_block, list(range(len(block.records))), exc)
+                ).items():
+                    for i in block.events[row]:
+                        found.setdefault(i, reason)
+            finally:
+                await self._call(lambda c, p=probe: c.command(f"DROP TABLE IF EXISTS {p}"))
+        return found or {0: f"{type(exc).__name__}: {exc}"}
+
+    async def _bisect(self, block: _Block, rows: list[int], exc: BaseException) -> dict[int, str]:
+        try:
+            await self._insert(block, None, rows)
+            return {}
+        except (SinkUnavailable, SchemaMismatch):
+            raise
+        except Exception as err:
+            if classify(err) is not Action.BAD_DATA:
+                raise
+            if len(rows) == 1:
+                return {rows[0]: _reason(err)}
+        half = len(rows) // 2
+        out = await self._bisect(block, rows[:half], exc)
+        out.update(await self._bisect(block, rows[half:], exc))
+        return out
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split("(version", 1)[0].strip()
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
+def _norm_type(t: str) -> str:
+    return t.replace("`", "").replace(" ", "")
+
+
+def _batch_token(mapping: TableMapping, events: Sequence[ChangeEvent]) -> str:
+    """Deterministic id of a batch: its source and target, event count and every CDC position
+    (stream id, cdc$time, batch_seq), so the same batch retried gets the same token."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{mapping.source}\0{mapping.target}\0{len(events)}\0".encode())
+    for ev in events:
+        h.update(ev.pos.stream_id)
+        h.update(ev.pos.time.bytes)
+        h.update(ev.batch_seq.to_bytes(4, "big", signed=True))
+    first, last = events[0], events[-1]
+    return f"cdcd:{first.pos.stream_id.hex()}:{first.pos.time}:{last.pos.time}:{len(events)}:{h.hexdigest()}"
