@@ -23,6 +23,8 @@ Embed: ``ClickHouseTestServer(path).start()`` then ``.url``; ``.stop()``.
 from __future__ import annotations
 
 import argparse
+import email.parser
+import email.policy
 import gzip
 import json
 import re
@@ -72,6 +74,19 @@ def _decompress(body: bytes, encoding: str) -> bytes:
         out = zstd.decompress(body)
         return out
     raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The text fields of a multipart/form-data body (how clients send large query parameters)."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    out: dict[str, str] = {}
+    for part in msg.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            out[str(name)] = (part.get_payload(decode=True) or b"").decode()
+    return out
 
 
 def _sql_literal(value: str) -> str:
@@ -190,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
             body = _decompress(self._read_body(), self.headers.get("Content-Encoding", ""))
+            ctype = self.headers.get("Content-Type", "")
+            if ctype.lower().startswith("multipart/form-data"):
+                params.update(_form_fields(ctype, body))  # large query parameters (clickhouse-connect)
+                body = b""
             sql = params.get("query", "")
             if not sql and body[:64].lstrip()[:6].upper() == b"INSERT":
                 head = _INSERT_HEAD.match(body)
