@@ -16,6 +16,7 @@ partition, not to its rows.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,27 @@ from cdcd.sinks.pg_sql import (
 from cdcd.sinks.pg_types import JSON_DECODER, JSON_ENCODER, contains_nul, json_value, pg_type
 
 __all__ = ["PostgresSink"]
+
+_PG_EPOCH_DATE = dt.date(2000, 1, 1)
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def _date_enc(d: dt.date) -> tuple[int]:
+    return (d.toordinal() - _PG_EPOCH_DATE.toordinal(),)
+
+
+def _date_dec(t: tuple[int]) -> dt.date:
+    return dt.date.fromordinal(t[0] + _PG_EPOCH_DATE.toordinal())
+
+
+def _ts_enc(v: dt.datetime) -> tuple[int]:
+    delta = v - _PG_EPOCH
+    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds,)
+
+
+def _ts_dec(t: tuple[int]) -> dt.datetime:
+    return _PG_EPOCH + dt.timedelta(microseconds=t[0])
+
 
 _MAX_PARAMS = 30000
 
@@ -106,6 +128,14 @@ class PostgresSink:
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
+        # asyncpg's default codecs turn date.min/max and datetime.min into ±infinity; the tuple
+        # codecs (days / µs since 2000-01-01) keep 0001-01-01 and 9999-12-31 exact.
+        await conn.set_type_codec(
+            "date", schema="pg_catalog", encoder=_date_enc, decoder=_date_dec, format="tuple"
+        )
+        await conn.set_type_codec(
+            "timestamptz", schema="pg_catalog", encoder=_ts_enc, decoder=_ts_dec, format="tuple"
+        )
         await conn.set_type_codec(
             "jsonb",
             schema="pg_catalog",

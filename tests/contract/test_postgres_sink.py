@@ -120,6 +120,8 @@ async def test_every_cql_type_round_trips(sink: PostgresSink, conn: asyncpg.Conn
         "a_timeuuid": ("timeuuid", uuid.uuid1()),
         "a_timestamp": ("timestamp", dt.datetime(2024, 2, 29, 23, 59, 59, 999000, tzinfo=dt.UTC)),
         "a_date": ("date", dt.date(1, 1, 1)),
+        "a_date_max": ("date", dt.date(9999, 12, 31)),
+        "a_ts_min": ("timestamp", dt.datetime(1, 1, 1, tzinfo=dt.UTC)),
         "a_time": ("time", 86399_999_999_999),
         "a_duration": ("duration", CqlDuration(14, -3, 3_600_000_001_000)),
         "a_inet4": ("inet", "10.1.2.3"),
@@ -157,6 +159,10 @@ async def test_every_cql_type_round_trips(sink: PostgresSink, conn: asyncpg.Conn
     }
     for name, want in expect.items():
         assert row[name] == want, name
+    # Stored as real dates, not as ±infinity.
+    assert await conn.fetchval('SELECT a_date::text || a_date_max::text || a_ts_min::text FROM "ks"."t"') == (
+        "0001-01-019999-12-310001-01-01 00:00:00+00"
+    )
     assert row["_cdc_keys_n_list"] == list(types["n_list"][1])  # type: ignore[arg-type]
     assert row["_cdc_row_marker"] is True and row["_cdc_deleted"] is False
 
