@@ -1,0 +1,22 @@
+"""The configuration files shipped under deploy/ stay valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdcd.config import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("deploy/*/cdcd.toml")), ids=lambda p: p.parent.name)
+def test_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in {
+        "PG_DSN": "postgresql://cdcd@db/analytics", "TS_DSN": "postgresql://cdcd@ts/metrics",
+        "CH_PASSWORD": "pw", "CDCD_ADMIN_TOKEN": "token", "DEMO_SCYLLA_PORT": "9042", "DEMO_REDIS_PORT": "6379",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(var, value)
+    cfg = load(path)
+    assert cfg.tables and all(t.destinations for t in cfg.tables)
