@@ -88,6 +88,9 @@ class TableCodec:
         self.ck_desc = [o == "desc" for o in schema.clustering_order] + [False] * len(ck)
         # Key tuples holding lists/dicts (frozen collections in the key) are frozen for hashing.
         self.hash_keys = any(_holds_collection(c.type) for c in schema.primary_key)
+        self.multicell = {n for n, t in self.types.items() if t.is_multicell}
+        self.main_key_names: tuple[str, ...] | None = main.key_names
+        self.static_key_names = static.key_names if static else None
         self.main_cols = {c.name for c in main.values}
         self.static_cols = {c.name for c in static.values} if static else set()
 
@@ -143,9 +146,8 @@ class Prepared:
 
 
 def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
-    pk = codec.schema.partition_key
     if ev.op in (Op.PARTITION_DELETE, Op.RANGE_DELETE):
-        key = tuple(codec.key_conv[c.name](ev.key[c.name]) for c in pk)
+        key = tuple(codec.key_conv[c.name](ev.key[c.name]) for c in codec.schema.partition_key)
         p = Prepared(i, ev, key)
         if ev.op == Op.RANGE_DELETE:
             if ev.range is None:
@@ -158,30 +160,35 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
         return p
     if ev.op not in (Op.INSERT, Op.UPDATE, Op.ROW_DELETE):
         raise ValueError(f"operation {ev.op!r} cannot be applied")
-    layout = codec.layout_of(ev.static)
-    if layout is None:
+    key_names = codec.static_key_names if ev.static else codec.main_key_names
+    if key_names is None:
         raise ValueError("static row change, but the table has no static columns")
-    missing = [c.name for c in layout.key if c.name not in ev.key]
-    if missing:
-        raise ValueError(f"key column(s) {missing} missing")
-    p = Prepared(i, ev, tuple(codec.key_conv[c.name](ev.key[c.name]) for c in layout.key))
+    evkey = ev.key
+    kconv = codec.key_conv
+    try:
+        key = tuple([kconv[n](evkey[n]) for n in key_names])
+    except KeyError:
+        raise ValueError(f"key column(s) {[n for n in key_names if n not in evkey]} missing") from None
+    p = Prepared(i, ev, key)
     if ev.op == Op.ROW_DELETE:
         return p
     stored = codec.static_cols if ev.static else codec.main_cols
     for col in ev.deleted:
         if col in stored:
             p.cleared.append(col)
+    multicell = codec.multicell
+    conv = codec.conv
+    sets = p.sets
     for col, value in ev.values.items():
         if col not in stored:
             continue
-        t = codec.types[col]
         try:
-            if not t.is_multicell:
-                p.sets[col] = codec.conv[col](value)
+            if col not in multicell:
+                sets[col] = conv[col](value)
             else:
-                p.adds[col] = _adds(codec, col, t, value)
+                p.adds[col] = _adds(codec, col, codec.types[col], value)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"column {col!r} ({t.cql()}): {exc}") from None
+            raise ValueError(f"column {col!r} ({codec.types[col].cql()}): {exc}") from None
     for col, keys in ev.deleted_elements.items():
         if col in stored and keys:
             t = codec.types[col]
@@ -401,11 +408,12 @@ class BatchState:
             return []
         empty = self.codec.empty
         value_cols = layout.value_columns()
+        key_names = layout.key_names
         out = []
         for (is_static, _), row in self.rows.items():
             if is_static != static or not row.dirty:
                 continue
-            rec = dict(zip(layout.key_names, row.key, strict=True))
+            rec = dict(zip(key_names, row.key, strict=True))
             if row.live:
                 rec.update({c: row.values.get(c, empty[c]) for c in value_cols})
                 rec.update(

@@ -138,21 +138,20 @@ def column_type(t: CqlType, key: bool) -> str:
 
 
 # ------------------------------------------------------------------------------ canonical -> ClickHouse
-def _need(cond: bool, what: str, v: Any) -> None:
-    if not cond:
-        raise ValueError(f"{what}, got {type(v).__name__} {v!r:.80}")
+def _bad(what: str, v: Any) -> ValueError:
+    return ValueError(f"{what}, got {type(v).__name__} {v!r:.80}")
 
 
 def _scalar_to_ch(name: str) -> Converter:
+    """Converters of atomic types; each passes None through (nullability is decided by callers)."""
     if name in ("ascii", "text", "varchar"):
 
         def text(v: Any) -> Any:
-            _need(isinstance(v, str), "expected str", v)
-            try:
-                v.encode()
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"text is not valid Unicode: {exc}") from None
-            return v
+            if type(v) is str or v is None:
+                return v
+            if isinstance(v, str):
+                return str(v)
+            raise _bad("expected str", v)
 
         return text
     if name in _INT_BITS:
@@ -160,27 +159,41 @@ def _scalar_to_ch(name: str) -> Converter:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
         def integer(v: Any) -> Any:
-            _need(isinstance(v, int) and not isinstance(v, bool), f"expected int for {name}", v)
+            if type(v) is int and lo <= v <= hi:
+                return v
+            if v is None:
+                return None
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise _bad(f"expected int for {name}", v)
             if not lo <= v <= hi:
                 raise ValueError(f"{name} {v} is outside ClickHouse Int{bits} [{lo}, {hi}]")
-            return v
+            return int(v)
 
         return integer
     if name == "decimal":
 
         def dec(v: Any) -> Any:
-            _need(isinstance(v, decimal.Decimal | int) and not isinstance(v, bool), "expected Decimal", v)
+            if v is None:
+                return None
+            if not isinstance(v, decimal.Decimal | int) or isinstance(v, bool):
+                raise _bad("expected Decimal", v)
             d = decimal.Decimal(v)
-            _need(d.is_finite(), "decimal must be finite", v)
+            if not d.is_finite():
+                raise _bad("decimal must be finite", v)
             return str(d)
 
         return dec
     if name in ("float", "double"):
+        single = name == "float"
 
         def flt(v: Any) -> Any:
-            _need(isinstance(v, float | int) and not isinstance(v, bool), f"expected float for {name}", v)
-            v = float(v)
-            if name == "float" and math.isfinite(v) and abs(v) > _FLOAT32_MAX:
+            if type(v) is not float:
+                if v is None:
+                    return None
+                if not isinstance(v, float | int) or isinstance(v, bool):
+                    raise _bad(f"expected float for {name}", v)
+                v = float(v)
+            if single and (v > _FLOAT32_MAX or v < -_FLOAT32_MAX) and math.isfinite(v):
                 raise ValueError(f"float {v!r} is outside the Float32 range")
             return v
 
@@ -188,35 +201,47 @@ def _scalar_to_ch(name: str) -> Converter:
     if name == "boolean":
 
         def boolean(v: Any) -> Any:
-            _need(isinstance(v, bool), "expected bool", v)
-            return v
+            if v is None or type(v) is bool:
+                return v
+            raise _bad("expected bool", v)
 
         return boolean
     if name in ("uuid", "timeuuid"):
 
         def uid(v: Any) -> Any:
-            _need(isinstance(v, uuid.UUID), f"expected UUID for {name}", v)
-            return v
+            if v is None or type(v) is uuid.UUID:
+                return v
+            raise _bad(f"expected UUID for {name}", v)
 
         return uid
     if name == "timestamp":
 
         def ts(v: Any) -> Any:
-            _need(isinstance(v, dt.datetime), "expected datetime for timestamp", v)
-            return v.replace(tzinfo=_UTC) if v.tzinfo is None else v.astimezone(_UTC)
+            if type(v) is dt.datetime:
+                tz = v.tzinfo
+                return v if tz is _UTC else (v.replace(tzinfo=_UTC) if tz is None else v.astimezone(_UTC))
+            if v is None:
+                return None
+            raise _bad("expected datetime for timestamp", v)
 
         return ts
     if name == "date":
 
         def date(v: Any) -> Any:
-            _need(isinstance(v, dt.date) and not isinstance(v, dt.datetime), "expected date", v)
+            if v is None:
+                return None
+            if not (isinstance(v, dt.date) and not isinstance(v, dt.datetime)):
+                raise _bad("expected date", v)
             return v
 
         return date
     if name == "time":
 
         def time(v: Any) -> Any:
-            _need(isinstance(v, int) and not isinstance(v, bool), "expected int nanoseconds for time", v)
+            if v is None:
+                return None
+            if not (isinstance(v, int) and not isinstance(v, bool)):
+                raise _bad("expected int nanoseconds for time", v)
             if not 0 <= v < _TIME_MAX_NS:
                 raise ValueError(f"time {v} ns is outside one day")
             return v
@@ -225,7 +250,10 @@ def _scalar_to_ch(name: str) -> Converter:
     if name == "duration":
 
         def duration(v: Any) -> Any:
-            _need(isinstance(v, CqlDuration), "expected CqlDuration", v)
+            if v is None:
+                return None
+            if not (isinstance(v, CqlDuration)):
+                raise _bad("expected CqlDuration", v)
             if not (
                 -(2**31) <= v.months < 2**31
                 and -(2**31) <= v.days < 2**31
@@ -238,7 +266,10 @@ def _scalar_to_ch(name: str) -> Converter:
     if name == "inet":
 
         def inet(v: Any) -> Any:
-            _need(isinstance(v, str), "expected str for inet", v)
+            if v is None:
+                return None
+            if not (isinstance(v, str)):
+                raise _bad("expected str for inet", v)
             addr = ipaddress.ip_address(v)
             if isinstance(addr, ipaddress.IPv4Address):
                 return ipaddress.IPv6Address(b"\x00" * 10 + b"\xff\xff" + addr.packed)
@@ -248,7 +279,10 @@ def _scalar_to_ch(name: str) -> Converter:
     if name == "blob":
 
         def blob(v: Any) -> Any:
-            _need(isinstance(v, bytes | bytearray | memoryview), "expected bytes for blob", v)
+            if v is None:
+                return None
+            if not (isinstance(v, bytes | bytearray | memoryview)):
+                raise _bad("expected bytes for blob", v)
             return bytes(v)
 
         return blob
@@ -262,7 +296,7 @@ def _nullable(conv: Converter, t: CqlType) -> Converter:
     if t.name == "map":
         empty: Any = [] if is_map_array(t) else {}
         return lambda v: empty if v is None else conv(v)
-    return lambda v: None if v is None else conv(v)
+    return conv  # atomic, tuple and UDT converters pass None through
 
 
 def _not_null(conv: Converter, where: str) -> Converter:
@@ -287,7 +321,10 @@ def _to_ch(t: CqlType) -> Converter:
         elem = _not_null(_to_ch(t.params[0]), t.name)
 
         def seq(v: Any) -> Any:
-            _need(isinstance(v, list | tuple | set | frozenset), f"expected a sequence for {t.cql()}", v)
+            if v is None:
+                return None
+            if not (isinstance(v, list | tuple | set | frozenset)):
+                raise _bad(f"expected a sequence for {t.cql()}", v)
             return [elem(x) for x in v]
 
         return seq
@@ -297,7 +334,10 @@ def _to_ch(t: CqlType) -> Converter:
         as_array = is_map_array(t)
 
         def mapping(v: Any) -> Any:
-            _need(isinstance(v, dict), f"expected dict for {t.cql()}", v)
+            if v is None:
+                return None
+            if not (isinstance(v, dict)):
+                raise _bad(f"expected dict for {t.cql()}", v)
             if as_array:
                 return [(kc(k), vc(x)) for k, x in v.items()]
             return {kc(k): vc(x) for k, x in v.items()}
@@ -307,7 +347,10 @@ def _to_ch(t: CqlType) -> Converter:
         fields = [_nullable(_to_ch(p), p) for p in t.params]
 
         def tup(v: Any) -> Any:
-            _need(isinstance(v, tuple | list) and len(v) == len(fields), f"expected {t.cql()}", v)
+            if v is None:
+                return None
+            if not (isinstance(v, tuple | list) and len(v) == len(fields)):
+                raise _bad(f"expected {t.cql()}", v)
             return tuple(f(x) for f, x in zip(fields, v, strict=True))
 
         return tup
@@ -317,7 +360,10 @@ def _to_ch(t: CqlType) -> Converter:
         convs = [_nullable(_to_ch(p), p) for p in t.udt.field_types]
 
         def udt(v: Any) -> Any:
-            _need(isinstance(v, dict), f"expected dict for UDT {t.cql()}", v)
+            if v is None:
+                return None
+            if not (isinstance(v, dict)):
+                raise _bad(f"expected dict for UDT {t.cql()}", v)
             unknown = set(v) - set(names)
             if unknown:
                 raise ValueError(f"UDT {t.cql()} has no field(s) {sorted(unknown)}")

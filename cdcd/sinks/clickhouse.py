@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -269,10 +270,11 @@ class ClickHouseSink:
     ) -> Any:
         sql = read_sql(layout, bool(keys), bool(parts))
         params: dict[str, Any] = {}
+        types = layout.key_types()
         if keys:
-            params["keys"] = [k[0] for k in keys] if len(layout.key) == 1 else keys
+            params["keys"] = _param(keys, types)
         if parts:
-            params["parts"] = [k[0] for k in parts] if layout.partition_width == 1 else parts
+            params["parts"] = _param(parts, types[: layout.partition_width])
         res = await self._call(lambda c: c.query(sql, parameters=params, query_formats=_READ_FORMATS))
         return res.result_rows
 
@@ -390,6 +392,19 @@ class ClickHouseSink:
         out = await self._bisect(block, rows[:half], exc)
         out.update(await self._bisect(block, rows[half:], exc))
         return out
+
+
+_PLAIN = re.compile(r"^U?Int(8|16|32|64|128|256)$")
+
+
+def _param(keys: list[tuple[Any, ...]], types: Sequence[str]) -> Any:
+    """A key list as a server-side parameter value. Integer keys are written directly in
+    ClickHouse's text form (clickhouse-connect's generic formatter costs ~20 µs per key)."""
+    if not all(_PLAIN.match(t) for t in types):
+        return [k[0] for k in keys] if len(types) == 1 else keys
+    if len(types) == 1:
+        return "[" + ",".join([str(k[0]) for k in keys]) + "]"
+    return "[" + ",".join(["(" + ",".join(map(str, k)) + ")" for k in keys]) + "]"
 
 
 def _reason(exc: BaseException) -> str:

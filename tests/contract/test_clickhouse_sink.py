@@ -563,3 +563,20 @@ async def test_existing_table_must_match_when_create_is_off(
     bad = schema([("pk", "int", "partition_key"), ("ck", "int", "clustering"), ("v1", "int", "regular")])
     with pytest.raises(SchemaMismatch, match="expected"):
         await sink.ensure_table(TableMapping(source="ks.t", target_schema=ch_database, target_table="t"), bad)
+
+
+@pytest.mark.parametrize("key_type", ["uuid", "bigint", "varint"])
+async def test_integer_and_uuid_keys_are_read_back(
+    sink: ClickHouseSink, ch: Any, ch_database: str, key_type: str
+) -> None:
+    sch = schema([("pk", key_type, "partition_key"), ("ck", "int", "clustering"), ("v", "int", "regular"),
+                  ("w", "int", "regular")])  # fmt: skip
+    m = await setup(sink, ch_database, sch)
+    keys = [uuid.uuid4() for _ in range(3)] if key_type == "uuid" else [-(2**63), 0, 2**63 - 1]
+    await sink.write(
+        m, [ev(Op.INSERT, {"pk": k, "ck": c}, values={"v": 1, "w": 1}) for k in keys for c in (1, 2)]
+    )
+    await sink.write(m, [ev(Op.UPDATE, {"pk": k, "ck": 1}, values={"v": 2}) for k in keys])
+    await sink.write(m, [ev(Op.PARTITION_DELETE, {"pk": keys[0]})])
+    got = sorted((r["v"], r["w"]) for r in await rows(ch, ch_database))
+    assert got == [(1, 1), (1, 1), (2, 1), (2, 1)]

@@ -1,0 +1,190 @@
+"""Throughput of ClickHouseSink.write next to the raw clickhouse-connect insert of the same rows.
+
+    python -m bench.clickhouse_sink [--url http://127.0.0.1:8123] [--events 50000] [--batch 1000]
+
+Without ``--url`` it starts its own ``tests.clickhouse_server`` (chDB) subprocess. Both runs write
+N INSERT events in batches of ``--batch`` into tables of the same shape (ReplacingMergeTree made by
+``ensure_table``): the sink (convert, read back the batch's keys, fold, Native insert with a dedup
+token) and ``client.insert`` of the finished columns (column-oriented, types given, same token
+setting). Prints events/s of both and the ratio. No asserts: figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+
+from cdcd.events import ChangeEvent, Op, Position
+from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
+from cdcd.sinks import TableMapping
+from cdcd.sinks.clickhouse import ClickHouseSink
+
+COLUMNS = [
+    ("pk", "bigint", "partition_key"),
+    ("ck", "int", "clustering"),
+    ("name", "text", "regular"),
+    ("amount", "double", "regular"),
+    ("qty", "int", "regular"),
+    ("at", "timestamp", "regular"),
+    ("ref", "uuid", "regular"),
+    ("tags", "frozen<list<text>>", "regular"),
+]
+
+
+class _Config:
+    def __init__(self, url: str) -> None:
+        self.kind = "clickhouse"
+        self.url = url
+        self.username = "default"
+        self.password = None
+
+
+def _schema() -> TableSchema:
+    pos = {"partition_key": 0, "clustering": 0}
+    cols = []
+    for name, typ, kind in COLUMNS:
+        cols.append(Column(name, parse_cql_type(typ), kind, pos.get(kind, 0)))  # type: ignore[arg-type]
+        if kind in pos:
+            pos[kind] += 1
+    return TableSchema(keyspace="bench", name="t", columns=tuple(cols), clustering_order=("asc",),
+                       cdc=CdcOptions(enabled=True))  # fmt: skip
+
+
+def _events(n: int) -> list[ChangeEvent]:
+    stream = os.urandom(16)
+    base = 1_700_000_000_000_000
+    at = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    out = []
+    for i in range(n):
+        wt = base + i
+        out.append(
+            ChangeEvent(
+                table="bench.t",
+                pos=Position(generation=0, stream_id=stream, time=uuid.UUID(int=(wt << 64) | (1 << 63) | i)),
+                batch_seq=0,
+                op=Op.INSERT,
+                write_time_us=wt,
+                key={"pk": i // 10, "ck": i % 10},
+                values={"name": f"customer {i}", "amount": i * 1.25, "qty": i % 97,
+                        "at": at + dt.timedelta(milliseconds=i), "ref": uuid.UUID(int=i), "tags": ["a", str(i % 7)]},
+            )
+        )  # fmt: skip
+    return out
+
+
+def _start_server() -> tuple[subprocess.Popen[bytes], str, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="cdcd-bench-ch-")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.clickhouse_server", "--port", str(port), "--path", os.path.join(workdir, "d")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/ping", timeout=1).status == 200:
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    return proc, url, workdir
+
+
+async def _run(url: str, n: int, batch: int) -> None:
+    events = _events(n)
+    sch = _schema()
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    sink = ClickHouseSink("bench", _Config(url))
+    await sink.connect()
+    m_sink = TableMapping(source="bench.t", target_schema=db, target_table="sink", delete="hard")
+    m_raw = TableMapping(source="bench.t", target_schema=db, target_table="raw", delete="hard")
+    await sink.ensure_table(m_sink, sch)
+    await sink.ensure_table(m_raw, sch)  # same shape; filled with plain client.insert below
+    batches = [events[i : i + batch] for i in range(0, n, batch)]
+
+    # The exact rows the sink inserts, prepared outside the timed raw loop.
+    from cdcd.sinks.ch_fold import BatchState, prepare
+
+    table = sink._tables[(m_raw.source, m_raw.target)]
+    raw_blocks = []
+    for b in batches:
+        state = BatchState(table.codec, "hard")
+        for p in prepare(table.codec, b)[0]:
+            state.apply(p)
+        (block,) = sink._blocks(table, state, b)
+        raw_blocks.append(block)
+    u = urlsplit(url)
+    client = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
+
+    # Warm up both paths (clickhouse-connect imports pandas lazily on the first insert).
+    warm = TableMapping(source="bench.t", target_schema=db, target_table="warm", delete="hard")
+    await sink.ensure_table(warm, sch)
+    await sink.write(warm, _events(10))
+
+    t0 = time.perf_counter()
+    for i, block in enumerate(raw_blocks):
+        await client.insert(
+            block.table, block.columns(), column_names=block.names, column_type_names=block.types,
+            column_oriented=True, settings={"insert_deduplication_token": f"raw:{i}"},
+        )  # fmt: skip
+    raw_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    applied = 0
+    for b in batches:
+        applied += (await sink.write(m_sink, b)).applied
+    sink_s = time.perf_counter() - t0
+
+    res = await client.query(f"SELECT (SELECT count() FROM `{db}`.`sink` FINAL), (SELECT count() FROM `{db}`.`raw` FINAL)")
+    got_sink, got_raw = res.result_rows[0]
+    await client.command(f"DROP DATABASE IF EXISTS `{db}`")
+    await client.close()
+    await sink.aclose()
+    raw_rate, sink_rate = n / raw_s, n / sink_s
+    print(f"events={n} batch={batch} rows: sink={got_sink} raw={got_raw} applied={applied}")
+    print(f"raw client.insert : {raw_rate:10.0f} events/s ({raw_s:.2f} s)")
+    print(f"ClickHouseSink    : {sink_rate:10.0f} events/s ({sink_s:.2f} s)")
+    print(f"sink / raw        : {sink_rate / raw_rate:.0%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="ClickHouse HTTP URL (default: start tests.clickhouse_server)")
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    args = ap.parse_args()
+    proc = None
+    workdir = None
+    url = args.url
+    if url is None:
+        proc, url, workdir = _start_server()
+    try:
+        asyncio.run(_run(url, args.events, args.batch))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
