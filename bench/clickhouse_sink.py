@@ -23,7 +23,6 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -132,7 +131,9 @@ async def _run(url: str, n: int, batch: int) -> None:
         (block,) = sink._blocks(table, state, b)
         raw_blocks.append(block)
     u = urlsplit(url)
-    client = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
+    client = await clickhouse_connect.get_async_client(
+        host=u.hostname, port=u.port, autogenerate_session_id=False
+    )
 
     # Warm up both paths (clickhouse-connect imports pandas lazily on the first insert).
     warm = TableMapping(source="bench.t", target_schema=db, target_table="warm", delete="hard")
@@ -153,7 +154,9 @@ async def _run(url: str, n: int, batch: int) -> None:
         applied += (await sink.write(m_sink, b)).applied
     sink_s = time.perf_counter() - t0
 
-    res = await client.query(f"SELECT (SELECT count() FROM `{db}`.`sink` FINAL), (SELECT count() FROM `{db}`.`raw` FINAL)")
+    res = await client.query(
+        f"SELECT (SELECT count() FROM `{db}`.`sink` FINAL), (SELECT count() FROM `{db}`.`raw` FINAL)"
+    )
     got_sink, got_raw = res.result_rows[0]
     await client.command(f"DROP DATABASE IF EXISTS `{db}`")
     await client.close()
