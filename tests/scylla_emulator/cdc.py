@@ -21,10 +21,10 @@ import re
 import struct
 import uuid
 from collections.abc import Callable
-from enum import IntEnum
 from typing import Any
 
 from .api import CqlError, ErrorCode
+from .cdc_fast import Op, StreamRouter, TablePlan, fast_transform, make_timeuuid, timeuuid_int
 from .cdc_split import Entry, extract, hashable, marker_live, row_entries, should_split
 from .cdctypes import (
     cell_key_type,
@@ -63,23 +63,6 @@ __all__ = [
 
 LOG_SUFFIX = "_scylla_cdc_log"
 ReadRow = Callable[[TableDef, tuple[Any, ...], tuple[Any, ...] | None], dict[str, Any] | None]
-
-
-class Op(IntEnum):
-    """``cdc$operation`` (cdc/log.hh)."""
-
-    PRE_IMAGE = 0
-    UPDATE = 1
-    INSERT = 2
-    ROW_DELETE = 3
-    PARTITION_DELETE = 4
-    RANGE_DELETE_START_INCLUSIVE = 5
-    RANGE_DELETE_START_EXCLUSIVE = 6
-    RANGE_DELETE_END_INCLUSIVE = 7
-    RANGE_DELETE_END_EXCLUSIVE = 8
-    POST_IMAGE = 9
-    SERVICE_ROW_DELETE = -3
-    SERVICE_PARTITION_DELETE = -4
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -213,11 +196,7 @@ def cdc_extension_blob(opts: CdcTableOptions) -> bytes:
 
 def random_timeuuid(ts_us: int, rng: random.Random | None = None) -> uuid.UUID:
     """UUID_gen::get_random_time_UUID_from_micros: v1 timestamp ``ts_us``, random lsb, IETF variant."""
-    ticks = ts_us * 10 + 0x01B21DD213814000
-    msb = ((ticks & 0xFFFFFFFF) << 32) | (((ticks >> 32) & 0xFFFF) << 16) | 0x1000 | ((ticks >> 48) & 0x0FFF)
-    lsb = (rng or random).getrandbits(64)
-    lsb = (lsb & ~0xC000000000000000) | 0x8000000000000000
-    return uuid.UUID(int=(msb << 64) | lsb)
+    return make_timeuuid(timeuuid_int(ts_us, (rng or random).getrandbits(64)))
 
 
 # ------------------------------------------------------------------------------------- transform
@@ -234,6 +213,9 @@ class CdcLog:
         self.generations = generations
         self.now_us = now_us
         self.rng = rng or random.Random()
+        self.router = StreamRouter(generations)
+        self._plans: dict[int, TablePlan] = {}
+        self.fast_path = True  # False: always the general path (equivalence tests)
 
     def transform(
         self, base: TableDef, log: TableDef, mutations: list[PartitionMutation], read_row: ReadRow
@@ -244,12 +226,27 @@ class CdcLog:
         Raises CqlError(INVALID) for a write timestamp "from the future"/"from the past"."""
         if base.cdc is None or not base.cdc.enabled:
             return []
+        if len(mutations) == 1 and self.fast_path:
+            pm = mutations[0]
+            if pm.table == base.name and pm.keyspace == base.keyspace:
+                plan = self._plans.get(id(base))
+                if plan is None or not plan.current(base):
+                    plan = self._plans[id(base)] = TablePlan(base)
+                if plan.fast:
+                    fast = fast_transform(self, self.router, plan, log, pm)
+                    if fast is not None:
+                        return fast
         for pm in mutations:
             if (pm.keyspace, pm.table) != (base.keyspace, base.name):
                 raise ValueError(f"mutation of {pm.keyspace}.{pm.table} passed to the CDC log of {base.name}")
         out: list[PartitionMutation] = []
         for pm in _merge_partitions(mutations):
-            out.extend(_Transformer(self, base, log, pm, read_row).run())
+            t = _Transformer(self, base, log, pm, read_row)
+            try:
+                out.extend(t.run())
+            finally:
+                t.builders.clear()  # break the transformer <-> builder cycles (bulk loads run without GC)
+                t.b = None
         return out
 
 
@@ -400,7 +397,7 @@ class _Transformer:
         return [m for m in (b.mutation() for b in self.builders) if m is not None]
 
     def _begin(self, ts: int, is_last: bool) -> _Builder:
-        stream = self.cdc.generations.stream_for(self.pm.token, ts)
+        stream = self.cdc.router.stream_for(self.pm.token, ts)
         self.b = _Builder(self, ts, stream)
         self.builders.append(self.b)
         self.update_state = self.opts.postimage or (not is_last and self.preimage)

@@ -1,0 +1,212 @@
+"""The CDC fast path (``cdc_fast.fast_transform``) produces exactly what the general path does.
+
+Hypothesis draws single base partition mutations -- the shapes the fast path takes (one-row
+upserts of atomic columns, row deletes, partition deletes) and near misses it must hand over
+(mixed timestamps or TTLs, dead markers, collections, static cells, several rows, range
+tombstones, unknown columns, images) -- for several table/option shapes. Two ``CdcLog``s with the
+same seeded rng, clock and generations transform the same mutation, one with ``fast_path`` off; the
+log mutations must be equal including cell insertion order and value types (``Op`` members vs
+ints), both must raise the same error, and both rngs must end in the same state.
+``StreamRouter.stream_for`` is checked against ``Generations.stream_for`` the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.scylla_emulator import cdc as cdc_module
+from tests.scylla_emulator.api import CqlError
+from tests.scylla_emulator.cdc import CdcLog, log_table_def
+from tests.scylla_emulator.cdc_fast import StreamRouter
+from tests.scylla_emulator.generations import Generations
+from tests.scylla_emulator.model import (
+    AtomicCell,
+    CdcTableOptions,
+    CollectionMutation,
+    ColumnDef,
+    PartitionMutation,
+    RangeTombstone,
+    RowMutation,
+    TableDef,
+)
+
+T = 1_700_000_000_000_000  # µs, "now"
+
+
+def _table(ck: bool, opts: CdcTableOptions) -> TableDef:
+    cols = [ColumnDef("pk", "int", "partition_key", 0)]
+    if ck:
+        cols += [ColumnDef("ck", "int", "clustering", 0), ColumnDef("ck2", "text", "clustering", 1, "desc")]
+        cols.append(ColumnDef("s", "int", "static"))
+    cols += [
+        ColumnDef("v", "int", "regular"),
+        ColumnDef("Zed", "text", "regular"),  # sorts before "v" by UTF-8 bytes
+        ColumnDef("é", "bigint", "regular"),  # sorts after ASCII names
+        ColumnDef("m", "map<int, int>", "regular"),
+    ]
+    return TableDef("ks", "t", cols, cdc=opts)
+
+
+OPTIONS = st.sampled_from(
+    [
+        CdcTableOptions(enabled=True),
+        CdcTableOptions(enabled=True, ttl=0),
+        CdcTableOptions(enabled=True, ttl=600),
+        CdcTableOptions(enabled=True, delta="keys"),
+        CdcTableOptions(enabled=True, preimage="true"),
+        CdcTableOptions(enabled=True, postimage=True),
+    ]
+)
+TS = st.sampled_from([T, T - 1, T - 2_000_000, T + 1_000_000])
+TTL = st.sampled_from([None, 0, 5, 100])
+VALUES = {"v": st.integers(-3, 3), "Zed": st.text(max_size=3), "é": st.integers(), "s": st.integers(0, 3)}
+
+
+@st.composite
+def atomic(draw: Any, name: str, ts: int, ttl: int | None, mixed: bool) -> AtomicCell:
+    if mixed:
+        ts, ttl = draw(TS), draw(TTL)
+    if draw(st.integers(0, 4)) == 0:
+        return AtomicCell(ts, None, live=False, ttl=draw(TTL) if mixed else None)
+    return AtomicCell(ts, draw(VALUES[name]), ttl=ttl)
+
+
+@st.composite
+def mutations(draw: Any, ck: bool) -> PartitionMutation:
+    pk = (draw(st.integers(-5, 5)),)
+    pm = PartitionMutation("ks", "t", pk, token=draw(st.integers(-(2**63) + 1, 2**63 - 1)))
+    pm.system_originated = draw(st.booleans())
+    kind = draw(st.sampled_from(["upsert", "upsert", "upsert", "row_delete", "partition_delete", "odd"]))
+    ts, ttl = draw(TS), draw(TTL)
+    mixed = draw(st.integers(0, 5)) == 0
+
+    def clustering() -> tuple[Any, ...]:
+        return (draw(st.integers(0, 3)), draw(st.text(max_size=2))) if ck else ()
+
+    if kind == "partition_delete":
+        pm.partition_tombstone_ts = ts
+    elif kind == "row_delete":
+        pm.rows.append(RowMutation(clustering(), row_tombstone_ts=ts))
+    else:
+        row = RowMutation(clustering())
+        if draw(st.booleans()):
+            row.marker = AtomicCell(draw(TS) if mixed else ts, ttl=ttl, live=draw(st.integers(0, 9)) > 0)
+        for name in draw(st.lists(st.sampled_from(["v", "Zed", "é"]), unique=True)):
+            row.cells[name] = draw(atomic(name, ts, ttl, mixed))
+        pm.rows.append(row)
+    if kind == "odd":  # near misses of the fast path
+        extra = draw(
+            st.sampled_from(["coll", "static", "rows", "range", "unknown", "ptomb", "rtomb", "none"])
+        )
+        row = pm.rows[0]
+        if extra == "coll":
+            row.cells["m"] = CollectionMutation(ts - 1, [(1, AtomicCell(ts, 2, ttl=ttl))])
+        elif extra == "static" and ck:
+            pm.static_row = RowMutation(None, cells={"s": AtomicCell(ts, 1)})
+        elif extra == "rows" and ck:
+            pm.rows.append(RowMutation((9, "z"), marker=AtomicCell(ts), cells={"v": AtomicCell(ts, 1)}))
+        elif extra == "range" and ck:
+            pm.range_tombstones.append(RangeTombstone((1,), True, (2,), False, ts))
+        elif extra == "unknown":
+            row.cells["nope"] = AtomicCell(ts, 1)
+        elif extra == "ptomb":
+            pm.partition_tombstone_ts = ts
+        elif extra == "rtomb":
+            row.row_tombstone_ts = ts
+        else:
+            row.marker, row.cells = None, {}
+    return pm
+
+
+def _cdc(now: int) -> CdcLog:
+    gens = Generations(now_ms=lambda: now // 1000, first_start_ms=T // 1000 - 60_000, rng=random.Random(1))
+    gens.new_generation(500)  # a second generation starting at now + 0.5 s
+    return CdcLog(gens, lambda: now, rng=random.Random(7))
+
+
+def _outcome(cdc: CdcLog, base: TableDef, log: TableDef, pm: PartitionMutation) -> Any:
+    def read_row(_b: TableDef, pk: tuple[Any, ...], ck: tuple[Any, ...] | None) -> dict[str, Any] | None:
+        return {"pk": pk[0], "v": 1, "s": 2} if ck is None else {"pk": pk[0], "v": 1, "Zed": "a"}
+
+    try:
+        muts = cdc.transform(base, log, [pm], read_row)
+    except (CqlError, ValueError) as e:
+        return ("error", type(e), str(e))
+    out = []
+    for m in muts:
+        rows = [
+            (r.clustering, r.marker, r.row_tombstone_ts, [(k, c, type(c.value)) for k, c in r.cells.items()])
+            for r in m.rows
+        ]
+        out.append((m.keyspace, m.table, m.partition_key, m.token, m.partition_tombstone_ts, rows))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(opts=OPTIONS, ck=st.booleans(), data=st.data(), now=st.sampled_from([T, T + 10_000_000]))
+def test_fast_path_equals_general_path(opts: CdcTableOptions, ck: bool, data: Any, now: int) -> None:
+    base = _table(ck, opts)
+    log = log_table_def(base)
+    pm = data.draw(mutations(ck))
+    fast, slow = _cdc(now), _cdc(now)
+    slow.fast_path = False
+    assert _outcome(fast, base, log, pm) == _outcome(slow, base, log, pm)
+    assert fast.rng.getstate() == slow.rng.getstate()
+
+
+@pytest.mark.parametrize(
+    "pm",
+    [
+        PartitionMutation("ks", "t", (1,), 5, rows=[RowMutation((1, "a"), AtomicCell(T), cells={"v": AtomicCell(T, 1)})]),
+        PartitionMutation("ks", "t", (1,), 5, rows=[RowMutation((1, "a"), row_tombstone_ts=T)]),
+        PartitionMutation("ks", "t", (1,), 5, partition_tombstone_ts=T),
+        PartitionMutation("ks", "t", (1,), 5, rows=[RowMutation((1, "a"), cells={"Zed": AtomicCell(T, None, False)})]),
+    ],
+)  # fmt: skip
+def test_fast_path_is_taken_for_the_common_shapes(pm: PartitionMutation, monkeypatch: Any) -> None:
+    """The shapes bulk loads produce do take the fast path (the general one is never consulted)."""
+    base = _table(True, CdcTableOptions(enabled=True))
+    slow = _cdc(T)
+    slow.fast_path = False
+    expected = slow.transform(base, log_table_def(base), [pm], lambda *_a: None)
+
+    def general(*_a: Any) -> None:
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(cdc_module, "_Transformer", general)
+    out = _cdc(T).transform(base, log_table_def(base), [pm], lambda *_a: None)
+    assert len(out) == 1 and len(out[0].rows) == 1
+    assert out == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    token=st.integers(-(2**63), 2**63 - 1),
+    offset=st.integers(-70_000_000, 8_000_000),
+    vnodes=st.integers(1, 5),
+    shards=st.integers(1, 3),
+)
+def test_stream_router_equals_generations(token: int, offset: int, vnodes: int, shards: int) -> None:
+    gens = Generations(
+        vnodes=vnodes,
+        shards=shards,
+        now_ms=lambda: T // 1000,
+        first_start_ms=T // 1000 - 60_000,
+        rng=random.Random(3),
+    )
+    gens.new_generation(-2_000)
+    gens.new_generation(1_000, vnodes + 1)
+    router = StreamRouter(gens)
+
+    def call(f: Any) -> Any:
+        try:
+            return f(token, T + offset)
+        except CqlError as e:
+            return ("error", e.code, str(e))
+
+    assert call(router.stream_for) == call(gens.stream_for)

@@ -1,0 +1,260 @@
+"""Fast path of ``cdc.CdcLog.transform`` for the common single-row write (EMU-PERF).
+
+``fast_transform`` handles one base ``PartitionMutation`` of a table without pre/post-images that is
+exactly one of
+
+* an upsert of one clustering row: a live row marker and/or atomic cells of regular columns, all
+  with one timestamp and one TTL (INSERT/UPDATE of non-collection columns; a null is a dead cell);
+* a delete of one clustering row (row tombstone only);
+* a partition delete (partition tombstone only),
+
+and returns the very same log mutation as the general ``cdc._Transformer`` (same cells, values,
+timestamps, TTLs and expiries, in the same insertion order; the same single ``rng.getrandbits(64)``
+draw for ``cdc$time`` and the same clock reads). For anything else it returns ``None`` *before* any
+side effect, and the caller takes the general path. ``tests/emulator/test_bulk_equivalence.py``
+checks both paths against each other.
+
+``StreamRouter.stream_for`` is ``Generations.stream_for`` with the generation/range lookup tables
+cached (rebuilt whenever a generation is added); out of the +-5 s leeway band it defers to
+``Generations.stream_for`` itself, so errors ("from the future"/"from the past") are unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from bisect import bisect_left, bisect_right
+from enum import IntEnum
+from typing import Any
+
+from .cdc_split import ttl0
+from .cdctypes import collection_kind, split_type
+from .generations import GENERATION_LEEWAY_US, Generations, stream_token
+from .model import AtomicCell, PartitionMutation, RowMutation, TableDef
+
+__all__ = ["Op", "StreamRouter", "TablePlan", "fast_transform", "make_timeuuid", "timeuuid_int"]
+
+_UUID_EPOCH = 0x01B21DD213814000
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+_new_uuid = uuid.UUID.__new__
+_setattr = object.__setattr__
+_LSB_CLEAR = ~0xC000000000000000 & 0xFFFFFFFFFFFFFFFF
+_LSB_VARIANT = 0x8000000000000000
+_U64 = 1 << 64
+_BIAS = 1 << 63
+
+
+class Op(IntEnum):
+    """``cdc$operation`` (cdc/log.hh); re-exported by ``cdc``."""
+
+    PRE_IMAGE = 0
+    UPDATE = 1
+    INSERT = 2
+    ROW_DELETE = 3
+    PARTITION_DELETE = 4
+    RANGE_DELETE_START_INCLUSIVE = 5
+    RANGE_DELETE_START_EXCLUSIVE = 6
+    RANGE_DELETE_END_INCLUSIVE = 7
+    RANGE_DELETE_END_EXCLUSIVE = 8
+    POST_IMAGE = 9
+    SERVICE_ROW_DELETE = -3
+    SERVICE_PARTITION_DELETE = -4
+
+
+def timeuuid_int(ts_us: int, lsb_random: int) -> int:
+    """The 128-bit value of ``cdc.random_timeuuid(ts_us, ...)`` given its 64 random bits."""
+    ticks = ts_us * 10 + _UUID_EPOCH
+    msb = ((ticks & 0xFFFFFFFF) << 32) | (((ticks >> 32) & 0xFFFF) << 16) | 0x1000 | ((ticks >> 48) & 0x0FFF)
+    return (msb << 64) | (lsb_random & _LSB_CLEAR) | _LSB_VARIANT
+
+
+def make_timeuuid(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` without its argument parsing (same object state)."""
+    u = _new_uuid(uuid.UUID)
+    _setattr(u, "int", value)
+    _setattr(u, "is_safe", _SAFE_UNKNOWN)
+    return u
+
+
+class TablePlan:
+    """What the fast path needs to know about one base table (cached per ``TableDef`` state)."""
+
+    __slots__ = ("base", "ck_names", "columns", "deleted", "fast", "ncols", "opts", "order", "pk_names",
+                 "rank", "values")  # fmt: skip
+
+    def __init__(self, base: TableDef) -> None:
+        opts = base.cdc
+        assert opts is not None
+        self.base = base
+        self.opts = opts
+        self.columns = base.columns
+        self.ncols = len(base.columns)
+        self.pk_names = [c.name for c in base.partition_key]
+        self.ck_names = [c.name for c in base.clustering_key]
+        has_empty = any(split_type(c.type)[0] == "empty" for c in base.columns)
+        atomic = [
+            c.name
+            for c in base.regular_columns
+            if collection_kind(c.type) is None and split_type(c.type)[0] != "empty"
+        ]
+        # row_entries order: by UTF-8 bytes of the column name
+        self.order = sorted(atomic, key=lambda n: n.encode())
+        self.rank = {n: i for i, n in enumerate(self.order)}
+        self.deleted = {n: "cdc$deleted_" + n for n in self.order}
+        self.values = opts.delta == "full"
+        self.fast = opts.preimage == "false" and not opts.postimage and not has_empty
+
+    def current(self, base: TableDef) -> bool:
+        return (
+            base is self.base
+            and base.cdc is self.opts
+            and base.columns is self.columns
+            and len(base.columns) == self.ncols
+        )
+
+
+class StreamRouter:
+    """``Generations.stream_for`` with cached lookup tables (see the module docstring)."""
+
+    def __init__(self, generations: Generations) -> None:
+        self.generations = generations
+        self._gens: Any = None
+        self._n = -1
+        self._starts: list[int] = []
+        self._tables: list[tuple[list[int], list[tuple[bytes, ...]]]] = []
+        self._tokens: dict[bytes, int] = {}
+
+    def _refresh(self, gl: list[Any]) -> None:
+        self._gens, self._n = gl, len(gl)
+        self._starts = [g.start_ms * 1000 for g in gl]
+        self._tables = [([r.end for r in g.ranges], [r.streams for r in g.ranges]) for g in gl]
+
+    def stream_for(self, token: int, ts_us: int) -> bytes:
+        g = self.generations
+        now_ms = getattr(g, "_now_ms", None)
+        gl = getattr(g, "_gens", None)
+        if now_ms is None or gl is None:  # pragma: no cover - another Generations implementation
+            return g.stream_for(token, ts_us)
+        now = now_ms() * 1000
+        if ts_us > now + GENERATION_LEEWAY_US or ts_us <= now - GENERATION_LEEWAY_US:
+            return g.stream_for(token, ts_us)
+        if gl is not self._gens or len(gl) != self._n:
+            self._refresh(gl)
+        i = bisect_right(self._starts, ts_us)
+        if not i:
+            return g.stream_for(token, ts_us)  # raises: no generation at ts
+        ends, streams = self._tables[i - 1]
+        j = bisect_left(ends, token)
+        ss = streams[j if j < len(ends) else 0]
+        n = len(ss)
+        # generations.shard_of(token, n, ignore_msb)
+        shard = ((((token + _BIAS) % _U64) << g.ignore_msb) % _U64 * n) >> 64
+        return ss[shard]
+
+    def token(self, stream: bytes) -> int:
+        t = self._tokens.get(stream)
+        if t is None:
+            t = self._tokens[stream] = stream_token(stream)
+        return t
+
+
+def _entries(plan: TablePlan, cells: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """The row's cells in ``row_entries`` order, or None if one is not a plain regular column."""
+    order = plan.order
+    if len(cells) * 4 < len(order):
+        rank = plan.rank
+        for name in cells:
+            if name not in rank:
+                return None
+        return [(n, cells[n]) for n in sorted(cells, key=rank.__getitem__)]
+    out = [(n, c) for n in order if (c := cells.get(n)) is not None]
+    return out if len(out) == len(cells) else None
+
+
+def fast_transform(
+    cdc: Any, router: StreamRouter, plan: TablePlan, log: TableDef, pm: PartitionMutation
+) -> list[PartitionMutation] | None:
+    """The log mutations of ``pm`` (see the module docstring), or None for the general path."""
+    if pm.static_row is not None or pm.range_tombstones:
+        return None
+    pk = pm.partition_key
+    pk_names = plan.pk_names
+    if len(pk) != len(pk_names):
+        return None
+    rows = pm.rows
+    ptomb = pm.partition_tombstone_ts
+    entries: list[tuple[str, Any]] | None = None
+    ck: tuple[Any, ...] | None = None
+    op: Any
+    ttl = 0
+    if not rows:
+        if ptomb is None:
+            return None
+        ts = ptomb
+        op = Op.SERVICE_PARTITION_DELETE if pm.system_originated else Op.PARTITION_DELETE
+    elif len(rows) == 1 and ptomb is None:
+        r = rows[0]
+        ck = r.clustering
+        if ck is None:
+            return None
+        m = r.marker
+        cells = r.cells
+        if r.row_tombstone_ts is not None:
+            if m is not None or cells:
+                return None
+            ts = r.row_tombstone_ts
+            op = Op.SERVICE_ROW_DELETE if pm.system_originated else Op.ROW_DELETE
+        else:
+            entries = _entries(plan, cells) if cells else []
+            if entries is None:
+                return None
+            if m is not None:
+                if not m.live:
+                    return None
+                ts, ttl, op = m.ts, ttl0(m), 2
+            elif entries:
+                c0 = entries[0][1]
+                if type(c0) is not AtomicCell:
+                    return None
+                ts, ttl, op = c0.ts, ttl0(c0), 1
+            else:
+                return None
+            for _n, c in entries:
+                if type(c) is not AtomicCell or c.ts != ts or (c.ttl if c.live and c.ttl else 0) != ttl:
+                    return None
+    else:
+        return None
+
+    # ---- from here on: exactly the general path's side effects, in its order
+    stream = router.stream_for(pm.token, ts)
+    opts = plan.opts
+    time = make_timeuuid(timeuuid_int(ts, cdc.rng.getrandbits(64)))
+    cttl = opts.ttl or None
+    exp = cdc.now_us() + opts.ttl * 1_000_000 if opts.ttl else None
+    out: dict[str, Any] = {}
+    for name, v in zip(pk_names, pk, strict=True):
+        out[name] = AtomicCell(ts, v, True, cttl, exp)
+    if entries is None:  # row/partition delete: the operation before the clustering columns
+        out["cdc$operation"] = AtomicCell(ts, op, True, cttl, exp)
+        if ck is not None:
+            for name, v in zip(plan.ck_names, ck, strict=False):
+                out[name] = AtomicCell(ts, v, True, cttl, exp)
+    else:
+        assert ck is not None
+        for name, v in zip(plan.ck_names, ck, strict=False):
+            out[name] = AtomicCell(ts, v, True, cttl, exp)
+        if plan.values:
+            deleted = plan.deleted
+            for name, c in entries:
+                if c.live:
+                    out[name] = AtomicCell(ts, c.value, True, cttl, exp)
+                else:
+                    out[deleted[name]] = AtomicCell(ts, True, True, cttl, exp)
+        out["cdc$operation"] = AtomicCell(ts, op, True, cttl, exp)
+        if ttl:
+            out["cdc$ttl"] = AtomicCell(ts, ttl, True, cttl, exp)
+    out["cdc$end_of_batch"] = AtomicCell(ts, True, True, cttl, exp)
+    return [
+        PartitionMutation(
+            log.keyspace, log.name, (stream,), router.token(stream), rows=[RowMutation((time, 0), cells=out)]
+        )
+    ]
