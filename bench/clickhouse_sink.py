@@ -135,10 +135,11 @@ async def _run(url: str, n: int, batch: int) -> None:
         host=u.hostname, port=u.port, autogenerate_session_id=False
     )
 
-    # Warm up both paths (clickhouse-connect imports pandas lazily on the first insert).
+    # Warm up both paths (clickhouse-connect imports pandas etc. lazily on first use).
     warm = TableMapping(source="bench.t", target_schema=db, target_table="warm", delete="hard")
     await sink.ensure_table(warm, sch)
-    await sink.write(warm, _events(10))
+    await sink.write(warm, _events(batch))  # a full batch: large parameters take another code path
+    await sink.write(warm, _events(batch))
 
     t0 = time.perf_counter()
     for i, block in enumerate(raw_blocks):

@@ -164,6 +164,7 @@ async def test_every_cql_type_round_trips(sink: ClickHouseSink, ch: Any, ch_data
     }
     sch = schema([("pk", "int", "partition_key"), *[(n, t, "regular") for n, (t, _) in types.items()]])
     m = await setup(sink, ch_database, sch)
+    await setup(sink, ch_database, sch)  # again: the existing table's column types are accepted
     out = await sink.write(m, [ev(Op.INSERT, {"pk": 1}, values={n: v for n, (_, v) in types.items()})])
     assert out.applied == 1
     res = await ch.query(
