@@ -23,6 +23,7 @@ Embed: ``ClickHouseTestServer(path).start()`` then ``.url``; ``.stop()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.parser
 import email.policy
 import gzip
@@ -115,7 +116,14 @@ class _Engine:
         return self._text(sql).strip()
 
     def run(
-        self, sql: str, body: bytes, fmt: str, params: dict[str, str], settings: dict[str, str], db: str | None
+        self,
+        sql: str,
+        body: bytes,
+        *,
+        fmt: str,
+        params: dict[str, str],
+        settings: dict[str, str],
+        db: str | None,
     ) -> tuple[bytes, dict[str, str]]:
         with self.lock:
             applied: list[str] = []
@@ -131,7 +139,9 @@ class _Engine:
                     default = self.setting_defaults.get(name, "")
                     self.conn.query(f"SET {name} = {_sql_literal(default)}", "TabSeparated")
 
-    def _run_locked(self, sql: str, body: bytes, fmt: str, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    def _run_locked(
+        self, sql: str, body: bytes, fmt: str, params: dict[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
         summary = dict.fromkeys(
             ("read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read", "result_rows",
              "result_bytes"), "0")  # fmt: skip
@@ -233,7 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
                 and _SETTING_NAME.match(k)
                 and k in self.engine.setting_defaults
             }
-            out, summary = self.engine.run(sql, body, fmt, qparams, settings, params.get("database"))
+            out, summary = self.engine.run(
+                sql, body, fmt=fmt, params=qparams, settings=settings, db=params.get("database")
+            )
         except Exception as exc:
             msg = str(exc)
             code_m = _ERROR_CODE.search(msg)
@@ -304,12 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     server = ClickHouseTestServer(args.path, args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
-    print(f"clickhouse test server (chDB {server._httpd.RequestHandlerClass.engine.version}) "  # type: ignore[attr-defined]
-          f"listening on {server.url}", flush=True)
-    try:
+    print(
+        f"clickhouse test server (chDB {server._httpd.RequestHandlerClass.engine.version}) "  # type: ignore[attr-defined]
+        f"listening on {server.url}",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

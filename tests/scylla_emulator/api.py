@@ -124,7 +124,7 @@ class PreparedInfo:
 class BatchStatement:
     query: str | None  # set for a QUERY-kind child
     prepared_id: bytes | None  # set for a prepared child
-    values: list[bytes | None | Any]
+    values: list[bytes | Any | None]
 
 
 class Engine(Protocol):

@@ -308,7 +308,7 @@ def drop_table(eng: EmulatorEngine, st: A.DropTable, ksname: str | None) -> Resu
         base = ks.tables.get(st.name[: -len("_scylla_cdc_log")])
         if base is not None and base.d.cdc is not None and base.d.cdc.enabled:
             raise inv(
-                f"Cannot drop CDC log table {ks.name}.{st.name} while CDC is enabled on {ks.name}.{base.name}; "  # noqa: E501
+                f"Cannot drop CDC log table {ks.name}.{st.name} while CDC is enabled on {ks.name}.{base.name}; "
                 f"disable CDC first"
             )
     del ks.tables[st.name]

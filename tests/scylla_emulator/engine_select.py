@@ -663,7 +663,7 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
         pos = [plan.fetch_names.index(n) if n in plan.fetch_names else -1 for n in rt.ck_names]
         if all(p >= 0 for p in pos) and not simple:
             raise inv(
-                "Unsupported by the Scylla emulator: ORDER BY with IN without selecting the clustering columns"  # noqa: E501
+                "Unsupported by the Scylla emulator: ORDER BY with IN without selecting the clustering columns"
             )
         key = rt.ck_key
         out_rows.sort(key=lambda r: key(tuple(r[p] for p in pos)), reverse=plan.reverse)

@@ -91,8 +91,9 @@ class TableDef:
         return None
 
     def copy(self) -> TableDef:
-        return dataclasses.replace(self, columns=list(self.columns), options=dict(self.options),
-                                   dropped=dict(self.dropped))
+        return dataclasses.replace(
+            self, columns=list(self.columns), options=dict(self.options), dropped=dict(self.dropped)
+        )
 
 
 @dataclass

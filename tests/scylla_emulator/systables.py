@@ -36,13 +36,13 @@ _FM = "frozen<map<text, text>>"
 _FL = "frozen<list<text>>"
 SYSTEM_TABLES: dict[str, list[str]] = {
     "system": [
-        "CREATE TABLE local (key text PRIMARY KEY, bootstrapped text, broadcast_address inet, cluster_name text, "  # noqa: E501
+        "CREATE TABLE local (key text PRIMARY KEY, bootstrapped text, broadcast_address inet, cluster_name text, "
         "cql_version text, data_center text, gossip_generation int, host_id uuid, listen_address inet, "
         "native_protocol_version text, partitioner text, rack text, release_version text, rpc_address inet, "
-        "rpc_port int, schema_version uuid, supported_features text, tokens set<text>, truncated_at map<uuid, blob>)",  # noqa: E501
-        "CREATE TABLE peers (peer inet PRIMARY KEY, data_center text, host_id uuid, preferred_ip inet, rack text, "  # noqa: E501
-        "release_version text, rpc_address inet, schema_version uuid, supported_features text, tokens set<text>)",  # noqa: E501
-        "CREATE TABLE peers_v2 (peer inet, peer_port int, data_center text, host_id uuid, native_address inet, "  # noqa: E501
+        "rpc_port int, schema_version uuid, supported_features text, tokens set<text>, truncated_at map<uuid, blob>)",
+        "CREATE TABLE peers (peer inet PRIMARY KEY, data_center text, host_id uuid, preferred_ip inet, rack text, "
+        "release_version text, rpc_address inet, schema_version uuid, supported_features text, tokens set<text>)",
+        "CREATE TABLE peers_v2 (peer inet, peer_port int, data_center text, host_id uuid, native_address inet, "
         "native_port int, preferred_ip inet, preferred_port int, rack text, release_version text, "
         "schema_version uuid, supported_features text, tokens set<text>, PRIMARY KEY (peer, peer_port))",
         "CREATE TABLE scylla_local (key text PRIMARY KEY, value text)",
@@ -50,7 +50,7 @@ SYSTEM_TABLES: dict[str, list[str]] = {
     ],
     "system_schema": [
         f"CREATE TABLE keyspaces (keyspace_name text PRIMARY KEY, durable_writes boolean, replication {_FM})",
-        f"CREATE TABLE tables (keyspace_name text, table_name text, bloom_filter_fp_chance double, caching {_FM}, "  # noqa: E501
+        f"CREATE TABLE tables (keyspace_name text, table_name text, bloom_filter_fp_chance double, caching {_FM}, "
         f"comment text, compaction {_FM}, compression {_FM}, crc_check_chance double, "
         "dclocal_read_repair_chance double, default_time_to_live int, extensions frozen<map<text, blob>>, "
         "flags frozen<set<text>>, gc_grace_seconds int, id uuid, max_index_interval int, "
@@ -67,7 +67,7 @@ SYSTEM_TABLES: dict[str, list[str]] = {
         f"CREATE TABLE aggregates (keyspace_name text, aggregate_name text, argument_types {_FL}, "
         "final_func text, initcond text, return_type text, state_func text, state_type text, "
         "PRIMARY KEY (keyspace_name, aggregate_name, argument_types))",
-        f"CREATE TABLE indexes (keyspace_name text, table_name text, index_name text, kind text, options {_FM}, "  # noqa: E501
+        f"CREATE TABLE indexes (keyspace_name text, table_name text, index_name text, kind text, options {_FM}, "
         "PRIMARY KEY (keyspace_name, table_name, index_name))",
         "CREATE TABLE views (keyspace_name text, view_name text, base_table_id uuid, base_table_name text, "
         f"include_all_columns boolean, where_clause text, bloom_filter_fp_chance double, caching {_FM}, "
@@ -80,7 +80,7 @@ SYSTEM_TABLES: dict[str, list[str]] = {
         "PRIMARY KEY (keyspace_name, table_name, trigger_name))",
         "CREATE TABLE dropped_columns (keyspace_name text, table_name text, column_name text, "
         "dropped_time timestamp, type text, PRIMARY KEY (keyspace_name, table_name, column_name))",
-        "CREATE TABLE scylla_keyspaces (keyspace_name text PRIMARY KEY, consistency text, initial_tablets int, "  # noqa: E501
+        "CREATE TABLE scylla_keyspaces (keyspace_name text PRIMARY KEY, consistency text, initial_tablets int, "
         f"storage_options {_FM}, storage_type text)",
         f"CREATE TABLE scylla_tables (keyspace_name text, table_name text, cdc {_FM}, partitioner text, "
         "version uuid, PRIMARY KEY (keyspace_name, table_name))",
@@ -88,7 +88,7 @@ SYSTEM_TABLES: dict[str, list[str]] = {
     "system_distributed": [
         "CREATE TABLE cdc_generation_timestamps (key text, time timestamp, expired timestamp, "
         "PRIMARY KEY (key, time)) WITH CLUSTERING ORDER BY (time DESC)",
-        "CREATE TABLE cdc_streams_descriptions_v2 (time timestamp, range_end bigint, streams frozen<set<blob>>, "  # noqa: E501
+        "CREATE TABLE cdc_streams_descriptions_v2 (time timestamp, range_end bigint, streams frozen<set<blob>>, "
         "PRIMARY KEY (time, range_end))",
     ],
     "emulator": ["CREATE TABLE control (command text PRIMARY KEY, value text)"],
