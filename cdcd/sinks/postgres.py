@@ -346,7 +346,7 @@ class PostgresSink:
             )
             sql = (
                 f"SELECT {', '.join(ident(c) for c in (*keys, *phys))} FROM {layout.name} "
-                f"WHERE ({', '.join(ident(k) for k in keys)}) IN ({tuples})"
+                f"WHERE NOT {DELETED} AND ({', '.join(ident(k) for k in keys)}) IN ({tuples})"
             )
             for row in await conn.fetch(sql, *[v for p in chunk for v in p.key]):
                 out[tuple(row[k] for k in keys)] = dict(row)
