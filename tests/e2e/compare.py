@@ -19,7 +19,7 @@ set                ``tuple`` in CQL order for array columns (uuid: by 128-bit va
                    sorted by ``repr`` (order-insensitive) inside JSON
 map                ``tuple`` of ``(key, value)`` sorted by ``repr(key)`` (JSON keys parsed by type)
 tuple, UDT         ``tuple``; UDT ``((field, value), ...)`` in field order
-empty collection   ``None`` (CQL has no empty non-frozen collections; the type map stores NULL)
+empty collection   ``()``: only frozen ones exist (a non-null empty value); non-frozen are ``None``
 =================  =============================================================================
 
 ``source_snapshot`` reads a whole table through the driver, ``pg_snapshot`` the replica (main table,
@@ -120,17 +120,17 @@ def src_value(t: CqlType, v: Any, *, json: bool = False) -> Any:
     if n == "blob":
         return bytes(v)
     if n == "list":
-        return tuple(src_value(t.params[0], x, json=json or not _is_array(t)) for x in v) or None
+        return tuple(src_value(t.params[0], x, json=json or not _is_array(t)) for x in v)
     if n == "set":
         inner = json or not _is_array(t)
         if inner:
-            return tuple(sorted((src_value(t.params[0], x, json=True) for x in v), key=repr)) or None
+            return tuple(sorted((src_value(t.params[0], x, json=True) for x in v), key=repr))
         ordered = sorted(v, key=_set_order(t.params[0]))
-        return tuple(src_value(t.params[0], x) for x in ordered) or None
+        return tuple(src_value(t.params[0], x) for x in ordered)
     if n == "map":
         kt, vt = t.params
         pairs = [(src_value(kt, k, json=True), src_value(vt, x, json=True)) for k, x in v.items()]
-        return tuple(sorted(pairs, key=lambda p: repr(p[0]))) or None
+        return tuple(sorted(pairs, key=lambda p: repr(p[0])))
     if n == "tuple":
         vals = [*v, *([None] * (len(t.params) - len(v)))]
         return tuple(src_value(p, x, json=True) for p, x in zip(t.params, vals, strict=True))
@@ -200,13 +200,13 @@ def pg_json(t: CqlType, j: Any) -> Any:
         assert j.startswith("\\x"), f"blob as {j!r}"
         return bytes.fromhex(j[2:])
     if n == "list":
-        return tuple(pg_json(t.params[0], x) for x in j) or None
+        return tuple(pg_json(t.params[0], x) for x in j)
     if n == "set":
-        return tuple(sorted((pg_json(t.params[0], x) for x in j), key=repr)) or None
+        return tuple(sorted((pg_json(t.params[0], x) for x in j), key=repr))
     if n == "map":
         kt, vt = t.params
         pairs = [(_json_key(kt, k), pg_json(vt, x)) for k, x in j.items()]
-        return tuple(sorted(pairs, key=lambda p: repr(p[0]))) or None
+        return tuple(sorted(pairs, key=lambda p: repr(p[0])))
     if n == "tuple":
         assert len(j) == len(t.params), f"tuple of {len(t.params)} as {j!r}"
         return tuple(pg_json(p, x) for p, x in zip(t.params, j, strict=True))
