@@ -61,8 +61,15 @@ def _max_timeuuid(us: int) -> uuid.UUID:
     return _timeuuid(us, 0x7F7F7F7F7F7F7F7F)
 
 
-def _load(engine: EmulatorEngine, table: str, rows: Callable[[int, int], Iterator[dict[str, Any]]],
-          n: int, call_size: int, op: str) -> float:  # fmt: skip
+def _load(
+    engine: EmulatorEngine,
+    table: str,
+    rows: Callable[[int, int], Iterator[dict[str, Any]]],
+    n: int,
+    *,
+    call_size: int,
+    op: str,
+) -> float:
     """Load ``n`` changes in calls of ``call_size``; returns changes/s."""
     t0 = time.perf_counter()
     done = 0
@@ -141,12 +148,12 @@ def main() -> None:
     prof = cProfile.Profile() if args.profile else None
     if prof is not None:
         prof.enable()
-    ins = _load(engine, "bench.t", inserts, n, args.call_size, "insert")
+    ins = _load(engine, "bench.t", inserts, n, call_size=args.call_size, op="insert")
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
-    upd = _load(engine, "bench.t", updates, n // 4, args.call_size, "update")
-    dele = _load(engine, "bench.t", deletes, n // 4, args.call_size, "delete")
+    upd = _load(engine, "bench.t", updates, n // 4, call_size=args.call_size, op="update")
+    dele = _load(engine, "bench.t", deletes, n // 4, call_size=args.call_size, op="delete")
     total = n + 2 * (n // 4)
     print(f"bulk_load CDC insert : {ins:10,.0f} changes/s  ({n:,} changes)")
     print(f"bulk_load CDC update : {upd:10,.0f} changes/s  ({n // 4:,} changes)")
@@ -160,7 +167,7 @@ def main() -> None:
     if rows != total:
         raise SystemExit(f"expected {total} log rows, read {rows}")
     if not args.skip_plain:
-        plain = _load(engine, "bench.plain", inserts, n, args.call_size, "insert")
+        plain = _load(engine, "bench.plain", inserts, n, call_size=args.call_size, op="insert")
         print(f"bulk_load plain insert: {plain:9,.0f} changes/s  ({n:,} changes)")
 
 

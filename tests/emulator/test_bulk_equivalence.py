@@ -7,12 +7,15 @@ tombstones, unknown columns, images) -- for several table/option shapes. Two ``C
 same seeded rng, clock and generations transform the same mutation, one with ``fast_path`` off; the
 log mutations must be equal including cell insertion order and value types (``Op`` members vs
 ints), both must raise the same error, and both rngs must end in the same state.
-``StreamRouter.stream_for`` is checked against ``Generations.stream_for`` the same way.
+``StreamRouter.stream_for`` is checked against ``Generations.stream_for`` the same way, the log
+clustering keys against the catalog's, and ``bulk_load``'s direct storage writes against its
+mutation route through the general CDC path (two engines on one frozen clock, same streams and rng).
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any
 
 import pytest
@@ -21,8 +24,10 @@ from hypothesis import strategies as st
 
 from tests.scylla_emulator import cdc as cdc_module
 from tests.scylla_emulator.api import CqlError
+from tests.scylla_emulator.bulk import bulk_load
 from tests.scylla_emulator.cdc import CdcLog, log_table_def
 from tests.scylla_emulator.cdc_fast import StreamRouter
+from tests.scylla_emulator.engine import EmulatorEngine, log_ck_key
 from tests.scylla_emulator.generations import Generations
 from tests.scylla_emulator.model import (
     AtomicCell,
@@ -210,3 +215,141 @@ def test_stream_router_equals_generations(token: int, offset: int, vnodes: int, 
             return ("error", e.code, str(e))
 
     assert call(router.stream_for) == call(gens.stream_for)
+
+
+_ENGINE: list[EmulatorEngine] = []
+
+
+def _log_rt() -> Any:
+    if not _ENGINE:
+        engine = EmulatorEngine()
+        engine.execute_decoded(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+        )
+        engine.execute_decoded("CREATE TABLE ks.t (pk int PRIMARY KEY, v int) WITH cdc = {'enabled': true}")
+        _ENGINE.append(engine)
+    return _ENGINE[0].table("ks", "t_scylla_cdc_log")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.integers(0, 2**128 - 1), seq=st.integers(-(2**31), 2**31 - 1))
+def test_log_clustering_key_equals_the_catalogs(value: int, seq: int) -> None:
+    rt = _log_rt()
+    ck = (uuid.UUID(int=value), seq)
+    assert log_ck_key(rt)(ck) == rt.ck_key(ck)
+    assert log_ck_key(rt)((ck[0],)) == rt.ck_key((ck[0],))
+
+
+# ---------------------------------------------------------------------------- bulk_load direct path
+FIXED_NOW = 1_800_000_000.0  # s; both engines run on this frozen clock
+
+SHAPES = {
+    "plain": ("pk int, ck int, v int, t text, PRIMARY KEY (pk, ck)", ""),
+    "cdc": ("pk int, ck int, v int, t text, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true}"),
+    "cdc_ttl0": ("pk int, ck int, v int, t text, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true, 'ttl': 0}"),
+    "cdc_keys": ("pk int, ck int, v int, t text, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true, 'delta': 'keys'}"),
+    "cdc_pre": ("pk int, ck int, v int, t text, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true, 'preimage': true}"),
+    "cdc_static": ("pk int, ck int, v int, t text, s int static, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true}"),
+    "cdc_coll": ("pk int, ck int, v int, t text, m map<int, int>, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true}"),
+    "cdc_nock": ("pk int, v int, t text, PRIMARY KEY (pk)", " WITH cdc = {'enabled': true}"),
+    "cdc_ts": ("pk int, ck timestamp, v int, t text, PRIMARY KEY (pk, ck)", " WITH cdc = {'enabled': true}"),
+}  # fmt: skip
+
+
+def _engine(shape: str, shared: EmulatorEngine | None) -> EmulatorEngine:
+    engine = EmulatorEngine(clock=lambda: FIXED_NOW)
+    if shared is not None:  # same streams, same cdc$time bits, same list cell keys
+        engine.generations = shared.generations
+        engine.writer._node = shared.writer._node
+    engine.cdc = CdcLog(engine.generations, engine.now_us, rng=random.Random(11))
+    engine.execute_decoded(
+        "CREATE KEYSPACE ks WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+    )
+    cols, opts = SHAPES[shape]
+    engine.execute_decoded(f"CREATE TABLE ks.t ({cols}){opts}")
+    return engine
+
+
+def _cell(c: Any) -> Any:
+    if isinstance(c, AtomicCell):
+        return (c.ts, c.value, type(c.value), c.live, c.ttl, c.expiry)
+    return ("coll", c.tomb, [(k, _cell(x)) for k, x in c.cells.items()])
+
+
+def _row(r: Any) -> Any:
+    if r is None:
+        return None
+    return (
+        r.ck,
+        r.tomb,
+        None if r.marker is None else _cell(r.marker),
+        [(n, _cell(c)) for n, c in r.cells.items()],
+    )
+
+
+def _dump(engine: EmulatorEngine, name: str) -> Any:
+    rt = engine.catalog.find_table("ks", name)
+    if rt is None:
+        return None
+    out = []
+    for tok, pkb in rt.store.order:
+        p = rt.store.partitions[pkb]
+        rows = [(k, _row(p.rows[k])) for k in p.keys]
+        out.append((tok, pkb, p.pk, p.tomb, _row(p.static), rows, list(p.rts)))
+    return out
+
+
+@st.composite
+def loads(draw: Any, shape: str) -> list[tuple[str, int | None, list[dict[str, Any]]]]:
+    cols = ["v", "t"] + (["s"] if shape == "cdc_static" else []) + (["m"] if shape == "cdc_coll" else [])
+    values = {"v": st.integers(-3, 3), "t": st.text(max_size=2), "s": st.integers(0, 2),
+              "m": st.dictionaries(st.integers(0, 2), st.integers(0, 2), max_size=2)}  # fmt: skip
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["insert", "update", "delete"]))
+        ttl = draw(st.sampled_from([None, None, 0, 50]))
+        rows = []
+        for _ in range(draw(st.integers(1, 6))):
+            row: dict[str, Any] = {"pk": draw(st.integers(0, 2))}
+            if shape != "cdc_nock" and (op != "delete" or draw(st.booleans())):
+                ck = draw(st.integers(0, 3))
+                row["ck"] = 1_700_000_000_000 + ck if shape == "cdc_ts" else ck
+            if op != "delete":
+                for c in draw(st.lists(st.sampled_from(cols), unique=True)):
+                    row[c] = draw(st.one_of(st.none(), values[c]))
+            rows.append(row)
+        out.append((op, ttl, rows))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from(sorted(SHAPES)), data=st.data())
+def test_bulk_direct_path_stores_what_the_mutation_path_stores(shape: str, data: Any) -> None:
+    """bulk_load's direct writes == its mutation route through the general CDC path, cell by cell."""
+    ref = _engine(shape, None)
+    ref.cdc.fast_path = False  # type: ignore[union-attr]
+    fast = _engine(shape, ref)
+    for op, ttl, rows in data.draw(loads(shape)):
+        results = []
+        for engine, direct in ((fast, True), (ref, False)):
+            try:
+                results.append(bulk_load(engine, "ks.t", rows, op=op, ttl=ttl, direct=direct))  # type: ignore[arg-type]
+            except CqlError as e:
+                results.append(("error", str(e)))
+        assert results[0] == results[1]
+    assert _dump(fast, "t") == _dump(ref, "t")
+    assert _dump(fast, "t_scylla_cdc_log") == _dump(ref, "t_scylla_cdc_log")
+    assert fast.cdc.rng.getstate() == ref.cdc.rng.getstate()  # type: ignore[union-attr]
+
+
+def test_bulk_direct_path_is_taken_for_plain_changes(monkeypatch: Any) -> None:
+    engine = _engine("cdc", None)
+
+    def refuse(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("apply_mutations was called")
+
+    monkeypatch.setattr(engine, "apply_mutations", refuse)
+    assert bulk_load(engine, "ks.t", [{"pk": 1, "ck": i, "v": i, "t": None} for i in range(5)]) == 5
+    assert bulk_load(engine, "ks.t", [{"pk": 1, "ck": 1, "v": 9}], op="update") == 1
+    assert bulk_load(engine, "ks.t", [{"pk": 1, "ck": 2}, {"pk": 2}], op="delete") == 2
+    assert len(engine.execute_decoded("SELECT * FROM ks.t_scylla_cdc_log").rows) == 8  # type: ignore[union-attr]

@@ -217,6 +217,13 @@ class CdcLog:
         self._plans: dict[int, TablePlan] = {}
         self.fast_path = True  # False: always the general path (equivalence tests)
 
+    def plan(self, base: TableDef) -> TablePlan:
+        """The fast-path plan of a CDC-enabled ``base`` (cached while its definition is unchanged)."""
+        plan = self._plans.get(id(base))
+        if plan is None or not plan.current(base):
+            plan = self._plans[id(base)] = TablePlan(base)
+        return plan
+
     def transform(
         self, base: TableDef, log: TableDef, mutations: list[PartitionMutation], read_row: ReadRow
     ) -> list[PartitionMutation]:
@@ -229,9 +236,7 @@ class CdcLog:
         if len(mutations) == 1 and self.fast_path:
             pm = mutations[0]
             if pm.table == base.name and pm.keyspace == base.keyspace:
-                plan = self._plans.get(id(base))
-                if plan is None or not plan.current(base):
-                    plan = self._plans[id(base)] = TablePlan(base)
+                plan = self.plan(base)
                 if plan.fast:
                     fast = fast_transform(self, self.router, plan, log, pm)
                     if fast is not None:

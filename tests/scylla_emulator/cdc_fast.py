@@ -31,7 +31,17 @@ from .cdctypes import collection_kind, split_type
 from .generations import GENERATION_LEEWAY_US, Generations, stream_token
 from .model import AtomicCell, PartitionMutation, RowMutation, TableDef
 
-__all__ = ["Op", "StreamRouter", "TablePlan", "fast_transform", "make_timeuuid", "timeuuid_int"]
+__all__ = [
+    "Op",
+    "StreamRouter",
+    "TablePlan",
+    "entries_of",
+    "fast_transform",
+    "log_key",
+    "log_row",
+    "make_timeuuid",
+    "timeuuid_int",
+]
 
 _UUID_EPOCH = 0x01B21DD213814000
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
@@ -40,6 +50,8 @@ _setattr = object.__setattr__
 _LSB_CLEAR = ~0xC000000000000000 & 0xFFFFFFFFFFFFFFFF
 _LSB_VARIANT = 0x8000000000000000
 _U64 = 1 << 64
+_M64 = _U64 - 1
+_X80 = 0x8080808080808080
 _BIAS = 1 << 63
 
 
@@ -157,7 +169,7 @@ class StreamRouter:
         return t
 
 
-def _entries(plan: TablePlan, cells: dict[str, Any]) -> list[tuple[str, Any]] | None:
+def entries_of(plan: TablePlan, cells: dict[str, Any]) -> list[tuple[str, Any]] | None:
     """The row's cells in ``row_entries`` order, or None if one is not a plain regular column."""
     order = plan.order
     if len(cells) * 4 < len(order):
@@ -204,7 +216,7 @@ def fast_transform(
             ts = r.row_tombstone_ts
             op = Op.SERVICE_ROW_DELETE if pm.system_originated else Op.ROW_DELETE
         else:
-            entries = _entries(plan, cells) if cells else []
+            entries = entries_of(plan, cells) if cells else []
             if entries is None:
                 return None
             if m is not None:
@@ -225,13 +237,35 @@ def fast_transform(
         return None
 
     # ---- from here on: exactly the general path's side effects, in its order
-    stream = router.stream_for(pm.token, ts)
+    stream, value, out = log_row(cdc, router, plan, pm.token, pk, ck, entries, op, ttl, ts)
+    row = RowMutation((make_timeuuid(value), 0), cells=out)
+    return [PartitionMutation(log.keyspace, log.name, (stream,), router.token(stream), rows=[row])]
+
+
+def log_row(  # noqa: PLR0917
+    cdc: Any,
+    router: StreamRouter,
+    plan: TablePlan,
+    token: int,
+    pk: tuple[Any, ...],
+    ck: tuple[Any, ...] | None,
+    entries: list[tuple[str, Any]] | None,
+    op: Any,
+    ttl: int,
+    ts: int,
+) -> tuple[bytes, int, dict[str, Any]]:
+    """(stream, ``cdc$time`` as a 128-bit int, cells) of the single log row of one change:
+    an upsert (``entries``: its cells in ``row_entries`` order, ``op`` 1 or 2, ``ttl`` its TTL or 0),
+    a row delete (``entries`` None, ``ck`` set) or a partition delete (both None). Draws the
+    ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
+    ``Generations.stream_for``."""
+    stream = router.stream_for(token, ts)
     opts = plan.opts
-    time = make_timeuuid(timeuuid_int(ts, cdc.rng.getrandbits(64)))
+    value = timeuuid_int(ts, cdc.rng.getrandbits(64))
     cttl = opts.ttl or None
     exp = cdc.now_us() + opts.ttl * 1_000_000 if opts.ttl else None
     out: dict[str, Any] = {}
-    for name, v in zip(pk_names, pk, strict=True):
+    for name, v in zip(plan.pk_names, pk, strict=True):
         out[name] = AtomicCell(ts, v, True, cttl, exp)
     if entries is None:  # row/partition delete: the operation before the clustering columns
         out["cdc$operation"] = AtomicCell(ts, op, True, cttl, exp)
@@ -253,8 +287,10 @@ def fast_transform(
         if ttl:
             out["cdc$ttl"] = AtomicCell(ts, ttl, True, cttl, exp)
     out["cdc$end_of_batch"] = AtomicCell(ts, True, True, cttl, exp)
-    return [
-        PartitionMutation(
-            log.keyspace, log.name, (stream,), router.token(stream), rows=[RowMutation((time, 0), cells=out)]
-        )
-    ]
+    return stream, value, out
+
+
+def log_key(value: int) -> tuple[tuple[int, int], int]:
+    """The log table's clustering sort key (``rt.ck_key``) of the row (timeuuid ``value``, 0)."""
+    time = (((value >> 64) & 0x0FFF) << 48) | (((value >> 80) & 0xFFFF) << 32) | (value >> 96)
+    return ((time, (value & _M64) ^ _X80), 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ class EmulatorEngine:
         self.writer = Writer(self.now_us, self._current)
         self._parse_cache: dict[str, tuple[Any, int]] = {}
         self._prepared: dict[bytes, _Prepared] = {}
+        self._log_keys: dict[int, tuple[TableRt, Callable[[tuple[Any, ...]], Any]]] = {}
         self.schema_events: list[SchemaChangeResult] = []
         if Generations is None:
             raise RuntimeError("tests/scylla_emulator/generations.py is missing")
@@ -509,39 +511,101 @@ class EmulatorEngine:
         systables.put_row(self, rt, {"command": cmd, "value": arg})
         return VoidResult()
 
-    def apply_mutations(self, muts: list[PartitionMutation], *, cdc: bool = True) -> None:
-        """Apply base mutations, after computing the CDC log mutations of CDC-enabled tables."""
-        cat = self.catalog
-        log_muts: list[PartitionMutation] = []
+    def _rt(self, ks: str, name: str) -> TableRt:
+        """``catalog.table`` (same errors), without its call chain for existing tables."""
+        k = self.catalog.keyspaces.get(ks)
+        rt = None if k is None else k.tables.get(name)
+        return self.catalog.table(ks, name) if rt is None else rt
+
+    def apply_mutations(
+        self, muts: list[PartitionMutation], *, cdc: bool = True, pk_bytes: list[bytes] | None = None
+    ) -> None:
+        """Apply base mutations, after computing the CDC log mutations of CDC-enabled tables.
+
+        ``pk_bytes``: the serialized partition keys of ``muts`` (same order) when the caller already
+        has them (``bulk``); they must equal ``rt.pk_bytes(m.partition_key)``."""
+        if len(muts) == 1:
+            m = muts[0]
+            rt = self._rt(m.keyspace, m.table)
+            opts = rt.d.cdc
+            if cdc and opts is not None and opts.enabled:
+                log_rt = self._log_rt(rt)
+                log_muts = self.cdc.transform(rt.d, log_rt.d, muts, self.read_row)  # type: ignore[union-attr]
+                now = self.now_us()
+                self._apply_one(m, now, rt, pk_bytes[0] if pk_bytes else None)
+                for lm in log_muts:
+                    self._apply_one(lm, now, log_rt)
+            else:
+                self._apply_one(m, self.now_us(), rt, pk_bytes[0] if pk_bytes else None)
+            return
+        log_muts = []
         if cdc:
             by_table: dict[tuple[str, str], list[PartitionMutation]] = {}
             for m in muts:
                 by_table.setdefault((m.keyspace, m.table), []).append(m)
             for (ks, name), pms in by_table.items():
-                rt = cat.table(ks, name)
+                rt = self._rt(ks, name)
                 opts = rt.d.cdc
                 if opts is None or not opts.enabled:
                     continue
-                log_rt = cat.find_table(ks, name + LOG_SUFFIX)
-                if self.cdc is None or log_rt is None:
-                    raise CqlError(
-                        ErrorCode.SERVER_ERROR, "CDC is enabled but the emulator's cdc module is missing"
-                    )
-                log_muts.extend(self.cdc.transform(rt.d, log_rt.d, pms, self.read_row))
+                log_rt = self._log_rt(rt)
+                log_muts.extend(self.cdc.transform(rt.d, log_rt.d, pms, self.read_row))  # type: ignore[union-attr]
         now = self.now_us()
-        for m in muts:
-            self._apply_one(m, now)
+        for i, m in enumerate(muts):
+            self._apply_one(m, now, None, pk_bytes[i] if pk_bytes else None)
         for m in log_muts:
             self._apply_one(m, now)
 
-    def _apply_one(self, m: PartitionMutation, now: int) -> None:
-        rt = self.catalog.table(m.keyspace, m.table)
-        pkb = rt.pk_bytes(m.partition_key)
-        apply(rt.store, m, rt.token_of(m.partition_key, pkb), pkb, rt.ck_key, rt.prefix_key, now)
+    def _log_rt(self, rt: TableRt) -> TableRt:
+        log_rt = self.catalog.find_table(rt.keyspace, rt.name + LOG_SUFFIX)
+        if self.cdc is None or log_rt is None:
+            raise CqlError(ErrorCode.SERVER_ERROR, "CDC is enabled but the emulator's cdc module is missing")
+        return log_rt
+
+    def _apply_one(
+        self, m: PartitionMutation, now: int, rt: TableRt | None = None, pkb: bytes | None = None
+    ) -> None:
+        if rt is None:
+            rt = self._rt(m.keyspace, m.table)
+        pk = m.partition_key
+        if pkb is None:
+            if rt.is_log and len(pk) == 1 and type(pk[0]) is bytes:
+                pkb = pk[0]  # blob serialization is the identity
+            else:
+                pkb = rt.pk_bytes(pk)
+        ck_key = rt.ck_key
+        if rt.is_log:
+            fast = self._log_keys.get(id(rt))
+            if fast is None or fast[0] is not rt:
+                fast = self._log_keys[id(rt)] = (rt, log_ck_key(rt))
+            ck_key = fast[1]
+        apply(rt.store, m, pkb, rt.token_of, ck_key, rt.prefix_key, now)
 
     # ------------------------------------------------------------------------------ helpers for tests
     def table(self, ks: str, name: str) -> TableRt:
         return self.catalog.table(ks, name)
+
+
+_M64 = 0xFFFFFFFFFFFFFFFF
+_X80 = 0x8080808080808080
+
+
+def log_ck_key(rt: TableRt) -> Callable[[tuple[Any, ...]], Any]:
+    """``rt.ck_key`` of a CDC log table ((cdc$time, cdc$batch_seq_no)) computed without its
+    generic per-component calls; equal to ``rt.ck_key`` for every key (``cqltypes_util.timeuuid_key``
+    then the int itself)."""
+    generic = rt.ck_key
+    if [(c.type, c.clustering_order) for c in rt.ck] != [("timeuuid", "asc"), ("int", "asc")]:
+        return generic
+
+    def key(ck: tuple[Any, ...]) -> Any:
+        if len(ck) != 2 or type(ck[0]) is not uuid.UUID:
+            return generic(ck)
+        i = ck[0].int
+        time = (((i >> 64) & 0x0FFF) << 48) | (((i >> 80) & 0xFFFF) << 32) | (i >> 96)
+        return ((time, (i & _M64) ^ _X80), ck[1])
+
+    return key
 
 
 def row_value(rt: TableRt, name: str, v: Any) -> Any:

@@ -19,7 +19,10 @@ from typing import Any
 
 from tests.scylla_emulator.model import AtomicCell, CollectionMutation, PartitionMutation, RowMutation
 
-__all__ = ["MAX", "NO_TS", "CollCells", "Desc", "Partition", "Row", "TableStore", "apply"]
+__all__ = [
+    "MAX", "NO_TS", "CollCells", "Desc", "Partition", "Row", "TableStore", "apply", "apply_row", "new_row",
+    "partition_of",
+]  # fmt: skip
 
 NO_TS = -(1 << 63)
 
@@ -238,7 +241,8 @@ def _merge_atomic(old: AtomicCell | None, new: AtomicCell) -> AtomicCell:
     return new if oe is None and ne is None else old
 
 
-def _apply_row(row: Row, rm: RowMutation, now_us: int) -> None:
+def apply_row(row: Row, rm: RowMutation, now_us: int) -> None:
+    """Merge a row mutation into a stored row (TTL'd cells get their expiry from ``now_us``)."""
     if rm.row_tombstone_ts is not None and rm.row_tombstone_ts > row.tomb:
         row.tomb = rm.row_tombstone_ts
     if rm.marker is not None:
@@ -268,23 +272,50 @@ def _apply_row(row: Row, rm: RowMutation, now_us: int) -> None:
                 d[key] = _merge_atomic(d.get(key), cell)
 
 
+def partition_of(
+    store: TableStore, pk: tuple[Any, ...], pkbytes: bytes, token_of: Callable[[tuple[Any, ...], bytes], int]
+) -> Partition:
+    """The partition with serialized key ``pkbytes``, created (token from ``token_of``) if missing."""
+    p = store.partitions.get(pkbytes)
+    if p is None:
+        p = store.get_or_create(pk, token_of(pk, pkbytes), pkbytes)
+    return p
+
+
+def new_row(p: Partition, k: Any, ck: tuple[Any, ...]) -> Row | None:
+    """A new empty clustering row at sort key ``k`` in ``p``, or None if ``p`` already has one
+    (callers then merge with ``apply_row``)."""
+    rows = p.rows
+    if k in rows:
+        return None
+    row = Row(ck)
+    rows[k] = row
+    keys = p.keys
+    if not keys or keys[-1] < k:
+        keys.append(k)
+    else:
+        bisect.insort(keys, k)
+    return row
+
+
 def apply(  # noqa: PLR0917
     store: TableStore,
     m: PartitionMutation,
-    token: int,
     pkbytes: bytes,
+    token_of: Callable[[tuple[Any, ...], bytes], int],
     ck_key: Callable[[tuple[Any, ...]], Any],
     prefix_key: Callable[[tuple[Any, ...]], Any],
     now_us: int,
 ) -> None:
-    """Merge one partition mutation into ``store`` (keys already computed by the caller)."""
-    p = store.get_or_create(m.partition_key, token, pkbytes)
+    """Merge one partition mutation into ``store``; ``pkbytes`` is its serialized partition key,
+    ``token_of(pk, pkbytes)`` is only called when the partition is new."""
+    p = partition_of(store, m.partition_key, pkbytes, token_of)
     if m.partition_tombstone_ts is not None and m.partition_tombstone_ts > p.tomb:
         p.tomb = m.partition_tombstone_ts
     if m.static_row is not None:
         if p.static is None:
             p.static = Row(None)
-        _apply_row(p.static, m.static_row, now_us)
+        apply_row(p.static, m.static_row, now_us)
     rows = p.rows
     keys = p.keys
     for rm in m.rows:
@@ -299,7 +330,7 @@ def apply(  # noqa: PLR0917
                 keys.append(k)
             else:
                 bisect.insort(keys, k)
-        _apply_row(row, rm, now_us)
+        apply_row(row, rm, now_us)
     for rt in m.range_tombstones:
         entry = (prefix_key(rt.start), rt.start_inclusive, prefix_key(rt.end), rt.end_inclusive, rt.ts)
         if entry not in p.rts:
