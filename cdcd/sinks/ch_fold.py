@@ -35,7 +35,7 @@ from cdcd.sinks.ch_types import (
     to_ch,
 )
 
-__all__ = ["BatchState", "Prepared", "Row", "TableCodec", "prepare"]
+__all__ = ["BatchState", "Prepared", "Row", "TableCodec", "blind_keys", "fresh_columns", "prepare"]
 
 
 def _empty_of(t: CqlType) -> Any:
@@ -58,6 +58,7 @@ class TableCodec:
         self.main = main
         self.static = static
         self.types: dict[str, CqlType] = {c.name: c.type for c in schema.columns}
+        self.names = frozenset(self.types)
         keys = {c.name for c in schema.primary_key}
         self.key_conv = {c.name: to_ch(c.type, nullable=False) for c in schema.primary_key}
         self.conv: dict[str, Converter] = {n: to_ch(t) for n, t in self.types.items() if n not in keys}
@@ -130,6 +131,11 @@ def _holds_collection(t: CqlType) -> bool:
     return any(_holds_collection(p) for p in params)
 
 
+# Shared empty containers of Prepared fields nothing adds to (never mutated: saves allocations).
+_NONE_D: dict[str, Any] = {}
+_NONE_L: list[str] = []
+
+
 @dataclass(slots=True)
 class Prepared:
     """One event in ClickHouse value space."""
@@ -143,10 +149,12 @@ class Prepared:
     removes: dict[str, Any] = field(default_factory=dict)  # multicell removals
     start: tuple[Any, ...] = ()
     end: tuple[Any, ...] = ()
+    full: bool = False  # a main-table INSERT setting or clearing every column: the whole row
 
 
 def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
-    if ev.op in (Op.PARTITION_DELETE, Op.RANGE_DELETE):
+    op = ev.op if type(ev.op) is Op else Op(ev.op)
+    if op is Op.PARTITION_DELETE or op is Op.RANGE_DELETE:
         key = tuple(codec.key_conv[c.name](ev.key[c.name]) for c in codec.schema.partition_key)
         p = Prepared(i, ev, key)
         if ev.op == Op.RANGE_DELETE:
@@ -158,8 +166,8 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
                     raise ValueError(f"range bound {bound!r} is longer than the clustering key")
                 setattr(p, attr, tuple(codec.key_conv[c.name](v) for c, v in zip(ck, bound, strict=False)))
         return p
-    if ev.op not in (Op.INSERT, Op.UPDATE, Op.ROW_DELETE):
-        raise ValueError(f"operation {ev.op!r} cannot be applied")
+    if op is not Op.INSERT and op is not Op.UPDATE and op is not Op.ROW_DELETE:
+        raise ValueError(f"operation {op!r} cannot be applied")
     key_names = codec.static_key_names if ev.static else codec.main_key_names
     if key_names is None:
         raise ValueError("static row change, but the table has no static columns")
@@ -169,16 +177,15 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
         key = tuple([kconv[n](evkey[n]) for n in key_names])
     except KeyError:
         raise ValueError(f"key column(s) {[n for n in key_names if n not in evkey]} missing") from None
-    p = Prepared(i, ev, key)
-    if ev.op == Op.ROW_DELETE:
-        return p
+    if op is Op.ROW_DELETE:
+        return Prepared(i, ev, key)
     stored = codec.static_cols if ev.static else codec.main_cols
-    for col in ev.deleted:
-        if col in stored:
-            p.cleared.append(col)
+    cleared = [col for col in ev.deleted if col in stored] if ev.deleted else _NONE_L
     multicell = codec.multicell
     conv = codec.conv
-    sets = p.sets
+    sets: dict[str, Any] = {}
+    adds: dict[str, Any] = _NONE_D
+    removes: dict[str, Any] = _NONE_D
     for col, value in ev.values.items():
         if col not in stored:
             continue
@@ -186,17 +193,22 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
             if col not in multicell:
                 sets[col] = conv[col](value)
             else:
-                p.adds[col] = _adds(codec, col, codec.types[col], value)
+                if adds is _NONE_D:
+                    adds = {}
+                adds[col] = _adds(codec, col, codec.types[col], value)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"column {col!r} ({codec.types[col].cql()}): {exc}") from None
     for col, keys in ev.deleted_elements.items():
         if col in stored and keys:
             t = codec.types[col]
             try:
-                p.removes[col] = _removes(codec, col, t, keys)
+                if removes is _NONE_D:
+                    removes = {}
+                removes[col] = _removes(codec, col, t, keys)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"column {col!r} ({t.cql()}) removed elements: {exc}") from None
-    return p
+    full = op is Op.INSERT and not ev.static and codec.main_cols <= (sets.keys() | cleared)
+    return Prepared(i, ev, key, sets, cleared, adds, removes, full=full)
 
 
 def _adds(codec: TableCodec, col: str, t: CqlType, value: Any) -> Any:
@@ -235,10 +247,10 @@ def prepare(codec: TableCodec, events: Sequence[ChangeEvent]) -> tuple[list[Prep
     Columns the source table does not have are bad rows too (never silently dropped)."""
     out: list[Prepared] = []
     bad: dict[int, str] = {}
-    known = codec.types
+    known = codec.names
     for i, ev in enumerate(events):
-        unknown = [c for c in (*ev.values, *ev.deleted, *ev.deleted_elements) if c not in known]
-        if unknown:
+        if not (ev.values.keys() <= known and ev.deleted <= known and ev.deleted_elements.keys() <= known):
+            unknown = {*ev.values, *ev.deleted, *ev.deleted_elements} - known
             bad[i] = f"column(s) {sorted(unknown)} not in the target table"
             continue
         try:
@@ -246,6 +258,69 @@ def prepare(codec: TableCodec, events: Sequence[ChangeEvent]) -> tuple[list[Prep
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             bad[i] = str(exc) or type(exc).__name__
     return out, bad
+
+
+def blind_keys(codec: TableCodec, prepared: Iterable[Prepared]) -> set[Any]:
+    """Hashed main-table keys whose first event in the batch is a full-row INSERT (every column
+    set or cleared, non-frozen collections overwritten), so their stored row need not be read back.
+
+    Such a key's new row does not depend on the stored one, and ReplacingMergeTree keeps the newest
+    ``_cdc_version`` by itself: a stale full INSERT (a replay) is stored as an older version that
+    ``FINAL`` never shows, instead of being skipped and counted in ``skipped_stale``. Events after
+    it in the batch fold on top of it, which is the stored state again when the stream is replayed
+    in order (CDC keeps per-key order).
+    """
+    seen: set[Any] = set()
+    out: set[Any] = set()
+    hkey = codec.hkey
+    for p in prepared:
+        ev = p.ev
+        if ev.static or ev.op not in (Op.INSERT, Op.UPDATE, Op.ROW_DELETE):
+            continue
+        hk = hkey(p.key)
+        if hk in seen:
+            continue
+        seen.add(hk)
+        if p.full:
+            out.add(hk)
+    return out
+
+
+def fresh_columns(codec: TableCodec, prepared: Sequence[Prepared]) -> dict[str, list[Any]] | None:
+    """The main-table columns (physical name -> values, in table order) of a batch made only of
+    full-row INSERTs of distinct keys, the common bulk case: built column by column, the same rows
+    ``BatchState`` gives with every key blind, at a fraction of the cost. None for other batches."""
+    if not prepared or not all(p.full for p in prepared):
+        return None
+    hkey = codec.hkey
+    if len({hkey(p.key) for p in prepared}) != len(prepared):
+        return None
+    layout = codec.main
+    types = codec.types
+    rows: list[dict[str, Any]] = []
+    for p in prepared:
+        vals = p.sets
+        if p.adds or p.removes:
+            vals = vals.copy()
+            for col, adds in p.adds.items():
+                _merge_into(codec, vals, col, types[col], adds, add=True)
+            for col, rms in p.removes.items():
+                _merge_into(codec, vals, col, types[col], rms, add=False)
+        rows.append(vals)
+    out: dict[str, list[Any]] = {}
+    for j, name in enumerate(layout.key_names):
+        out[name] = [p.key[j] for p in prepared]
+    empty = codec.empty
+    for c in layout.value_columns():
+        e = empty[c]
+        out[c] = [v.get(c, e) for v in rows]
+    n = len(prepared)
+    out[VERSION] = [p.ev.write_time_us for p in prepared]
+    out[IS_DELETED] = [0] * n
+    out[DELETED] = [0] * n
+    out[DELETED_AT] = [None] * n
+    out[MARKER] = [1] * n
+    return out
 
 
 @dataclass(slots=True)
@@ -259,6 +334,7 @@ class Row:
     live: bool = False
     stored_live: bool = False  # a live row in ClickHouse before this batch
     stored_soft: bool = False  # a soft-deleted row in ClickHouse before this batch
+    blind: bool = False  # not read back: the stored version is unknown (may be live)
     deleted_at: int | None = None
     dirty: bool = False
     events: list[int] = field(default_factory=list)
@@ -271,6 +347,7 @@ class BatchState:
         self.codec = codec
         self.soft = strategy == "soft"
         self.rows: dict[tuple[bool, Any], Row] = {}
+        self.blind: set[Any] = set()  # hashed main-table keys not read back (see ``blind_keys``)
         self.partitions: dict[Any, dict[Any, Row]] = {}  # partition key -> main rows in state
         self.applied = 0
         self.skipped = 0
@@ -316,7 +393,8 @@ class BatchState:
         if row is None:
             layout = self.codec.layout_of(static)
             assert layout is not None
-            row = self._put(static, layout, Row(key=key, values={}))
+            hk = self.codec.hkey(key)
+            row = self._put(static, layout, Row(key=key, values={}, blind=not static and hk in self.blind))
         return row
 
     # -- applying ------------------------------------------------------------------------------
@@ -344,6 +422,9 @@ class BatchState:
             row.dirty = True
         elif wt > row.version:
             row.version = wt  # a later, older write stays shadowed (as by a Scylla tombstone)
+            if row.blind:  # the stored row is unknown: write the delete marker anyway
+                row.dirty = True
+                row.deleted_at = wt
 
     def _wide_delete(self, p: Prepared) -> None:
         wt = p.ev.write_time_us
@@ -425,11 +506,11 @@ class BatchState:
                         MARKER: int(row.marker),
                     }
                 )
-            elif self.soft and (row.stored_live or row.stored_soft):
+            elif self.soft and (row.stored_live or row.stored_soft or row.blind):
                 rec.update({c: row.values.get(c, empty[c]) for c in value_cols})
                 rec.update({VERSION: row.version, IS_DELETED: 0, DELETED: 1, DELETED_AT: row.deleted_at,
                             MARKER: int(row.marker)})  # fmt: skip
-            elif not self.soft and row.stored_live:
+            elif not self.soft and (row.stored_live or row.blind):
                 rec.update({c: empty[c] for c in value_cols})
                 rec.update({VERSION: row.version, IS_DELETED: 1, DELETED: 0, DELETED_AT: None, MARKER: 0})
             else:

@@ -72,6 +72,13 @@ _SCALAR = {
     "inet": "IPv6",  # IPv4 stored IPv4-mapped (::ffff:a.b.c.d)
     "blob": "String",
 }
+# CQL types whose canonical Python values (of exactly this type) are already ClickHouse values
+# (integers still need their range checked).
+_EXACT: dict[str, type] = {
+    "ascii": str, "text": str, "varchar": str, "uuid": uuid.UUID, "timeuuid": uuid.UUID, "boolean": bool,
+    "double": float, "blob": bytes, "tinyint": int, "smallint": int, "int": int, "bigint": int,
+    "varint": int,
+}  # fmt: skip
 _INT_BITS = {"tinyint": 8, "smallint": 16, "int": 32, "bigint": 64, "counter": 64, "varint": 256}
 _FLOAT32_MAX = 3.4028234663852886e38
 _TIME_MAX_NS = 86_400_000_000_000
@@ -319,12 +326,22 @@ def _to_ch(t: CqlType) -> Converter:
         return _scalar_to_ch(t.name)
     if t.name in ("list", "set"):
         elem = _not_null(_to_ch(t.params[0]), t.name)
+        exact = _EXACT.get(t.params[0].name)  # elements of this Python type need no conversion
+        bits = _INT_BITS.get(t.params[0].name)
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if bits else (0, 0)
 
         def seq(v: Any) -> Any:
             if v is None:
                 return None
             if not (isinstance(v, list | tuple | set | frozenset)):
                 raise _bad(f"expected a sequence for {t.cql()}", v)
+            if (
+                exact is not None
+                and v
+                and set(map(type, v)) == {exact}
+                and (bits is None or (lo <= min(v) and max(v) <= hi))
+            ):
+                return list(v)
             return [elem(x) for x in v]
 
         return seq

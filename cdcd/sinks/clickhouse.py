@@ -36,7 +36,7 @@ from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
 from cdcd.sinks.ch_classify import Action, classify
-from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, prepare
+from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, blind_keys, fresh_columns, prepare
 from cdcd.sinks.ch_sql import (
     DELETED_AT,
     ChLayout,
@@ -67,24 +67,45 @@ class _Table:
         except ValueError as exc:
             raise SchemaMismatch(f"{mapping.source} -> {mapping.target}: {exc}") from exc
         self.codec = TableCodec(schema, self.main, self.static)
+        self.main_types = self.main.column_types()
+        self.static_types = self.static.column_types() if self.static else {}
         self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
 
 
 class _Block:
-    """One insert: a physical table, its columns (names, types, data) and the rows' events."""
+    """One insert: a physical table, its columns (names, types, column-oriented data) and, per
+    row, the indexes of the batch events that produced it."""
 
-    def __init__(self, part: str, table: str, types: dict[str, str], records: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, part: str, table: str, types: dict[str, str], data: list[list[Any]], events: list[list[int]]
+    ) -> None:
         self.part = part
         self.table = table
         self.names = list(types)
         self.types = [types[n] for n in self.names]
-        self.records = records
-        self.events: list[list[int]] = []
+        self.data = data
+        self.events = events
+
+    @classmethod
+    def from_records(
+        cls,
+        part: str,
+        table: str,
+        types: dict[str, str],
+        records: list[dict[str, Any]],
+        events: list[list[int]],
+    ) -> _Block:
+        return cls(part, table, types, [[r[n] for r in records] for n in types], events)
+
+    @property
+    def nrows(self) -> int:
+        return len(self.events)
 
     def columns(self, rows: Sequence[int] | None = None) -> list[list[Any]]:
-        recs = self.records if rows is None else [self.records[i] for i in rows]
-        return [[r[n] for r in recs] for n in self.names]
+        if rows is None:
+            return self.data
+        return [[col[i] for i in rows] for col in self.data]
 
 
 def _micros_to_dt(us: int | None) -> dt.datetime | None:
@@ -224,22 +245,30 @@ class ClickHouseSink:
         prepared, bad = prepare(table.codec, events)
         if bad:
             raise BadRows(bad)
-        state = BatchState(table.codec, mapping.delete)
-        await self._read_back(table, prepared, state)
-        for p in prepared:
-            state.apply(p)
-        blocks = self._blocks(table, state, events)
+        fresh = fresh_columns(table.codec, prepared)
+        if fresh is not None:  # only full-row INSERTs of distinct keys: nothing to read or fold
+            data = [fresh[n] for n in table.main_types]
+            blocks = [_Block("main", table.main.name, table.main_types, data, [[p.index] for p in prepared])]
+            applied, skipped = len(prepared), 0
+        else:
+            state = BatchState(table.codec, mapping.delete)
+            state.blind = blind_keys(table.codec, prepared)
+            await self._read_back(table, prepared, state)
+            for p in prepared:
+                state.apply(p)
+            blocks = self._blocks(table, state, events)
+            applied, skipped = state.applied, state.skipped
         token = _batch_token(mapping, events)
         try:
             for block in blocks:
-                await self._insert(block, f"{token}:{block.part}:{len(block.records)}")
+                await self._insert(block, f"{token}:{block.part}:{block.nrows}")
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as exc:
             if classify(exc) is not Action.BAD_DATA:
                 raise
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
-        return WriteOutcome(applied=state.applied, skipped_stale=state.skipped)
+        return WriteOutcome(applied=applied, skipped_stale=skipped)
 
     async def _read_back(self, table: _Table, prepared: list[Prepared], state: BatchState) -> None:
         """Load the newest stored version of every row (and wide-deleted partition) into ``state``."""
@@ -253,7 +282,7 @@ class ClickHouseSink:
                 wants[False][1][codec.hkey(p.key)] = p.key
                 if p.ev.op == Op.PARTITION_DELETE and table.static is not None:
                     wants[True][0][codec.hkey(p.key)] = p.key
-            else:
+            elif p.ev.static or codec.hkey(p.key) not in state.blind:
                 wants[p.ev.static][0][codec.hkey(p.key)] = p.key
         for static, layout in ((False, table.main), (True, table.static)):
             if layout is None:
@@ -290,9 +319,10 @@ class ClickHouseSink:
             for _, rec in out:
                 rec[DELETED_AT] = _micros_to_dt(rec[DELETED_AT])
                 records.append(rec)
-            block = _Block(part, layout.name, layout.column_types(), records)
-            block.events = [row.events for row, _ in out]
-            blocks.append(block)
+            types = table.static_types if static else table.main_types
+            blocks.append(
+                _Block.from_records(part, layout.name, types, records, [row.events for row, _ in out])
+            )
         if table.mapping.delete == "tombstone":
             hist = self._history(table, state, events)
             if hist is not None:
@@ -335,9 +365,7 @@ class ClickHouseSink:
             owners.append([i])
         if not records:
             return None
-        block = _Block("history", table.history, table.history_types, records)
-        block.events = owners
-        return block
+        return _Block.from_records("history", table.history, table.history_types, records, owners)
 
     async def _insert(self, block: _Block, token: str | None, rows: Sequence[int] | None = None) -> None:
         settings = {"insert_deduplication_token": token} if token else None
@@ -365,12 +393,9 @@ class ClickHouseSink:
                 )
             )
             try:
-                probe_block = _Block(
-                    block.part, probe, dict(zip(block.names, block.types, strict=True)), block.records
-                )
-                for row, reason in (
-                    await self._bisect(probe_block, list(range(len(block.records))), exc)
-                ).items():
+                types = dict(zip(block.names, block.types, strict=True))
+                probe_block = _Block(block.part, probe, types, block.data, block.events)
+                for row, reason in (await self._bisect(probe_block, list(range(block.nrows)), exc)).items():
                     for i in block.events[row]:
                         found.setdefault(i, reason)
             finally:
