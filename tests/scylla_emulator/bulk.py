@@ -23,14 +23,15 @@ the mutation route. ``direct=False`` forces the mutation route for every row.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from tests.scylla_emulator.api import CqlError, ErrorCode
-from tests.scylla_emulator.cdc_fast import Op, entries_of, log_key, log_row, make_timeuuid
+from tests.scylla_emulator.cdc_fast import Op, log_key, log_row, make_timeuuid
 from tests.scylla_emulator.cqltypes_util import normalize
 from tests.scylla_emulator.model import AtomicCell, PartitionMutation, RowMutation
-from tests.scylla_emulator.storage import apply_row, new_row, partition_of
+from tests.scylla_emulator.storage import apply_row, merge_atomic_row, new_row, partition_of
 
 if TYPE_CHECKING:
     from tests.scylla_emulator.catalog import TableRt
@@ -75,7 +76,6 @@ _IDENTITY = frozenset(
     {"ascii", "bigint", "blob", "boolean", "counter", "decimal", "double", "duration", "float", "int",
      "smallint", "text", "timeuuid", "tinyint", "uuid", "varchar", "varint"}
 )  # fmt: skip
-_KEY, _STATIC, _REGULAR = 0, 1, 2
 
 
 class _Direct:
@@ -98,6 +98,9 @@ class _Direct:
             self.ok = self.plan.fast and cdc.fast_path
             self.cdc = cdc
             self.log_store = self.log_rt.store
+            # one clock for stream routing and expiries (the engine's): read it once per change
+            gens_clock = getattr(cdc.generations, "_now_ms", None)
+            self.one_clock = cdc.now_us == engine.now_us and gens_clock == engine.now_ms
 
     def upsert(  # noqa: PLR0917
         self,
@@ -107,38 +110,35 @@ class _Direct:
         ck: tuple[Any, ...],
         marker: AtomicCell | None,
         cells: dict[str, AtomicCell],
+        entries: list[tuple[str, AtomicCell]] | None,
+        has_dead: bool,
         ts: int,
     ) -> bool:
-        """Insert (``marker`` set) or update of regular atomic cells; False: not a direct case."""
+        """Insert (``marker`` set) or update of regular atomic ``cells`` (``entries``: the same in
+        ``row_entries`` order, for CDC); False: not a direct case, nothing done."""
         plan = self.plan
         log = None
+        ttl = self.ttl
+        now: int | None = None
         if plan is not None:
-            entries = entries_of(plan, cells) if cells else []
-            if entries is None:
+            assert entries is not None
+            # one timestamp, one TTL: a null (dead cell, no TTL) next to a TTL splits the change
+            if (marker is None and not entries) or (ttl and has_dead):
                 return False
-            ttl = self.ttl or 0
-            if marker is None:
-                if not entries:
-                    return False
-                # first cell decides the TTL of the change; all must agree (else CDC splits it)
-                if ttl and any(not c.live for c in cells.values()):
-                    return False
-                op = 1
-            else:
-                if ttl and any(not c.live for c in cells.values()):
-                    return False
-                op = 2
-            log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, entries, op, ttl, ts)
+            now = self.engine.now_us() if self.one_clock else None
+            log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, entries, 1 if marker is None else 2,
+                          ttl or 0, ts, now)  # fmt: skip
+        if ttl and now is None:
+            now = self.engine.now_us()
         p = partition_of(self.store, pk, pkb, self.rt.token_of)
-        row = new_row(p, self.ck_key(ck), ck)
-        ttl_set = bool(self.ttl)
+        k = self.ck_key(ck)
+        row = new_row(p, k, ck)
         if row is None:
-            k = self.ck_key(ck)
-            apply_row(p.rows[k], RowMutation(ck, marker, None, cells), self.engine.now_us())
+            merge_atomic_row(p.rows[k], marker, cells, now or 0)
         else:
-            if ttl_set:
-                now = self.engine.now_us()
-                exp = now + self.ttl * 1_000_000  # type: ignore[operator]
+            if ttl:
+                assert now is not None
+                exp = now + ttl * 1_000_000
                 if marker is not None:
                     marker.expiry = exp
                 for c in cells.values():
@@ -157,7 +157,8 @@ class _Direct:
         log = None
         if self.plan is not None:
             op = Op.PARTITION_DELETE if ck is None else Op.ROW_DELETE
-            log = log_row(self.cdc, self.cdc.router, self.plan, token, pk, ck, None, op, 0, ts)
+            now = self.engine.now_us() if self.one_clock else None
+            log = log_row(self.cdc, self.cdc.router, self.plan, token, pk, ck, None, op, 0, ts, now)
         p = partition_of(self.store, pk, pkb, self.rt.token_of)
         if ck is None:
             p.tomb = max(p.tomb, ts)
@@ -179,6 +180,84 @@ class _Direct:
             row.cells = cells
 
 
+class _Shape:
+    """What rows with one sequence of column names need (cached per name tuple within a call)."""
+
+    __slots__ = ("has_ck", "perm", "simple", "values")
+
+    def __init__(self) -> None:
+        self.has_ck = True
+        self.values: list[tuple[str, Any, bool, bool, bool]] = []  # name, type, normalize, multi, static
+        self.simple = True  # no static or multi-cell column
+        self.perm: list[str] | None = None  # regular cells in row_entries order (CDC direct path)
+
+
+def _shape(  # noqa: PLR0917
+    rt: TableRt,
+    names: tuple[str, ...],
+    row: Mapping[str, Any],
+    n: int,
+    table: str,
+    op: str,
+    fast: _Direct | None,
+) -> _Shape:
+    """Validates a row the way the per-row code always did (same errors in the same order: partition
+    key, clustering key, then each column in row order) and describes rows with these ``names``."""
+    try:
+        _key_getter(rt.pk_names, rt.types)(row)
+    except KeyError as e:
+        raise CqlError(
+            ErrorCode.INVALID, f"bulk_load: row {n} misses partition key column {e.args[0]}"
+        ) from e
+    sh = _Shape()
+    ck_names = rt.ck_names
+    sh.has_ck = all(c in row for c in ck_names)
+    if not sh.has_ck and (op != "delete" or any(c in row for c in ck_names)):
+        missing = [c for c in ck_names if c not in row]
+        raise CqlError(ErrorCode.INVALID, f"bulk_load: row {n} misses clustering key column(s) {missing}")
+    if op == "delete" and not (ck_names and sh.has_ck):
+        return sh
+    _key_getter(ck_names, rt.types)(row)
+    if op == "delete":
+        return sh
+    for c in names:
+        col = rt.cols.get(c)
+        if col is None:
+            raise CqlError(ErrorCode.INVALID, f"bulk_load: unknown column {c} in {table}")
+        if col.kind in ("partition_key", "clustering"):
+            continue
+        t = rt.types[c]
+        norm = t.name not in _IDENTITY
+        if norm:
+            normalize(row[c], t)  # its errors come before those of later columns
+        static = col.kind == "static"
+        multi = bool(t.multicell)
+        sh.values.append((c, t, norm, multi, static))
+        if static or multi:
+            sh.simple = False
+    if sh.simple and fast is not None and fast.plan is not None:
+        rank = fast.plan.rank
+        regular = [v[0] for v in sh.values]
+        if all(c in rank for c in regular):
+            sh.perm = sorted(regular, key=rank.__getitem__)
+        else:
+            sh.simple = False
+    return sh
+
+
+def _key_getter(names: list[str], types: dict[str, Any]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return lambda _row: ()
+    if all(types[c].name in _IDENTITY for c in names):
+        if len(names) == 1:
+            (only,) = names
+            return lambda row: (row[only],)
+        get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = itemgetter(*names)
+        return get
+    spec = [(c, types[c]) for c in names]
+    return lambda row: tuple(normalize(row[c], t) for c, t in spec)
+
+
 def _load(  # noqa: PLR0917
     engine: EmulatorEngine,
     table: str,
@@ -193,18 +272,9 @@ def _load(  # noqa: PLR0917
     ks, _, name = table.partition(".")
     rt = engine.catalog.table(ks, name)
     ts = engine.now_us() if start_ts_us is None else start_ts_us
-    pk_names, ck_names = rt.pk_names, rt.ck_names
-    types = rt.types
-    # per column: (kind, type, needs normalize, multi-cell)
-    plan: dict[str, tuple[int, Any, bool, bool]] = {}
-    for c in rt.d.columns:
-        t = types[c.name]
-        kind = (
-            _KEY if c.kind in ("partition_key", "clustering") else _STATIC if c.kind == "static" else _REGULAR
-        )
-        plan[c.name] = (kind, t, t.name not in _IDENTITY, bool(t.multicell))
-    pk_norm = [(c, types[c]) if plan[c][2] else (c, None) for c in pk_names]
-    ck_norm = [(c, types[c]) if plan[c][2] else (c, None) for c in ck_names]
+    has_cks = bool(rt.ck_names)
+    pk_of = _key_getter(rt.pk_names, rt.types)
+    ck_of = _key_getter(rt.ck_names, rt.types)
     value_cells = engine.writer.value_cells
     token_of, pk_bytes = rt.token_of, rt.pk_bytes
     apply_mutations = engine.apply_mutations
@@ -212,70 +282,64 @@ def _load(  # noqa: PLR0917
     fast = _Direct(engine, rt, ttl) if direct and chunk == 1 else None
     if fast is not None and not fast.ok:
         fast = None
+    shapes: dict[tuple[str, ...], _Shape] = {}
     pending: list[PartitionMutation] = []
     pkbs: list[bytes] = []
     n = 0
     for row in rows:
-        try:
-            pk = tuple(row[c] if t is None else normalize(row[c], t) for c, t in pk_norm)
-        except KeyError as e:
-            raise CqlError(
-                ErrorCode.INVALID, f"bulk_load: row {n} misses partition key column {e.args[0]}"
-            ) from e
+        names = tuple(row)
+        sh = shapes.get(names)
+        if sh is None:
+            sh = _shape(rt, names, row, n, table, op, fast)
+            if len(shapes) < 64:
+                shapes[names] = sh
+        pk = pk_of(row)
         pkb = pk_bytes(pk)
         token = token_of(pk, pkb)
-        has_ck = True
-        for c in ck_names:
-            if c not in row:
-                has_ck = False
-                break
-        if not has_ck and (not is_delete or any(c in row for c in ck_names)):
-            missing = [c for c in ck_names if c not in row]
-            raise CqlError(ErrorCode.INVALID, f"bulk_load: row {n} misses clustering key column(s) {missing}")
         pm: PartitionMutation | None = None
-        if is_delete and not (ck_names and has_ck):
-            if fast is not None:
-                fast.delete(pk, pkb, token, None, ts)
+        if is_delete:
+            if not (has_cks and sh.has_ck):
+                if fast is not None:
+                    fast.delete(pk, pkb, token, None, ts)
+                else:
+                    pm = PartitionMutation(ks, name, pk, token, partition_tombstone_ts=ts)
             else:
-                pm = PartitionMutation(ks, name, pk, token, partition_tombstone_ts=ts)
-        else:
-            ck = tuple(row[c] if t is None else normalize(row[c], t) for c, t in ck_norm)
-            if is_delete:
+                ck = ck_of(row)
                 if fast is not None:
                     fast.delete(pk, pkb, token, ck, ts)
                 else:
                     pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, row_tombstone_ts=ts)])
-            else:
-                marker = AtomicCell(ts, ttl=ttl) if is_insert else None
-                cells: dict[str, Any] = {}
-                static: dict[str, Any] | None = None
-                simple = True
-                for c, raw in row.items():
-                    info = plan.get(c)
-                    if info is None:
-                        raise CqlError(ErrorCode.INVALID, f"bulk_load: unknown column {c} in {table}")
-                    kind, t, norm, multi = info
-                    if kind == _KEY:
-                        continue
-                    v = normalize(raw, t) if norm else raw
-                    if multi:
-                        cell: Any = value_cells(rt, c, t, v, ts, ttl, overwrite=True)
-                        simple = False
-                    elif v is None:
-                        cell = AtomicCell(ts, None, live=False)
-                    else:
-                        cell = AtomicCell(ts, v, ttl=ttl)
-                    if kind == _STATIC:
-                        if static is None:
-                            static = {}
-                        static[c] = cell
-                        simple = False
-                    else:
-                        cells[c] = cell
-                if not (simple and fast is not None and fast.upsert(pk, pkb, token, ck, marker, cells, ts)):
-                    pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, marker, None, cells)])
-                    if static is not None:
-                        pm.static_row = RowMutation(None, cells=static)
+        else:
+            ck = ck_of(row)
+            marker = AtomicCell(ts, ttl=ttl) if is_insert else None
+            cells: dict[str, Any] = {}
+            static: dict[str, Any] | None = None
+            has_dead = False
+            for c, t, norm, multi, is_static in sh.values:
+                v = normalize(row[c], t) if norm else row[c]
+                if multi:
+                    cell: Any = value_cells(rt, c, t, v, ts, ttl, overwrite=True)
+                elif v is None:
+                    cell = AtomicCell(ts, None, live=False)
+                    has_dead = True
+                else:
+                    cell = AtomicCell(ts, v, ttl=ttl)
+                if is_static:
+                    if static is None:
+                        static = {}
+                    static[c] = cell
+                else:
+                    cells[c] = cell
+            perm = sh.perm
+            entries = None if perm is None else [(c, cells[c]) for c in perm]
+            if not (
+                sh.simple
+                and fast is not None
+                and fast.upsert(pk, pkb, token, ck, marker, cells, entries, has_dead, ts)
+            ):
+                pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, marker, None, cells)])
+                if static is not None:
+                    pm.static_row = RowMutation(None, cells=static)
         if pm is not None:
             pending.append(pm)
             pkbs.append(pkb)

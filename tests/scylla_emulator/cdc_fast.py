@@ -146,8 +146,14 @@ class StreamRouter:
         gl = getattr(g, "_gens", None)
         if now_ms is None or gl is None:  # pragma: no cover - another Generations implementation
             return g.stream_for(token, ts_us)
-        now = now_ms() * 1000
-        if ts_us > now + GENERATION_LEEWAY_US or ts_us <= now - GENERATION_LEEWAY_US:
+        return self.stream_at(token, ts_us, now_ms())
+
+    def stream_at(self, token: int, ts_us: int, now_ms: int) -> bytes:
+        """``stream_for`` given the generations' clock reading ``now_ms``."""
+        g = self.generations
+        gl: Any = getattr(g, "_gens", None)
+        now = now_ms * 1000
+        if gl is None or ts_us > now + GENERATION_LEEWAY_US or ts_us <= now - GENERATION_LEEWAY_US:
             return g.stream_for(token, ts_us)
         if gl is not self._gens or len(gl) != self._n:
             self._refresh(gl)
@@ -253,17 +259,24 @@ def log_row(  # noqa: PLR0917
     op: Any,
     ttl: int,
     ts: int,
+    now_us: int | None = None,
 ) -> tuple[bytes, int, dict[str, Any]]:
     """(stream, ``cdc$time`` as a 128-bit int, cells) of the single log row of one change:
     an upsert (``entries``: its cells in ``row_entries`` order, ``op`` 1 or 2, ``ttl`` its TTL or 0),
     a row delete (``entries`` None, ``ck`` set) or a partition delete (both None). Draws the
     ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
-    ``Generations.stream_for``."""
-    stream = router.stream_for(token, ts)
+    ``Generations.stream_for``. ``now_us``: one reading of the clock that both the generations and
+    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs)."""
     opts = plan.opts
-    value = timeuuid_int(ts, cdc.rng.getrandbits(64))
+    if now_us is None:
+        stream = router.stream_for(token, ts)
+        value = timeuuid_int(ts, cdc.rng.getrandbits(64))
+        exp = cdc.now_us() + opts.ttl * 1_000_000 if opts.ttl else None
+    else:
+        stream = router.stream_at(token, ts, now_us // 1000)
+        value = timeuuid_int(ts, cdc.rng.getrandbits(64))
+        exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
-    exp = cdc.now_us() + opts.ttl * 1_000_000 if opts.ttl else None
     out: dict[str, Any] = {}
     for name, v in zip(plan.pk_names, pk, strict=True):
         out[name] = AtomicCell(ts, v, True, cttl, exp)

@@ -400,21 +400,26 @@ def _add_filter(
 _AGG = ("count", "min", "max", "sum", "avg")
 
 
+_STAR: dict[int, tuple[TableRt, list[tuple[int, Any, Any]], list[str], list[ColumnSpec],
+                       list[tuple[str, Any]], bool]] = {}  # fmt: skip
+
+
 def _plan_selectors(plan: Plan, rt: TableRt, st: A.Select) -> None:
     ks, tb = rt.keyspace, rt.name
+    if st.selectors is None and not plan.distinct and not plan.fetch:
+        # SELECT * without filters: the same for every query of this table (version)
+        hit = _STAR.get(id(rt))
+        if hit is None or hit[0] is not rt:
+            if len(_STAR) > 1024:
+                _STAR.clear()
+            _plan_star(plan, rt)
+            _STAR[id(rt)] = (rt, plan.fetch, plan.fetch_names, plan.columns, plan.selectors, plan.simple)
+        _, fetch, names, columns, selectors, simple = _STAR[id(rt)]
+        plan.fetch, plan.fetch_names, plan.columns = list(fetch), list(names), list(columns)
+        plan.selectors, plan.simple = list(selectors), simple
+        return
     if st.selectors is None:
-        if plan.distinct:
-            raise inv(
-                "SELECT DISTINCT queries must only request partition key columns and/or static columns "
-                "(not *)"
-                if rt.ck_names or rt.regulars
-                else ""
-            )
-        for n in rt.star:
-            idx = _col_fetch(plan, n)
-            plan.selectors.append(("v", idx))
-            plan.columns.append(ColumnSpec(ks, tb, n, rt.types[n].cass))
-        plan.simple = plan.fetch_names == rt.star
+        _plan_star(plan, rt)
         return
     plan.simple = False
     for s in st.selectors:
@@ -430,6 +435,21 @@ def _plan_selectors(plan: Plan, rt: TableRt, st: A.Select) -> None:
                 )
     aggs = [f for f in plan.selectors if f[0] == "agg"]
     plan.aggregate = bool(aggs)
+
+
+def _plan_star(plan: Plan, rt: TableRt) -> None:
+    ks, tb = rt.keyspace, rt.name
+    if plan.distinct:
+        raise inv(
+            "SELECT DISTINCT queries must only request partition key columns and/or static columns (not *)"
+            if rt.ck_names or rt.regulars
+            else ""
+        )
+    for n in rt.star:
+        idx = _col_fetch(plan, n)
+        plan.selectors.append(("v", idx))
+        plan.columns.append(ColumnSpec(ks, tb, n, rt.types[n].cass))
+    plan.simple = plan.fetch_names == rt.star
 
 
 def _selector(plan: Plan, rt: TableRt, s: A.Selector) -> tuple[str, CType, tuple[str, Any]]:
@@ -721,11 +741,24 @@ def _iter_rows(plan: Plan, part: Partition, after: Any, now: int) -> Iterator[tu
                     break
 
 
+_COMPILED: dict[tuple[tuple[int, Any], ...], Callable[..., list[Any]]] = {}
+
+
 def _compile_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]] | None:
     """A generated extractor for plans made only of key, atomic and static columns (the hot path of
-    CDC log reads); None when the generic ``_values_of`` is needed."""
+    CDC log reads); None when the generic ``_values_of`` is needed. Cached per (code, key) list."""
     if any(code not in (0, 1, 2, 4, 5) for code, _, _ in fetch):
         return None
+    spec = tuple((code, key) for code, key, _ in fetch)
+    fn = _COMPILED.get(spec)
+    if fn is None:
+        if len(_COMPILED) > 1024:
+            _COMPILED.clear()
+        fn = _COMPILED[spec] = _generate_fetch(fetch)
+    return fn
+
+
+def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]]:
     lines = ["def f(part, row, dts, svals, now):"]
     lines.append("    pk = part.pk")
     lines.append(

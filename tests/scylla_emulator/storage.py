@@ -20,8 +20,8 @@ from typing import Any
 from tests.scylla_emulator.model import AtomicCell, CollectionMutation, PartitionMutation, RowMutation
 
 __all__ = [
-    "MAX", "NO_TS", "CollCells", "Desc", "Partition", "Row", "TableStore", "apply", "apply_row", "new_row",
-    "partition_of",
+    "MAX", "NO_TS", "CollCells", "Desc", "Partition", "Row", "TableStore", "apply", "apply_row",
+    "merge_atomic_row", "new_row", "partition_of",
 ]  # fmt: skip
 
 NO_TS = -(1 << 63)
@@ -296,6 +296,19 @@ def new_row(p: Partition, k: Any, ck: tuple[Any, ...]) -> Row | None:
     else:
         bisect.insort(keys, k)
     return row
+
+
+def merge_atomic_row(row: Row, marker: AtomicCell | None, cells: dict[str, AtomicCell], now_us: int) -> None:
+    """``apply_row`` for a row mutation with only a marker and atomic cells (no tombstone)."""
+    if marker is not None:
+        _fix_expiry(marker, now_us)
+        row.marker = _merge_atomic(row.marker, marker)
+    dst = row.cells
+    for name, c in cells.items():
+        if c.ttl:
+            _fix_expiry(c, now_us)
+        old = dst.get(name)
+        dst[name] = c if old is None else _merge_atomic(old, c)
 
 
 def apply(  # noqa: PLR0917
