@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -32,6 +33,7 @@ import clickhouse_connect
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
 from cdcd.sinks import TableMapping
+from cdcd.sinks.ch_fold import BatchState, prepare
 from cdcd.sinks.clickhouse import ClickHouseSink
 
 COLUMNS = [
@@ -109,8 +111,80 @@ def _start_server() -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, workdir
 
 
+def _updates(inserts: list[ChangeEvent]) -> list[ChangeEvent]:
+    """One partial UPDATE (``qty`` only) per inserted key, later than every insert."""
+    stream = os.urandom(16)
+    base = 1_800_000_000_000_000
+    out = []
+    for i, ins in enumerate(inserts):
+        wt = base + i
+        out.append(
+            ChangeEvent(
+                table="bench.t",
+                pos=Position(generation=0, stream_id=stream, time=uuid.UUID(int=(wt << 64) | (1 << 63) | i)),
+                batch_seq=0, op=Op.UPDATE, write_time_us=wt, key=ins.key, values={"qty": -i},
+            )
+        )  # fmt: skip
+    return out
+
+
+def _raw_blocks(
+    sink: ClickHouseSink, m: TableMapping, batches: list[list[ChangeEvent]], before: list[ChangeEvent]
+) -> list[Any]:
+    """The exact rows the sink inserts per batch, folded in memory (``before``: the events already
+    applied to the rows these batches touch), prepared outside the timed loop."""
+    table = sink._tables[(m.source, m.target)]
+    by_key = {tuple(e.key.values()): e for e in before}
+    out = []
+    for b in batches:
+        evs = [by_key[tuple(e.key.values())] for e in b if tuple(e.key.values()) in by_key] + list(b)
+        state = BatchState(table.codec, "hard")
+        for p in prepare(table.codec, evs)[0]:
+            state.apply(p)
+        (block,) = sink._blocks(table, state, evs)
+        out.append(block)
+    return out
+
+
+async def _measure(  # noqa: PLR0917
+    label: str,
+    sink: ClickHouseSink,
+    m_sink: TableMapping,
+    client: Any,
+    batches: list[list[ChangeEvent]],
+    raw_blocks: list[Any],
+) -> None:
+    """Interleaved batch by batch (alternating which goes first: each insert makes the server merge
+    in the background), so both paths see the same machine load. The pre-built events
+    and blocks are moved out of the GC's sight (a daemon holds only a bounded queue of events)."""
+    gc.collect()
+    gc.freeze()
+    raw_s = sink_s = 0.0
+    applied = n = 0
+    for i, (b, block) in enumerate(zip(batches, raw_blocks, strict=True)):
+        for path in ("raw", "sink") if i % 2 == 0 else ("sink", "raw"):  # alternate who goes first
+            t0 = time.perf_counter()
+            if path == "raw":
+                await client.insert(
+                    block.table, block.columns(), column_names=block.names, column_type_names=block.types,
+                    column_oriented=True, settings={"insert_deduplication_token": f"raw:{label}:{i}"},
+                )  # fmt: skip
+                raw_s += time.perf_counter() - t0
+            else:
+                applied += (await sink.write(m_sink, b)).applied
+                sink_s += time.perf_counter() - t0
+        n += len(b)
+    gc.unfreeze()
+    raw_rate, sink_rate = n / raw_s, n / sink_s
+    print(f"{label}: events={n} batch={len(batches[0])} applied={applied}")
+    print(f"  raw client.insert : {raw_rate:10.0f} events/s ({raw_s:.2f} s)")
+    print(f"  ClickHouseSink    : {sink_rate:10.0f} events/s ({sink_s:.2f} s)")
+    print(f"  sink / raw        : {sink_rate / raw_rate:.0%}")
+
+
 async def _run(url: str, n: int, batch: int) -> None:
     events = _events(n)
+    updates = _updates(events)
     sch = _schema()
     db = f"bench_{uuid.uuid4().hex[:8]}"
     sink = ClickHouseSink("bench", _Config(url))
@@ -120,18 +194,9 @@ async def _run(url: str, n: int, batch: int) -> None:
     await sink.ensure_table(m_sink, sch)
     await sink.ensure_table(m_raw, sch)  # same shape; filled with plain client.insert below
     batches = [events[i : i + batch] for i in range(0, n, batch)]
-
-    # The exact rows the sink inserts, prepared outside the timed raw loop.
-    from cdcd.sinks.ch_fold import BatchState, prepare
-
-    table = sink._tables[(m_raw.source, m_raw.target)]
-    raw_blocks = []
-    for b in batches:
-        state = BatchState(table.codec, "hard")
-        for p in prepare(table.codec, b)[0]:
-            state.apply(p)
-        (block,) = sink._blocks(table, state, b)
-        raw_blocks.append(block)
+    ubatches = [updates[i : i + batch] for i in range(0, n, batch)]
+    raw_inserts = _raw_blocks(sink, m_raw, batches, [])
+    raw_updates = _raw_blocks(sink, m_raw, ubatches, events)
     u = urlsplit(url)
     client = await clickhouse_connect.get_async_client(
         host=u.hostname, port=u.port, autogenerate_session_id=False
@@ -141,39 +206,23 @@ async def _run(url: str, n: int, batch: int) -> None:
     warm = TableMapping(source="bench.t", target_schema=db, target_table="warm", delete="hard")
     await sink.ensure_table(warm, sch)
     await sink.write(warm, _events(batch))  # a full batch: large parameters take another code path
-    await sink.write(warm, _events(batch))
+    await sink.write(warm, _updates(_events(batch)))
 
-    # Interleaved, batch by batch, so both paths see the same machine load. The pre-built events
-    # and blocks are moved out of the GC's sight (a daemon holds only a bounded queue of events).
-    gc.collect()
-    gc.freeze()
-    raw_s = sink_s = 0.0
-    applied = 0
-    for i, (b, block) in enumerate(zip(batches, raw_blocks, strict=True)):
-        t0 = time.perf_counter()
-        await client.insert(
-            block.table, block.columns(), column_names=block.names, column_type_names=block.types,
-            column_oriented=True, settings={"insert_deduplication_token": f"raw:{i}"},
-        )  # fmt: skip
-        t1 = time.perf_counter()
-        applied += (await sink.write(m_sink, b)).applied
-        t2 = time.perf_counter()
-        raw_s += t1 - t0
-        sink_s += t2 - t1
-    gc.unfreeze()
+    # 1. New keys, full-row INSERTs (the bulk path: no read-back).
+    await _measure("insert (new keys)", sink, m_sink, client, batches, raw_inserts)
+    # 2. Partial UPDATEs of those keys: every row is read back and merged.
+    await _measure("update (partial rows)", sink, m_sink, client, ubatches, raw_updates)
 
     res = await client.query(
-        f"SELECT (SELECT count() FROM `{db}`.`sink` FINAL), (SELECT count() FROM `{db}`.`raw` FINAL)"
+        f"SELECT (SELECT (count(), sum(qty)) FROM `{db}`.`sink` FINAL), (SELECT (count(), sum(qty)) FROM `{db}`.`raw` FINAL)"
     )
     got_sink, got_raw = res.result_rows[0]
+    print(f"rows via FINAL (count, sum(qty)): sink={got_sink} raw={got_raw}")
+    if got_sink != got_raw:
+        print("  MISMATCH between the sink's table and the raw table")
     await client.command(f"DROP DATABASE IF EXISTS `{db}`")
     await client.close()
     await sink.aclose()
-    raw_rate, sink_rate = n / raw_s, n / sink_s
-    print(f"events={n} batch={batch} rows: sink={got_sink} raw={got_raw} applied={applied}")
-    print(f"raw client.insert : {raw_rate:10.0f} events/s ({raw_s:.2f} s)")
-    print(f"ClickHouseSink    : {sink_rate:10.0f} events/s ({sink_s:.2f} s)")
-    print(f"sink / raw        : {sink_rate / raw_rate:.0%}")
 
 
 def main() -> None:

@@ -28,8 +28,11 @@ from cdcd.sinks.ch_sql import DELETED, DELETED_AT, IS_DELETED, MARKER, VERSION, 
 from cdcd.sinks.ch_types import (
     LIST_KEYS_PREFIX,
     Converter,
+    as_list,
     freeze,
     from_read,
+    holds_blob,
+    identity,
     is_map_array,
     order_key,
     to_ch,
@@ -62,7 +65,10 @@ class TableCodec:
         keys = {c.name for c in schema.primary_key}
         self.key_conv = {c.name: to_ch(c.type, nullable=False) for c in schema.primary_key}
         self.conv: dict[str, Converter] = {n: to_ch(t) for n, t in self.types.items() if n not in keys}
-        self.read: dict[str, Converter] = {n: from_read(t) for n, t in self.types.items()}
+        blobs = {n for n, t in self.types.items() if holds_blob(t)}
+        # Columns holding a blob are read back with Strings as bytes; the rest with Strings as str.
+        self.read_formats = {n: "bytes" for n in blobs}
+        self.read: dict[str, Converter] = {n: from_read(t, n in blobs) for n, t in self.types.items()}
         self.empty: dict[str, Any] = {n: _empty_of(t) for n, t in self.types.items()}
         self.elem: dict[str, Converter] = {}
         self.elem_key: dict[str, Converter] = {}  # CQL order of set elements / map keys
@@ -354,20 +360,25 @@ class BatchState:
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, static: bool, layout: ChLayout, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows read back with ``ch_sql.read_sql`` (columns = ``layout.all_columns()``)."""
+        """Rows read back with ``ch_sql.read_sql`` (columns = ``layout.all_columns()``, Strings
+        read as ``codec.read_formats`` says)."""
         names = layout.all_columns()
-        readers = [self._reader(c) for c in names]
+        pos = {n: i for i, n in enumerate(names)}
+        readers = [(i, r) for i, n in enumerate(names) if (r := self._reader(n)) is not identity]
         nkey = len(layout.key)
+        values = [(c, pos[c]) for c in layout.value_columns()]
+        i_ver, i_del, i_soft, i_mark = pos[VERSION], pos[IS_DELETED], pos[DELETED], pos[MARKER]
         for raw in rows:
-            vals = [r(v) for r, v in zip(readers, raw, strict=True)]
-            rec = dict(zip(names, vals, strict=True))
-            is_deleted, soft = bool(rec[IS_DELETED]), bool(rec[DELETED])
+            vals = list(raw)
+            for i, r in readers:
+                vals[i] = r(vals[i])
+            is_deleted, soft = bool(vals[i_del]), bool(vals[i_soft])
             live = not is_deleted and not soft
             row = Row(
                 key=tuple(vals[:nkey]),
-                values={c: rec[c] for c in layout.value_columns()},
-                version=int(rec[VERSION]),
-                marker=bool(rec[MARKER]),
+                values={c: vals[i] for c, i in values},
+                version=int(vals[i_ver]),
+                marker=bool(vals[i_mark]),
                 live=live,
                 stored_live=live,
                 stored_soft=soft and not is_deleted,
@@ -378,8 +389,8 @@ class BatchState:
         if col in self.codec.read:
             return self.codec.read[col]
         if col.startswith(LIST_KEYS_PREFIX):
-            return lambda v: list(v or [])
-        return lambda v: v
+            return as_list
+        return identity
 
     def _put(self, static: bool, layout: ChLayout, row: Row) -> Row:
         self.rows[(static, self.codec.hkey(row.key))] = row

@@ -34,10 +34,13 @@ from cdcd.schema import CqlType
 __all__ = [
     "LIST_KEYS_PREFIX",
     "Converter",
+    "as_list",
     "ch_type",
     "column_type",
     "freeze",
     "from_read",
+    "holds_blob",
+    "identity",
     "is_map_array",
     "nullable_ok",
     "order_key",
@@ -391,14 +394,30 @@ def _to_ch(t: CqlType) -> Converter:
 
 
 # ------------------------------------------------------------------------------ read back -> ClickHouse
-def _ident(v: Any) -> Any:
+def identity(v: Any) -> Any:
+    """The converter that changes nothing (``from_read`` returns it so callers can skip it)."""
     return v
 
 
-def from_read(t: CqlType) -> Converter:
-    """Normaliser: a value read back (String as bytes, Tuple as tuple) -> ClickHouse value space."""
+def holds_blob(t: CqlType) -> bool:
+    """A blob anywhere in the type: such columns are read back with Strings as bytes."""
+    if t.name == "blob":
+        return True
+    params = t.udt.field_types if t.udt is not None else t.params
+    return any(holds_blob(p) for p in params)
+
+
+def as_list(v: Any) -> Any:
+    """An Array read back as a list (None -> [])."""
+    return [] if v is None else (v if type(v) is list else list(v))
+
+
+def from_read(t: CqlType, strings_as_bytes: bool = True) -> Converter:
+    """Normaliser: a value read back (Tuple as tuple; String as bytes when ``strings_as_bytes``,
+    else as str) -> ClickHouse value space. Returns ``identity`` itself when nothing needs doing,
+    so callers can skip the call."""
     if t.name in ("ascii", "text", "varchar", "decimal"):
-        return lambda v: v.decode() if isinstance(v, bytes) else v
+        return (lambda v: v.decode() if isinstance(v, bytes) else v) if strings_as_bytes else identity
     if t.name == "timestamp":
         return lambda v: (
             v if v is None else (v.replace(tzinfo=_UTC) if v.tzinfo is None else v.astimezone(_UTC))
@@ -414,17 +433,21 @@ def from_read(t: CqlType) -> Converter:
     if t.name == "duration":
         return lambda v: v if v is None else tuple(v.values() if isinstance(v, dict) else v)
     if t.name in _SCALAR:
-        return _ident
+        return identity
     if t.name in ("list", "set"):
-        elem = from_read(t.params[0])
+        elem = from_read(t.params[0], strings_as_bytes)
+        if elem is identity:
+            return as_list
         return lambda v: [] if v is None else [elem(x) for x in v]
     if t.name == "map":
-        kr, vr = (from_read(p) for p in t.params)
+        kr, vr = (from_read(p, strings_as_bytes) for p in t.params)
         if is_map_array(t):
             return lambda v: [] if v is None else [(kr(k), vr(x)) for k, x in v]
+        if kr is identity and vr is identity:
+            return lambda v: {} if v is None else (v if type(v) is dict else dict(v))
         return lambda v: {} if v is None else {kr(k): vr(x) for k, x in v.items()}
     params = t.params if t.name == "tuple" else (t.udt.field_types if t.udt else ())
-    readers = [from_read(p) for p in params]
+    readers = [from_read(p, strings_as_bytes) for p in params]
 
     def tup(v: Any) -> Any:
         if v is None:
@@ -460,7 +483,7 @@ def order_key(t: CqlType) -> Converter:
     if t.name == "inet":
         return _inet_key
     if t.name in _SCALAR:
-        return _ident
+        return identity
     if t.name in ("list", "set"):
         ek = order_key(t.params[0])
         return lambda v: tuple(ek(x) for x in v)

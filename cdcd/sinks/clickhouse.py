@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 
-from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
+from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
@@ -51,7 +51,7 @@ from cdcd.sinks.pg_types import JSON_ENCODER, json_value
 
 __all__ = ["ClickHouseSink"]
 
-_READ_FORMATS = {"String": "bytes", "Tuple": "tuple"}
+_READ_FORMATS = {"Tuple": "tuple"}  # Strings: str, or bytes for blob columns (codec.read_formats)
 _MAX_KEYS_PER_READ = 5000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -138,8 +138,8 @@ class ClickHouseSink:
             return
         url = urlsplit(str(getattr(self.config, "url", "http://127.0.0.1:8123")))
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise SchemaMismatch(
-                f"destination {self.name!r}: url must be http(s)://host:port, got {url.scheme!r}"
+            raise ConfigError(
+                f"url must be http(s)://host:port, got {url.scheme!r}", key=f"destinations.{self.name}.url"
             )
         secure = url.scheme == "https"
         kwargs: dict[str, Any] = {
@@ -191,6 +191,7 @@ class ClickHouseSink:
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
         table = _Table(mapping, schema)
         create = mapping.create and bool(getattr(self.config, "create_tables", True))
+        ddl_settings = await self._ddl_settings(table) if create else None
         if create:
             await self._call(
                 lambda c: c.command(f"CREATE DATABASE IF NOT EXISTS {ident(mapping.target_schema)}")
@@ -198,8 +199,10 @@ class ClickHouseSink:
         for layout in (table.main, table.static):
             if layout is not None:
                 if create:
-                    await self._call(lambda c, layout=layout: c.command(table_ddl(layout)))
-                await self._check(layout.database, layout.table, layout.column_types(), create)
+                    await self._call(
+                        lambda c, layout=layout: c.command(table_ddl(layout), settings=ddl_settings)
+                    )
+                await self._check(layout.database, layout.table, layout.column_types(), create, ddl_settings)
         if mapping.delete == "tombstone":
             name = mapping.target_table + "_history"
             if create:
@@ -207,10 +210,42 @@ class ClickHouseSink:
                     mapping.target_schema, mapping.target_table, schema.primary_key, len(schema.partition_key)
                 )
                 await self._call(lambda c: c.command(ddl))
-            await self._check(mapping.target_schema, name, table.history_types, create)
+            await self._check(mapping.target_schema, name, table.history_types, create, ddl_settings)
         self._tables[(mapping.source, mapping.target)] = table
 
-    async def _check(self, database: str, name: str, want: dict[str, str], create: bool) -> None:
+    async def _ddl_settings(self, table: _Table) -> dict[str, Any] | None:
+        """Query settings the DDL needs: ``Nullable(Tuple(..))`` columns (tuple, UDT, duration) are
+        beta in ClickHouse 25.x/26.x behind ``enable_nullable_tuple_type`` (on by default in 26.9).
+        Servers without the setting cannot store them: SchemaMismatch naming the columns."""
+        types = {**table.main_types, **table.static_types}
+        nullable_tuples = [n for n, t in types.items() if t.startswith("Nullable(Tuple(")]
+        if not nullable_tuples:
+            return None
+        names = ("enable_nullable_tuple_type", "allow_experimental_nullable_tuple_type")
+        res = await self._call(
+            lambda c: c.query(
+                "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+                parameters={"names": list(names)},
+            )
+        )
+        have = {str(r[0]) for r in res.result_rows}
+        for name in names:
+            if name in have:
+                return {name: 1}
+        raise SchemaMismatch(
+            f"{table.mapping.source} -> {table.mapping.target}: column(s) {nullable_tuples} need "
+            "Nullable(Tuple(...)), which this ClickHouse server does not support (needs a server with "
+            "the enable_nullable_tuple_type setting)"
+        )
+
+    async def _check(
+        self,
+        database: str,
+        name: str,
+        want: dict[str, str],
+        create: bool,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         """The table exists and holds every column with the expected type (missing ones are added
         when ``create``); raises SchemaMismatch otherwise."""
         res = await self._call(
@@ -231,7 +266,7 @@ class ClickHouseSink:
                 sql = (
                     f"ALTER TABLE {ident(database)}.{ident(name)} ADD COLUMN IF NOT EXISTS {ident(col)} {typ}"
                 )
-                await self._call(lambda c, sql=sql: c.command(sql))
+                await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
             elif _norm_type(got) != _norm_type(typ):
                 raise SchemaMismatch(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
 
@@ -291,11 +326,15 @@ class ClickHouseSink:
             while keys or parts:
                 chunk_k, keys = keys[:_MAX_KEYS_PER_READ], keys[_MAX_KEYS_PER_READ:]
                 chunk_p, parts = parts[:_MAX_KEYS_PER_READ], parts[_MAX_KEYS_PER_READ:]
-                rows = await self._select(layout, chunk_k, chunk_p)
+                rows = await self._select(layout, codec.read_formats, chunk_k, chunk_p)
                 state.load(static, layout, rows)
 
     async def _select(
-        self, layout: ChLayout, keys: list[tuple[Any, ...]], parts: list[tuple[Any, ...]]
+        self,
+        layout: ChLayout,
+        read_formats: dict[str, str],
+        keys: list[tuple[Any, ...]],
+        parts: list[tuple[Any, ...]],
     ) -> Any:
         sql = read_sql(layout, bool(keys), bool(parts))
         params: dict[str, Any] = {}
@@ -304,7 +343,11 @@ class ClickHouseSink:
             params["keys"] = _param(keys, types)
         if parts:
             params["parts"] = _param(parts, types[: layout.partition_width])
-        res = await self._call(lambda c: c.query(sql, parameters=params, query_formats=_READ_FORMATS))
+        names = layout.all_columns()
+        formats = {c: f for c, f in read_formats.items() if c in names}
+        res = await self._call(
+            lambda c: c.query(sql, parameters=params, query_formats=_READ_FORMATS, column_formats=formats)
+        )
         return res.result_rows
 
     def _blocks(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> list[_Block]:
@@ -419,17 +462,43 @@ class ClickHouseSink:
         return out
 
 
-_PLAIN = re.compile(r"^U?Int(8|16|32|64|128|256)$")
+class _Bound:
+    """A server-side parameter value already in ClickHouse's text form: clickhouse-connect sends
+    ``str(value)`` for types it does not know, and the server parses it as the declared type."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_ESCAPE = str.maketrans({c: "\\" + c for c in ("\\", "'", "`", "\t", "\n")})  # as clickhouse-connect
+
+
+def _lit(v: Any) -> str:
+    t = type(v)
+    if t is int:
+        return str(v)
+    if t is str:
+        return "'" + str.translate(v, _ESCAPE) + "'"
+    if t is uuid.UUID:
+        return f"'{v}'"
+    raise TypeError  # anything else: clickhouse-connect's own formatter
 
 
 def _param(keys: list[tuple[Any, ...]], types: Sequence[str]) -> Any:
-    """A key list as a server-side parameter value. Integer keys are written directly in
-    ClickHouse's text form (clickhouse-connect's generic formatter costs ~20 µs per key)."""
-    if not all(_PLAIN.match(t) for t in types):
+    """A key list as a server-side parameter value. Integer, text and UUID keys are written in
+    ClickHouse's text form directly (clickhouse-connect's generic formatter escapes strings char by
+    char: ~10-20 µs per key); other key types (timestamps, blobs, tuples, ...) go through it."""
+    try:
+        if len(types) == 1:
+            return _Bound("[" + ",".join([_lit(k[0]) for k in keys]) + "]")
+        return _Bound("[" + ",".join(["(" + ",".join(map(_lit, k)) + ")" for k in keys]) + "]")
+    except TypeError:
         return [k[0] for k in keys] if len(types) == 1 else keys
-    if len(types) == 1:
-        return "[" + ",".join([str(k[0]) for k in keys]) + "]"
-    return "[" + ",".join(["(" + ",".join(map(str, k)) + ")" for k in keys]) + "]"
 
 
 def _reason(exc: BaseException) -> str:

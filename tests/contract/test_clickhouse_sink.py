@@ -613,3 +613,17 @@ async def test_full_row_inserts_are_not_read_back_and_stay_correct(
         assert got == {0: ("newer", [1, 2], 0), 2: ("a", [1, 2, 3], 0)}
     else:
         assert got == {0: ("newer", [1, 2], 0), 1: ("b", [], 1), 2: ("a", [1, 2, 3], 0)}
+
+
+async def test_text_keys_with_special_characters_are_read_back(
+    sink: ClickHouseSink, ch: Any, ch_database: str
+) -> None:
+    sch = schema([("p", "text", "partition_key"), ("c", "uuid", "clustering"), ("v", "int", "regular"),
+                  ("w", "int", "regular")])  # fmt: skip
+    m = await setup(sink, ch_database, sch)
+    texts = ["it's", "back\\slash", "`tick`", "tab\there", "new\nline", "{x:String}", "zażółć", ""]
+    u = uuid.UUID(int=7)
+    await sink.write(m, [ev(Op.INSERT, {"p": t, "c": u}, values={"v": 1, "w": 1}) for t in texts])
+    await sink.write(m, [ev(Op.UPDATE, {"p": t, "c": u}, values={"v": 2}) for t in texts])  # read back w
+    got = {r["p"]: (r["v"], r["w"]) for r in await rows(ch, ch_database)}
+    assert got == dict.fromkeys(texts, (2, 1))
