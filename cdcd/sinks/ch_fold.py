@@ -372,18 +372,43 @@ class BatchState:
             vals = list(raw)
             for i, r in readers:
                 vals[i] = r(vals[i])
-            is_deleted, soft = bool(vals[i_del]), bool(vals[i_soft])
-            live = not is_deleted and not soft
-            row = Row(
-                key=tuple(vals[:nkey]),
-                values={c: vals[i] for c, i in values},
-                version=int(vals[i_ver]),
-                marker=bool(vals[i_mark]),
-                live=live,
-                stored_live=live,
-                stored_soft=soft and not is_deleted,
-            )
-            self._put(static, layout, row)
+            self._stored(
+                static, layout, tuple(vals[:nkey]), {c: vals[i] for c, i in values},
+                vals[i_ver], vals[i_del], vals[i_soft], vals[i_mark],
+            )  # fmt: skip
+
+    def load_records(self, static: bool, layout: ChLayout, records: Iterable[dict[str, Any]]) -> None:
+        """Rows as this sink inserted them (``output`` records; see ch_cache)."""
+        key_names = layout.key_names
+        value_cols = layout.value_columns()
+        for rec in records:
+            self._stored(
+                static, layout, tuple([rec[k] for k in key_names]), {c: rec[c] for c in value_cols},
+                rec[VERSION], rec[IS_DELETED], rec[DELETED], rec[MARKER],
+            )  # fmt: skip
+
+    def _stored(  # noqa: PLR0917
+        self,
+        static: bool,
+        layout: ChLayout,
+        key: tuple[Any, ...],
+        values: dict[str, Any],
+        version: Any,
+        is_deleted: Any,
+        soft: Any,
+        marker: Any,
+    ) -> None:
+        live = not is_deleted and not soft
+        row = Row(
+            key=key,
+            values=values,
+            version=int(version),
+            marker=bool(marker),
+            live=live,
+            stored_live=live,
+            stored_soft=bool(soft) and not is_deleted,
+        )
+        self._put(static, layout, row)
 
     def _reader(self, col: str) -> Converter:
         if col in self.codec.read:

@@ -35,6 +35,7 @@ from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
+from cdcd.sinks.ch_cache import RowCache
 from cdcd.sinks.ch_classify import Action, classify
 from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, blind_keys, fresh_columns, prepare
 from cdcd.sinks.ch_sql import (
@@ -59,7 +60,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 class _Table:
     """Everything the sink knows about one mapping."""
 
-    def __init__(self, mapping: TableMapping, schema: TableSchema) -> None:
+    def __init__(self, mapping: TableMapping, schema: TableSchema, cache_rows: int = 0) -> None:
         self.mapping = mapping
         self.schema = schema
         try:
@@ -71,6 +72,7 @@ class _Table:
         self.static_types = self.static.column_types() if self.static else {}
         self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
+        self.cache = RowCache(cache_rows) if cache_rows > 0 else None
 
 
 class _Block:
@@ -86,6 +88,7 @@ class _Block:
         self.types = [types[n] for n in self.names]
         self.data = data
         self.events = events
+        self.records: list[dict[str, Any]] | None = None  # row dicts, when built from records
 
     @classmethod
     def from_records(
@@ -96,7 +99,9 @@ class _Block:
         records: list[dict[str, Any]],
         events: list[list[int]],
     ) -> _Block:
-        return cls(part, table, types, [[r[n] for r in records] for n in types], events)
+        block = cls(part, table, types, [[r[n] for r in records] for n in types], events)
+        block.records = records
+        return block
 
     @property
     def nrows(self) -> int:
@@ -189,7 +194,7 @@ class ClickHouseSink:
 
     # -- tables ------------------------------------------------------------------------------
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
-        table = _Table(mapping, schema)
+        table = _Table(mapping, schema, int(getattr(self.config, "row_cache_rows", 0) or 0))
         create = mapping.create and bool(getattr(self.config, "create_tables", True))
         ddl_settings = await self._ddl_settings(table) if create else None
         if create:
@@ -297,13 +302,26 @@ class ClickHouseSink:
         try:
             for block in blocks:
                 await self._insert(block, f"{token}:{block.part}:{block.nrows}")
-        except (SinkUnavailable, SchemaMismatch):
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            if table.cache is not None:
+                table.cache.clear()  # what is stored now is unknown
+            if isinstance(exc, SinkUnavailable | SchemaMismatch) or not isinstance(exc, Exception):
+                raise
             if classify(exc) is not Action.BAD_DATA:
                 raise
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
+        if table.cache is not None:
+            _remember(table, blocks)
         return WriteOutcome(applied=applied, skipped_stale=skipped)
+
+    def forget(self, mapping: TableMapping | None = None) -> None:
+        """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another
+        writer may have written the table's keys (a stream group's lease was reassigned)."""
+        for (source, target), table in self._tables.items():
+            if table.cache is not None and (
+                mapping is None or (source, target) == (mapping.source, mapping.target)
+            ):
+                table.cache.clear()
 
     async def _read_back(self, table: _Table, prepared: list[Prepared], state: BatchState) -> None:
         """Load the newest stored version of every row (and wide-deleted partition) into ``state``."""
@@ -322,6 +340,10 @@ class ClickHouseSink:
         for static, layout in ((False, table.main), (True, table.static)):
             if layout is None:
                 continue
+            if table.cache is not None and wants[static][0]:
+                hits = _cached(table.cache, static, wants[static][0])
+                if hits:
+                    state.load_records(static, layout, hits)
             keys, parts = (list(d.values()) for d in wants[static])
             while keys or parts:
                 chunk_k, keys = keys[:_MAX_KEYS_PER_READ], keys[_MAX_KEYS_PER_READ:]
@@ -460,6 +482,36 @@ class ClickHouseSink:
         out = await self._bisect(block, rows[:half], exc)
         out.update(await self._bisect(block, rows[half:], exc))
         return out
+
+
+def _cached(cache: RowCache, static: bool, wanted: dict[Any, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Cached records of the wanted keys; the keys found are removed from ``wanted``."""
+    hits = []
+    for hk in list(wanted):
+        rec = cache.get(static, hk)
+        if rec is not None:
+            hits.append(rec)
+            del wanted[hk]
+    return hits
+
+
+def _remember(table: _Table, blocks: list[_Block]) -> None:
+    """Cache the rows just inserted (main and static tables) as the stored state of their keys."""
+    cache = table.cache
+    assert cache is not None
+    codec = table.codec
+    for block in blocks:
+        if block.part not in ("main", "static"):
+            continue
+        static = block.part == "static"
+        layout = table.static if static else table.main
+        assert layout is not None
+        records = block.records
+        if records is None:
+            records = [dict(zip(block.names, r, strict=True)) for r in zip(*block.data, strict=True)]
+        key_names = layout.key_names
+        for rec in records:
+            cache.put(static, codec.hkey(tuple([rec[k] for k in key_names])), rec)
 
 
 class _Bound:
