@@ -2,12 +2,17 @@
 
     python -m bench.clickhouse_sink [--url http://127.0.0.1:8123] [--events 50000] [--batch 1000]
 
-Without ``--url`` it starts its own ``tests.clickhouse_server`` (chDB) subprocess. Both runs write
-N INSERT events in batches of ``--batch`` into tables of the same shape (ReplacingMergeTree made by
-``ensure_table``): the sink (convert, read back the batch's keys, fold, Native insert with a dedup
-token) and ``client.insert`` of the finished columns (column-oriented, types given, same token
-setting), interleaved batch by batch so both see the same machine load. Prints events/s of both
-and the ratio. No asserts: figures only.
+Without ``--url`` it starts its own ``tests.clickhouse_server`` (chDB) subprocess. Three workloads
+of N events in batches of ``--batch``, each written by the sink (convert, read back what is needed,
+fold, Native insert with a dedup token) and, into a table of the same shape, by ``client.insert``
+of the finished columns (column-oriented, types given, same token setting), interleaved batch by
+batch so both see the same machine load:
+
+1. full-row INSERTs of new keys (the target: sink >= 60% of raw);
+2. partial UPDATEs of those keys (every row read back and merged);
+3. the same with the optional row cache (``row_cache_rows``) holding every key.
+
+Prints events/s of both, the ratio, and checks the tables agree via ``FINAL``. Figures only.
 """
 
 from __future__ import annotations
@@ -49,11 +54,12 @@ COLUMNS = [
 
 
 class _Config:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, row_cache_rows: int = 0) -> None:
         self.kind = "clickhouse"
         self.url = url
         self.username = "default"
         self.password = None
+        self.row_cache_rows = row_cache_rows
 
 
 def _schema() -> TableSchema:
@@ -112,9 +118,9 @@ def _start_server() -> tuple[subprocess.Popen[bytes], str, str]:
 
 
 def _updates(inserts: list[ChangeEvent]) -> list[ChangeEvent]:
-    """One partial UPDATE (``qty`` only) per inserted key, later than every insert."""
+    """One partial UPDATE (``qty`` only) per key, later than every event in ``inserts``."""
     stream = os.urandom(16)
-    base = 1_800_000_000_000_000
+    base = max(e.write_time_us for e in inserts) + 1
     out = []
     for i, ins in enumerate(inserts):
         wt = base + i
@@ -212,14 +218,26 @@ async def _run(url: str, n: int, batch: int) -> None:
     await _measure("insert (new keys)", sink, m_sink, client, batches, raw_inserts)
     # 2. Partial UPDATEs of those keys: every row is read back and merged.
     await _measure("update (partial rows)", sink, m_sink, client, ubatches, raw_updates)
+    # 3. The same with the optional row cache (row_cache_rows) holding every key: no read-back.
+    cached = ClickHouseSink("bench-cached", _Config(url, row_cache_rows=n))
+    await cached.connect()
+    m_cached = TableMapping(source="bench.t", target_schema=db, target_table="cached", delete="hard")
+    await cached.ensure_table(m_cached, sch)
+    for b in batches:  # fills the table and the cache (not timed)
+        await cached.write(m_cached, b)
+    later = _updates(_updates(events))  # newer than the updates above
+    lbatches = [later[i : i + batch] for i in range(0, n, batch)]
+    raw_later = _raw_blocks(sink, m_raw, lbatches, events)
+    await _measure("update (partial rows, row cache)", cached, m_cached, client, lbatches, raw_later)
+    await cached.aclose()
 
-    res = await client.query(
-        f"SELECT (SELECT (count(), sum(qty)) FROM `{db}`.`sink` FINAL), (SELECT (count(), sum(qty)) FROM `{db}`.`raw` FINAL)"
-    )
-    got_sink, got_raw = res.result_rows[0]
-    print(f"rows via FINAL (count, sum(qty)): sink={got_sink} raw={got_raw}")
-    if got_sink != got_raw:
-        print("  MISMATCH between the sink's table and the raw table")
+    got = []
+    for name in ("sink", "raw", "cached"):
+        res = await client.query(f"SELECT count(), sum(qty) FROM `{db}`.`{name}` FINAL")
+        got.append(tuple(res.result_rows[0]))
+    print(f"rows via FINAL (count, sum(qty)): sink={got[0]} raw={got[1]} sink with cache={got[2]}")
+    if len(set(got)) != 1:
+        print("  MISMATCH between the tables")
     await client.command(f"DROP DATABASE IF EXISTS `{db}`")
     await client.close()
     await sink.aclose()
