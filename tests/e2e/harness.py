@@ -153,8 +153,9 @@ pool_size = 2
 class CdcdProcess:
     """One ``cdcd run`` process at a time for a config; ``start()`` again after a stop/kill."""
 
-    def __init__(self, config: Path, *, http_port: int, pg_dsn: str) -> None:
+    def __init__(self, config: Path, *, http_port: int, pg_dsn: str, python_args: Sequence[str] = ()) -> None:
         self.config = config
+        self.python_args = list(python_args)  # e.g. ["-m", "cProfile", "-o", "cdcd.prof"]
         self.http_port = http_port
         self.env = {**os.environ, PG_ENV: pg_dsn}
         self.log_path = config.parent / "cdcd.log"
@@ -169,7 +170,7 @@ class CdcdProcess:
             log.write(f"\n===== start #{self.starts} {' '.join(args)} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdcd", "run", "--config", str(self.config), *args],
+                [sys.executable, *self.python_args, "-m", "cdcd", "run", "--config", str(self.config), *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

@@ -156,10 +156,6 @@ class Workload:
             "map_merge": (f"UPDATE {{t}} SET m = m + ? {where}", [self._map()]),
             "map_remove": (f"DELETE m[?] FROM {{t}} {where}", [r.choice(WORDS)]),
             "map_overwrite": (f"UPDATE {{t}} SET m = ? {where}", [self._map()]),
-            "udt_field": (
-                f"UPDATE {{t}} SET u.{r.choice('ab')} = ? {where}",
-                [self._maybe(lambda: r.randrange(1000))] if r.random() < 0.5 else [],
-            ),
             "udt_whole": (f"UPDATE {{t}} SET u = ? {where}", [self._udt()]),
             "frozen": (
                 f"UPDATE {{t}} SET fl = ? {where}",
@@ -167,16 +163,10 @@ class Workload:
             ),
             "row_delete": (f"DELETE FROM {{t}} {where}", []),
         }
-        if op == "udt_field":
-            text, vals = simple[op]
-            if not vals:  # the b field takes text: regenerate with the right type
-                text = text.replace("u.a =", "u.b =")
-                vals = (
-                    [self._maybe(self._word)] if "u.b" in text else [self._maybe(lambda: r.randrange(1000))]
-                )
-            elif "u.b" in text:
-                vals = [self._maybe(self._word)]
-            return op, self._stmt(text), [*vals, pk, ck]
+        if op == "udt_field":  # u.a int / u.b text, sometimes set to null
+            fld = r.choice("ab")
+            value = self._maybe(lambda: r.randrange(1000)) if fld == "a" else self._maybe(self._word)
+            return op, self._stmt(f"UPDATE {{t}} SET u.{fld} = ? {where}"), [value, pk, ck]
         if op in simple:
             text, vals = simple[op]
             return op, self._stmt(text), [*vals, pk, ck]
