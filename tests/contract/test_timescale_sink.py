@@ -154,6 +154,14 @@ async def test_hypertable_created_side_tables_plain(
     assert tables == {"m", "m_static", "m_history"}  # static side table and history: plain tables
     ext = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     assert ext == sink.features.version
+    m = mapping(delete="tombstone")
+    await sink.write(
+        m, [ev(Op.INSERT, {"device": "a", "ts": at(d)}, values={"value": 1.0}) for d in range(2)]
+    )
+    await sink.write(m, [ev(Op.ROW_DELETE, {"device": "a", "ts": at(1)})])
+    assert await table_rows(conn) == {("a", at(0)): (1.0, None)}
+    hist = await conn.fetch("SELECT _cdc_op, device, ts FROM ks.m_history")
+    assert [tuple(r) for r in hist] == [("row_delete", "a", at(1))]
 
 
 async def test_writes_land_across_chunks(make_sink: MakeSink, pg_dsn: str, conn: asyncpg.Connection) -> None:
