@@ -246,7 +246,7 @@ class PostgresSink:
         for i, ev in enumerate(events):
             if contains_nul(ev.key) or contains_nul(ev.values):
                 bad[i] = "text contains NUL (U+0000), which PostgreSQL cannot store"
-        fold(
+        segments = fold(
             table.codec,
             events,
             lambda i, col: bad.setdefault(i, f"column {col!r} is not in the target table"),
@@ -254,7 +254,9 @@ class PostgresSink:
         if bad:
             raise BadRows(bad)
         try:
-            skipped = await self._run(lambda conn: self._apply(conn, table, events, probe=False))
+            skipped = await self._run(
+                lambda conn: self._apply(conn, table, events, probe=False, segments=segments)
+            )
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as exc:
@@ -286,9 +288,17 @@ class PostgresSink:
         return found or {idx[0]: f"{type(exc).__name__}: {exc}"}
 
     async def _apply(
-        self, conn: asyncpg.Connection, table: _Table, events: Sequence[ChangeEvent], probe: bool
+        self,
+        conn: asyncpg.Connection,
+        table: _Table,
+        events: Sequence[ChangeEvent],
+        probe: bool,
+        segments: list[Segment] | None = None,
     ) -> int:
-        segments = fold(table.codec, events, lambda i, col: None)
+        """Apply ``events`` in one transaction (rolled back when ``probe``); ``segments`` is the
+        fold of exactly these events when the caller has it already (plans are used once)."""
+        if segments is None:
+            segments = fold(table.codec, events, lambda i, col: None)
         skipped = 0
         for layout in (table.main, table.static):  # outside the transaction: a rollback keeps them
             if layout is not None:
