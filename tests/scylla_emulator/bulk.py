@@ -111,6 +111,7 @@ class _Direct:
         marker: AtomicCell | None,
         cells: dict[str, AtomicCell],
         entries: list[tuple[str, AtomicCell]] | None,
+        names: tuple[str, ...] | None,
         has_dead: bool,
         ts: int,
     ) -> bool:
@@ -127,7 +128,7 @@ class _Direct:
                 return False
             now = self.engine.now_us() if self.one_clock else None
             log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, entries, 1 if marker is None else 2,
-                          ttl or 0, ts, now)  # fmt: skip
+                          ttl or 0, ts, now, names, not has_dead)  # fmt: skip
         if ttl and now is None:
             now = self.engine.now_us()
         p = partition_of(self.store, pk, pkb, self.rt.token_of)
@@ -189,7 +190,7 @@ class _Shape:
         self.has_ck = True
         self.values: list[tuple[str, Any, bool, bool, bool]] = []  # name, type, normalize, multi, static
         self.simple = True  # no static or multi-cell column
-        self.perm: list[str] | None = None  # regular cells in row_entries order (CDC direct path)
+        self.perm: tuple[str, ...] | None = None  # regular cells in row_entries order (CDC direct path)
 
 
 def _shape(  # noqa: PLR0917
@@ -239,7 +240,7 @@ def _shape(  # noqa: PLR0917
         rank = fast.plan.rank
         regular = [v[0] for v in sh.values]
         if all(c in rank for c in regular):
-            sh.perm = sorted(regular, key=rank.__getitem__)
+            sh.perm = tuple(sorted(regular, key=rank.__getitem__))
         else:
             sh.simple = False
     return sh
@@ -335,7 +336,7 @@ def _load(  # noqa: PLR0917
             if not (
                 sh.simple
                 and fast is not None
-                and fast.upsert(pk, pkb, token, ck, marker, cells, entries, has_dead, ts)
+                and fast.upsert(pk, pkb, token, ck, marker, cells, entries, perm, has_dead, ts)
             ):
                 pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, marker, None, cells)])
                 if static is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import uuid
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -90,8 +91,8 @@ def make_timeuuid(value: int) -> uuid.UUID:
 class TablePlan:
     """What the fast path needs to know about one base table (cached per ``TableDef`` state)."""
 
-    __slots__ = ("base", "ck_names", "columns", "deleted", "fast", "ncols", "opts", "order", "pk_names",
-                 "rank", "values")  # fmt: skip
+    __slots__ = ("base", "builders", "ck_names", "columns", "deleted", "fast", "ncols", "opts", "order",
+                 "pk_names", "rank", "values")  # fmt: skip
 
     def __init__(self, base: TableDef) -> None:
         opts = base.cdc
@@ -114,6 +115,16 @@ class TablePlan:
         self.deleted = {n: "cdc$deleted_" + n for n in self.order}
         self.values = opts.delta == "full"
         self.fast = opts.preimage == "false" and not opts.postimage and not has_empty
+        self.builders: dict[Any, Callable[..., dict[str, Any]]] = {}
+
+    def builder(self, key: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
+        """The generated cell builder of one log-row shape (see ``_generate_builder``)."""
+        b = self.builders.get(key)
+        if b is None:
+            if len(self.builders) > 256:
+                self.builders.clear()
+            b = self.builders[key] = _generate_builder(self, key)
+        return b
 
     def current(self, base: TableDef) -> bool:
         return (
@@ -260,13 +271,16 @@ def log_row(  # noqa: PLR0917
     ttl: int,
     ts: int,
     now_us: int | None = None,
+    names: tuple[str, ...] | None = None,
+    all_live: bool = False,
 ) -> tuple[bytes, int, dict[str, Any]]:
     """(stream, ``cdc$time`` as a 128-bit int, cells) of the single log row of one change:
     an upsert (``entries``: its cells in ``row_entries`` order, ``op`` 1 or 2, ``ttl`` its TTL or 0),
     a row delete (``entries`` None, ``ck`` set) or a partition delete (both None). Draws the
     ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
     ``Generations.stream_for``. ``now_us``: one reading of the clock that both the generations and
-    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs)."""
+    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs).
+    ``names``/``all_live``: the entries' names and "no dead cell among them", when the caller knows."""
     opts = plan.opts
     if now_us is None:
         stream = router.stream_for(token, ts)
@@ -277,29 +291,15 @@ def log_row(  # noqa: PLR0917
         value = timeuuid_int(ts, cdc.rng.getrandbits(64))
         exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
-    out: dict[str, Any] = {}
-    for name, v in zip(plan.pk_names, pk, strict=True):
-        out[name] = AtomicCell(ts, v, True, cttl, exp)
-    if entries is None:  # row/partition delete: the operation before the clustering columns
-        out["cdc$operation"] = AtomicCell(ts, op, True, cttl, exp)
-        if ck is not None:
-            for name, v in zip(plan.ck_names, ck, strict=False):
-                out[name] = AtomicCell(ts, v, True, cttl, exp)
+    if entries is None:
+        key: tuple[Any, ...] = (False, None, None, False, 0 if ck is None else len(ck))
     else:
         assert ck is not None
-        for name, v in zip(plan.ck_names, ck, strict=False):
-            out[name] = AtomicCell(ts, v, True, cttl, exp)
-        if plan.values:
-            deleted = plan.deleted
-            for name, c in entries:
-                if c.live:
-                    out[name] = AtomicCell(ts, c.value, True, cttl, exp)
-                else:
-                    out[deleted[name]] = AtomicCell(ts, True, True, cttl, exp)
-        out["cdc$operation"] = AtomicCell(ts, op, True, cttl, exp)
-        if ttl:
-            out["cdc$ttl"] = AtomicCell(ts, ttl, True, cttl, exp)
-    out["cdc$end_of_batch"] = AtomicCell(ts, True, True, cttl, exp)
+        if names is None:
+            names = tuple([n for n, _c in entries])
+        live = None if all_live else tuple([c.live for _n, c in entries])
+        key = (True, names, live, bool(ttl), len(ck))
+    out = plan.builder(key)(pk, ck, entries, op, ttl, ts, cttl, exp)
     return stream, value, out
 
 
@@ -307,3 +307,36 @@ def log_key(value: int) -> tuple[tuple[int, int], int]:
     """The log table's clustering sort key (``rt.ck_key``) of the row (timeuuid ``value``, 0)."""
     time = (((value >> 64) & 0x0FFF) << 48) | (((value >> 80) & 0xFFFF) << 32) | (value >> 96)
     return ((time, (value & _M64) ^ _X80), 0)
+
+
+def _generate_builder(plan: TablePlan, key: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
+    """Compile ``build(pk, ck, entries, op, ttl, ts, cttl, exp) -> cells`` for one log-row shape
+    ``(upsert, entry names, live flags or None for all live, has ttl, len(ck))``: one dict display
+    with the cells in the general path's order (``_Builder.new_row``/``set_clustering``/
+    ``_visit_cells``/``mutation``); a repeated key keeps its first position and last value, as
+    successive assignments do."""
+    upsert, names, live, has_ttl, nck = key
+    cell = "AC(ts, {}, True, cttl, exp)"
+    items = [f"{n!r}: {cell.format(f'pk[{i}]')}" for i, n in enumerate(plan.pk_names)]
+    cks = [f"{n!r}: {cell.format(f'ck[{i}]')}" for i, n in enumerate(plan.ck_names[:nck])]
+    op = f"'cdc$operation': {cell.format('op')}"
+    if upsert:
+        items += cks
+        if plan.values:
+            for i, n in enumerate(names):
+                if live is None or live[i]:
+                    items.append(f"{n!r}: {cell.format(f'entries[{i}][1].value')}")
+                else:
+                    items.append(f"{plan.deleted[n]!r}: {cell.format('True')}")
+        items.append(op)
+        if has_ttl:
+            items.append(f"'cdc$ttl': {cell.format('ttl')}")
+    else:
+        items.append(op)
+        items += cks
+    items.append(f"'cdc$end_of_batch': {cell.format('True')}")
+    src = "def build(pk, ck, entries, op, ttl, ts, cttl, exp):\n    return {" + ", ".join(items) + "}\n"
+    ns: dict[str, Any] = {"AC": AtomicCell}
+    exec(src, ns)
+    fn: Callable[..., dict[str, Any]] = ns["build"]
+    return fn

@@ -759,10 +759,9 @@ def _compile_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]
 
 
 def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]]:
-    lines = ["def f(part, row, dts, svals, now):"]
-    lines.append("    pk = part.pk")
+    lines = ["def f(part, row, dts, svals, now):", "    pk = part.pk"]
     lines.append(
-        "    if row is None:\n        cells = {}\n        ck = None\n    else:\n        cells = row.cells\n"
+        "    if row is None:\n        g = {}.get\n        ck = None\n    else:\n        g = row.cells.get\n"
         "        ck = row.ck"
     )
     out = []
@@ -772,10 +771,10 @@ def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any
         elif code == 1:
             out.append(f"(ck[{key}] if ck else None)")
         elif code == 2:
-            lines.append(f"    c = cells.get({key!r})")
+            lines.append(f"    c = g({key!r})")
+            lines.append(f"    if c is None or not c.live or c.ts <= dts:\n        v{i} = None")
             lines.append(
-                f"    v{i} = c.value if c is not None and c.live and c.ts > dts and "
-                f"(c.expiry is None or c.expiry > now) else None"
+                f"    else:\n        e = c.expiry\n        v{i} = c.value if e is None or e > now else None"
             )
             out.append(f"v{i}")
         else:
