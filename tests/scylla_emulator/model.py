@@ -96,7 +96,7 @@ class TableDef:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class AtomicCell:
     """One cell. ``value is None`` and ``live is False`` is a tombstone (the cell set to null)."""
 
