@@ -215,6 +215,7 @@ def test_stream_router_equals_generations(token: int, offset: int, vnodes: int, 
             return ("error", e.code, str(e))
 
     assert call(router.stream_for) == call(gens.stream_for)
+    assert call(router.stream_for) == call(gens.stream_for)  # memoized
 
 
 _ENGINE: list[EmulatorEngine] = []

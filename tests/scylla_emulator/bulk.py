@@ -23,6 +23,7 @@ the mutation route. ``direct=False`` forces the mutation route for every row.
 from __future__ import annotations
 
 import gc
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +77,11 @@ _IDENTITY = frozenset(
     {"ascii", "bigint", "blob", "boolean", "counter", "decimal", "double", "duration", "float", "int",
      "smallint", "text", "timeuuid", "tinyint", "uuid", "varchar", "varint"}
 )  # fmt: skip
+
+
+# single-column partition keys whose equal values of this exact Python type serialize identically
+_CACHEABLE: dict[str, type] = {"int": int, "bigint": int, "smallint": int, "tinyint": int, "varint": int,
+                               "text": str, "varchar": str, "ascii": str, "uuid": uuid.UUID, "timeuuid": uuid.UUID}  # fmt: skip
 
 
 class _Direct:
@@ -284,6 +290,8 @@ def _load(  # noqa: PLR0917
     if fast is not None and not fast.ok:
         fast = None
     shapes: dict[tuple[str, ...], _Shape] = {}
+    keys: dict[tuple[Any, ...], tuple[bytes, int]] = {}  # partition key -> (serialized, token)
+    key_type = _CACHEABLE.get(rt.types[rt.pk_names[0]].name) if len(rt.pk_names) == 1 else None
     pending: list[PartitionMutation] = []
     pkbs: list[bytes] = []
     n = 0
@@ -295,8 +303,15 @@ def _load(  # noqa: PLR0917
             if len(shapes) < 64:
                 shapes[names] = sh
         pk = pk_of(row)
-        pkb = pk_bytes(pk)
-        token = token_of(pk, pkb)
+        # equal keys of the column's own Python type serialize the same: cache (bytes, token)
+        known = keys.get(pk) if key_type is not None and type(pk[0]) is key_type else None
+        if known is None:
+            pkb = pk_bytes(pk)
+            token = token_of(pk, pkb)
+            if key_type is not None and type(pk[0]) is key_type and len(keys) < 65536:
+                keys[pk] = (pkb, token)
+        else:
+            pkb, token = known
         pm: PartitionMutation | None = None
         if is_delete:
             if not (has_cks and sh.has_ck):

@@ -145,11 +145,22 @@ class StreamRouter:
         self._starts: list[int] = []
         self._tables: list[tuple[list[int], list[tuple[bytes, ...]]]] = []
         self._tokens: dict[bytes, int] = {}
+        self._newest = 0  # start (µs) of the newest generation
+        self._memo: dict[int, bytes] = {}  # token -> stream in the newest generation
 
     def _refresh(self, gl: list[Any]) -> None:
         self._gens, self._n = gl, len(gl)
         self._starts = [g.start_ms * 1000 for g in gl]
         self._tables = [([r.end for r in g.ranges], [r.streams for r in g.ranges]) for g in gl]
+        self._newest = self._starts[-1] if gl else 0
+        self._memo = {}
+
+    def _lookup(self, gen: int, token: int) -> bytes:
+        ends, streams = self._tables[gen]
+        j = bisect_left(ends, token)
+        ss = streams[j if j < len(ends) else 0]
+        # generations.shard_of(token, len(ss), ignore_msb)
+        return ss[((((token + _BIAS) % _U64) << self.generations.ignore_msb) % _U64 * len(ss)) >> 64]
 
     def stream_for(self, token: int, ts_us: int) -> bytes:
         g = self.generations
@@ -168,16 +179,17 @@ class StreamRouter:
             return g.stream_for(token, ts_us)
         if gl is not self._gens or len(gl) != self._n:
             self._refresh(gl)
+        if ts_us >= self._newest and gl:
+            s = self._memo.get(token)
+            if s is None:
+                s = self._lookup(len(gl) - 1, token)
+                if len(self._memo) < 65536:
+                    self._memo[token] = s
+            return s
         i = bisect_right(self._starts, ts_us)
         if not i:
             return g.stream_for(token, ts_us)  # raises: no generation at ts
-        ends, streams = self._tables[i - 1]
-        j = bisect_left(ends, token)
-        ss = streams[j if j < len(ends) else 0]
-        n = len(ss)
-        # generations.shard_of(token, n, ignore_msb)
-        shard = ((((token + _BIAS) % _U64) << g.ignore_msb) % _U64 * n) >> 64
-        return ss[shard]
+        return self._lookup(i - 1, token)
 
     def token(self, stream: bytes) -> int:
         t = self._tokens.get(stream)
@@ -288,7 +300,20 @@ def log_row(  # noqa: PLR0917
         exp = cdc.now_us() + opts.ttl * 1_000_000 if opts.ttl else None
     else:
         stream = router.stream_at(token, ts, now_us // 1000)
-        value = timeuuid_int(ts, cdc.rng.getrandbits(64))
+        ticks = ts * 10 + _UUID_EPOCH  # timeuuid_int, inlined
+        value = (
+            (
+                (
+                    ((ticks & 0xFFFFFFFF) << 32)
+                    | (((ticks >> 32) & 0xFFFF) << 16)
+                    | 0x1000
+                    | ((ticks >> 48) & 0x0FFF)
+                )
+                << 64
+            )
+            | (cdc.rng.getrandbits(64) & _LSB_CLEAR)
+            | _LSB_VARIANT
+        )
         exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
     if entries is None:

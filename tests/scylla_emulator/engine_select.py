@@ -618,6 +618,10 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     last: tuple[Partition, Row | None, int] | None = None
     more = False
     produced = total
+    scan = None
+    if fast is not None and not filters and limit is None and ppl is None and simple and not plan.distinct:
+        scan = _compile_scan(fetch)
+    cap = page_size if page_size is not None else 1 << 62
     for part in _partitions(plan, resume):
         first_resumed = resume is not None and part.pkbytes == resume[1] and part.token == resume[0]
         if first_resumed and skip_partition:
@@ -631,6 +635,19 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
                 row_is_live(part.rows[k], part.deletion_for(k, part.rows[k]), now) for k in part.keys
             )
             candidates: Iterator[tuple[Row | None, int]] = iter([(None, NO_TS)] if live else [])
+        elif scan is not None and not part.rts:
+            runs = _key_runs(plan, part, after if first_resumed else None)
+            lastrow, count, full = scan(part, runs, svals, now, out_rows, cap)
+            if count:
+                produced += count
+                in_part += count
+                last = (part, lastrow, in_part)
+            if full:
+                more = True
+                break
+            if count or plan.ck_restricted or not slive or (first_resumed and after is not None):
+                continue
+            candidates = iter(())  # only static data: handled below like the generic loop does
         else:
             candidates = _iter_rows(plan, part, after if first_resumed else None, now)
         rows_seen = False
@@ -695,8 +712,9 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     return RowsResult(plan.columns, out_rows, state)
 
 
-def _key_runs(plan: Plan, part: Partition, after: Any) -> list[list[Any]]:
-    """The sort keys to visit, as runs in output order."""
+def _key_runs(plan: Plan, part: Partition, after: Any) -> list[tuple[int, int, bool]]:
+    """The row index spans ``[a, b)`` of ``part.keys``/``part.rowlist`` to visit, in output order
+    (``True``: walk the span backwards)."""
     keys = part.keys
     if plan.ranges is None:
         spans = [(0, len(keys))]
@@ -707,24 +725,25 @@ def _key_runs(plan: Plan, part: Partition, after: Any) -> list[list[Any]]:
         for a, b0 in reversed(spans):
             b = b0 if after is None else min(b0, bisect.bisect_left(keys, after, a, b0))
             if a < b:
-                runs.append(keys[a:b][::-1])
+                runs.append((a, b, True))
     else:
         for a0, b in spans:
             a = a0 if after is None else max(a0, bisect.bisect_right(keys, after, a0, b))
             if a < b:
-                runs.append(keys[a:b])
+                runs.append((a, b, False))
     return runs
 
 
 def _iter_rows(plan: Plan, part: Partition, after: Any, now: int) -> Iterator[tuple[Row, int]]:
-    rows = part.rows
     ptomb = part.tomb
     rts = part.rts
-    for run in _key_runs(plan, part, after):
-        for k in run:
-            row = rows[k]
+    keys = part.keys
+    rowlist = part.rowlist
+    for a, b, backwards in _key_runs(plan, part, after):
+        for i in range(b - 1, a - 1, -1) if backwards else range(a, b):
+            row = rowlist[i]
             if rts:
-                dts = part.deletion_for(k, row)
+                dts = part.deletion_for(keys[i], row)
             else:
                 dts = row.tomb if row.tomb > ptomb else ptomb
             m = row.marker
@@ -758,12 +777,10 @@ def _compile_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]
     return fn
 
 
-def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]]:
-    lines = ["def f(part, row, dts, svals, now):", "    pk = part.pk"]
-    lines.append(
-        "    if row is None:\n        g = {}.get\n        ck = None\n    else:\n        g = row.cells.get\n"
-        "        ck = row.ck"
-    )
+def _extract_lines(fetch: list[tuple[int, Any, Any]], indent: str) -> tuple[list[str], str]:
+    """Source lines computing the fetched values of ``row`` (cells getter ``g``, clustering ``ck``,
+    partition key ``pk``, ``dts``, ``svals``, ``now`` in scope) and the list display of them."""
+    lines = []
     out = []
     for i, (code, key, _) in enumerate(fetch):
         if code == 0:
@@ -771,18 +788,84 @@ def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any
         elif code == 1:
             out.append(f"(ck[{key}] if ck else None)")
         elif code == 2:
-            lines.append(f"    c = g({key!r})")
-            lines.append(f"    if c is None or not c.live or c.ts <= dts:\n        v{i} = None")
-            lines.append(
-                f"    else:\n        e = c.expiry\n        v{i} = c.value if e is None or e > now else None"
-            )
+            lines.append(f"{indent}c = g({key!r})")
+            lines.append(f"{indent}if c is None or not c.live or c.ts <= dts:")
+            lines.append(f"{indent}    v{i} = None")
+            lines.append(f"{indent}else:")
+            lines.append(f"{indent}    e = c.expiry")
+            lines.append(f"{indent}    v{i} = c.value if e is None or e > now else None")
             out.append(f"v{i}")
         else:
             out.append(f"svals.get({key!r})")
-    lines.append(f"    return [{', '.join(out)}]")
+    return lines, f"[{', '.join(out)}]"
+
+
+def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]]:
+    lines = ["def f(part, row, dts, svals, now):", "    pk = part.pk"]
+    lines.append(
+        "    if row is None:\n        g = {}.get\n        ck = None\n    else:\n        g = row.cells.get\n"
+        "        ck = row.ck"
+    )
+    body, display = _extract_lines(fetch, "    ")
+    lines += body
+    lines.append(f"    return {display}")
     ns: dict[str, Any] = {}
     exec("\n".join(lines), ns)
     fn: Callable[..., list[Any]] = ns["f"]
+    return fn
+
+
+_SCANS: dict[tuple[tuple[int, Any], ...], Callable[..., tuple[Row | None, int, bool]]] = {}
+
+
+def _compile_scan(fetch: list[tuple[int, Any, Any]]) -> Callable[..., tuple[Row | None, int, bool]]:
+    """``scan(part, runs, svals, now, out, cap) -> (last row, rows added, page full)``: the live rows
+    of ``runs`` (``_key_runs``) of a partition without range tombstones, extracted like the
+    ``_compile_fetch`` function and appended to ``out`` until it holds ``cap`` rows; "page full"
+    means one more live row was found (the ``_iter_rows`` + extractor loop of ``run_select``, fused)."""
+    spec = tuple((code, key) for code, key, _ in fetch)
+    fn = _SCANS.get(spec)
+    if fn is not None:
+        return fn
+    body, display = _extract_lines(fetch, "            ")
+    lines = [
+        "def scan(part, runs, svals, now, out, cap):",
+        "    ptomb = part.tomb",
+        "    rowlist = part.rowlist",
+        "    pk = part.pk",
+        "    last = None",
+        "    n = 0",
+        "    append = out.append",
+        "    for a, b, backwards in runs:",
+        "        for i in (range(b - 1, a - 1, -1) if backwards else range(a, b)):",
+        "            row = rowlist[i]",
+        "            dts = row.tomb if row.tomb > ptomb else ptomb",
+        "            m = row.marker",
+        "            if not (m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now)):",
+        "                for c in row.cells.values():",
+        "                    if type(c) is AC:",
+        "                        if c.live and c.ts > dts and (c.expiry is None or c.expiry > now):",
+        "                            break",
+        "                    elif live_cells(c, dts, now):",
+        "                        break",
+        "                else:",
+        "                    continue",
+        "            if len(out) >= cap:",
+        "                return last, n, True",
+        "            g = row.cells.get",
+        "            ck = row.ck",
+        *body,
+        f"            append({display})",
+        "            n += 1",
+        "            last = row",
+        "    return last, n, False",
+    ]
+    ns: dict[str, Any] = {"AC": AtomicCell, "live_cells": live_cells}
+    exec("\n".join(lines), ns)
+    fn = ns["scan"]
+    if len(_SCANS) > 1024:
+        _SCANS.clear()
+    _SCANS[spec] = fn
     return fn
 
 

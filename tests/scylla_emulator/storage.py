@@ -110,7 +110,7 @@ class Row:
 
 
 class Partition:
-    __slots__ = ("keys", "pk", "pkbytes", "rows", "rts", "static", "token", "tomb")
+    __slots__ = ("keys", "pk", "pkbytes", "rowlist", "rows", "rts", "static", "token", "tomb")
 
     def __init__(self, pk: tuple[Any, ...], token: int, pkbytes: bytes) -> None:
         self.pk = pk
@@ -120,6 +120,7 @@ class Partition:
         self.static: Row | None = None
         self.rows: dict[Any, Row] = {}
         self.keys: list[Any] = []  # sorted sort keys of self.rows
+        self.rowlist: list[Row] = []  # the rows in ``keys`` order (rowlist[i] is rows[keys[i]])
         self.rts: list[tuple[tuple[Any, ...], bool, tuple[Any, ...], bool, int]] = []
 
     def slice(
@@ -293,8 +294,11 @@ def new_row(p: Partition, k: Any, ck: tuple[Any, ...]) -> Row | None:
     keys = p.keys
     if not keys or keys[-1] < k:
         keys.append(k)
+        p.rowlist.append(row)
     else:
-        bisect.insort(keys, k)
+        i = bisect.bisect_left(keys, k)
+        keys.insert(i, k)
+        p.rowlist.insert(i, row)
     return row
 
 
@@ -330,19 +334,14 @@ def apply(  # noqa: PLR0917
             p.static = Row(None)
         apply_row(p.static, m.static_row, now_us)
     rows = p.rows
-    keys = p.keys
     for rm in m.rows:
         ck = rm.clustering
         assert ck is not None
         k = ck_key(ck)
         row = rows.get(k)
         if row is None:
-            row = Row(ck)
-            rows[k] = row
-            if not keys or keys[-1] < k:
-                keys.append(k)
-            else:
-                bisect.insort(keys, k)
+            row = new_row(p, k, ck)
+            assert row is not None
         apply_row(row, rm, now_us)
     for rt in m.range_tombstones:
         entry = (prefix_key(rt.start), rt.start_inclusive, prefix_key(rt.end), rt.end_inclusive, rt.ts)
