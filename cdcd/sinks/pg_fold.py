@@ -10,6 +10,10 @@ Non-frozen collection/UDT changes are kept as operations (clear, add, remove) an
 the current value read back from PostgreSQL (``resolve``), in PostgreSQL value space
 (``pg_types.to_pg``), which makes them exact and idempotent: replaying an already applied delta
 re-adds the same cells (list cells are keyed by their timeuuid).
+
+``fold`` also finds the events PostgreSQL could never store (text with U+0000, a column the target
+does not know, a value with no PostgreSQL form): it returns them as ``{index: reason}`` instead of
+plans, so the sink can refuse them without a round trip.
 """
 
 from __future__ import annotations
@@ -25,14 +29,21 @@ from cdcd.sinks.pg_types import (
     JSON_ENCODER,
     LIST_KEYS_PREFIX,
     Converter,
+    identity,
     is_array,
     json_key,
     json_value,
+    nul_check,
     set_sort_key,
     to_pg,
 )
 
-__all__ = ["Collection", "RowPlan", "Segment", "TableCodec", "fold"]
+__all__ = ["Collection", "ColumnCodec", "RowPlan", "Segment", "TableCodec", "fold", "resolve"]
+
+_UPSERTS = (Op.INSERT, Op.UPDATE)
+_ROW_DELETES = (Op.ROW_DELETE, Op.SERVICE_ROW_DELETE)
+_WIDE_DELETES = (Op.PARTITION_DELETE, Op.SERVICE_PARTITION_DELETE, Op.RANGE_DELETE)
+NUL_REASON = "text contains NUL (U+0000), which PostgreSQL cannot store"
 
 
 @dataclass
@@ -44,18 +55,19 @@ class Collection:
     ops: list[tuple[str, Any]] = field(default_factory=list)  # ("add", pg cells) / ("rm", pg keys)
 
 
-@dataclass
+@dataclass(slots=True)
 class RowPlan:
     layout: TargetLayout
     key: tuple[Any, ...]  # PostgreSQL values of layout.key
     write_time: int
+    seq: int = 0  # batch_seq of the last folded event: breaks write-time ties inside one CDC group
     delete: bool = False
     replace: bool = False  # the row was deleted earlier in this batch: unset columns are NULL
     marker: bool = False  # an INSERT wrote the row marker
     nulled: bool = False  # some column was nulled/emptied: the row may have vanished (no marker)
     sets: dict[str, Any] = field(default_factory=dict)  # physical column -> PostgreSQL value
     colls: dict[str, Collection] = field(default_factory=dict)
-    events: list[int] = field(default_factory=list)  # batch indices folded into this plan
+    events: int = 0  # number of batch events folded into this plan
 
 
 @dataclass
@@ -67,6 +79,19 @@ class Segment:
     breaker: int | None = None  # index of a partition/range delete applied after the plans
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnCodec:
+    """What fold needs to know about one source column, computed once per table."""
+
+    name: str
+    type: CqlType
+    static: bool  # stored in the static side table
+    multicell: bool  # non-frozen collection/UDT: element deltas
+    conv: Converter | None  # canonical value -> PostgreSQL value (None: the value as is)
+    text: bool  # a scalar text column: check for U+0000 inline
+    nul: Callable[[Any], bool] | None  # other types that can hold text: True when a value holds U+0000
+
+
 class TableCodec:
     """Per-table converters from canonical event values to PostgreSQL values."""
 
@@ -75,6 +100,21 @@ class TableCodec:
         self.static = static
         self.types: dict[str, CqlType] = {c.name: c.type for c in columns}
         self.conv: dict[str, Converter] = {c.name: to_pg(c.type) for c in columns}
+        self.cols: dict[str, ColumnCodec] = {}
+        for c in columns:
+            if c.kind in ("partition_key", "clustering"):
+                continue
+            conv = self.conv[c.name]
+            text = c.type.name in ("ascii", "text", "varchar")
+            self.cols[c.name] = ColumnCodec(
+                name=c.name,
+                type=c.type,
+                static=c.kind == "static",
+                multicell=c.type.is_multicell,
+                conv=None if conv is identity else conv,
+                text=text,
+                nul=None if text else nul_check(c.type),
+            )
         self.elem: dict[str, Converter] = {}
         for c in columns:
             t = c.type
@@ -82,9 +122,37 @@ class TableCodec:
                 self.elem[c.name] = to_pg(t.params[0]) if is_array(t) else json_value
             elif t.is_multicell and t.name == "map":
                 self.elem[c.name] = json_value
+        pk = [c for c in columns if c.kind == "partition_key"]
+        self.ck_names = [c.name for c in columns if c.kind == "clustering"]
+        self._keys = {
+            False: [(c.name, self.conv[c.name], nul_check(c.type)) for c in main.key],
+            True: [(c.name, self.conv[c.name], nul_check(c.type)) for c in pk],
+        }
 
-    def key_of(self, layout: TargetLayout, key: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(self.conv[c.name](key[c.name]) for c in layout.key)
+    def key_of(self, static: bool, key: Mapping[str, Any]) -> tuple[Any, ...]:
+        """PostgreSQL values of the primary key (``static``: of the partition key) in ``key``;
+        raises ValueError naming a missing key column or a value PostgreSQL cannot hold."""
+        out = []
+        for name, conv, nul in self._keys[static]:
+            v = key.get(name)
+            if v is None:
+                raise ValueError(f"key column {name!r} is missing or null")
+            if nul is not None and nul(v):
+                raise ValueError(f"key column {name!r}: {NUL_REASON}")
+            out.append(v if conv is identity else conv(v))
+        return tuple(out)
+
+    def range_bound(self, bound: Sequence[Any]) -> list[Any]:
+        """PostgreSQL values of a clustering prefix (range delete bound)."""
+        if len(bound) > len(self.ck_names):
+            raise ValueError(f"range bound {bound!r} is longer than the clustering key")
+        out = []
+        for name, v in zip(self.ck_names, bound, strict=False):
+            nul = nul_check(self.types[name])
+            if nul is not None and nul(v):
+                raise ValueError(NUL_REASON)
+            out.append(self.conv[name](v))
+        return out
 
     # -- collection deltas in PostgreSQL value space -------------------------------------------
     def added(self, col: str, value: Any) -> Any:
@@ -107,6 +175,11 @@ class TableCodec:
             return [elem(k) for k in keys]
         if t.name == "map":
             return [json_key(k) for k in keys]
+        if t.name == "udt":
+            assert t.udt is not None
+            unknown = [f for f in keys if f not in t.udt.field_names]
+            if unknown:
+                raise ValueError(f"UDT {t.udt.name} has no field(s) {unknown}")
         return list(keys)  # list timeuuids, UDT field names
 
 
@@ -169,78 +242,137 @@ def resolve(codec: TableCodec, plan: RowPlan, current: Mapping[str, Any] | None)
     plan.colls.clear()
 
 
-def _apply_upsert(codec: TableCodec, plan: RowPlan, ev: ChangeEvent, layout: TargetLayout) -> None:
-    if plan.delete:  # delete then write again: the row starts empty
-        plan.delete, plan.replace, plan.marker = False, True, False
-        plan.sets.clear()
-        plan.colls.clear()
-    stored = {c.name for c in layout.values}
-    for col in ev.deleted:
-        if col not in stored:
-            continue
-        if codec.types[col].is_multicell:
-            plan.colls[col] = Collection(cleared=True)
-            plan.sets.pop(col, None)
-        else:
-            plan.sets[col] = None
-        plan.nulled = True
-    for col, value in ev.values.items():
-        if col not in stored:
-            continue
-        t = codec.types[col]
-        if t.is_multicell:
-            coll = plan.colls.get(col) or Collection(cleared=plan.replace)
-            plan.colls[col] = coll
-            coll.ops.append(("add", codec.added(col, value)))
-        else:
-            plan.sets[col] = codec.conv[col](value)
-    for col, keys in ev.deleted_elements.items():
-        if col not in stored or not keys:
-            continue
-        coll = plan.colls.get(col) or Collection(cleared=plan.replace)
-        plan.colls[col] = coll
-        coll.ops.append(("rm", codec.removed(col, keys)))
-        plan.nulled = True
-    if ev.op == Op.INSERT and not ev.static:
-        plan.marker = True
-    plan.write_time = ev.write_time_us
+class _Folder:
+    """One pass over a batch (see ``fold``)."""
 
+    def __init__(self, codec: TableCodec) -> None:
+        self.codec = codec
+        self.segments = [Segment()]
 
-def fold(
-    codec: TableCodec, events: Sequence[ChangeEvent], unknown: Callable[[int, str], object]
-) -> list[Segment]:
-    """Fold ``events`` (one table, stream order) into segments. ``unknown(index, column)`` is
-    called for a column the target does not have (the caller turns it into a bad row)."""
-    segments = [Segment()]
-    known = set(codec.types)
-    for i, ev in enumerate(events):
-        for col in (*ev.values, *ev.deleted, *ev.deleted_elements):
-            if col not in known:
-                unknown(i, col)
-        seg = segments[-1]
-        if ev.op in (Op.PARTITION_DELETE, Op.RANGE_DELETE):
+    def plan(self, static: bool, key: tuple[Any, ...], ev: ChangeEvent) -> RowPlan:
+        seg = self.segments[-1]
+        plan = seg.plans.get((static, key))
+        if plan is None:
+            layout = self.codec.static if static else self.codec.main
+            assert layout is not None
+            plan = RowPlan(layout=layout, key=key, write_time=ev.write_time_us, seq=ev.batch_seq)
+            seg.plans[(static, key)] = plan
+        plan.events += 1
+        return plan
+
+    def event(self, i: int, ev: ChangeEvent) -> None:
+        codec = self.codec
+        op = ev.op
+        if op in _UPSERTS:
+            static = ev.static
+            if static and codec.static is None:
+                raise ValueError("static-row change, but the table has no static columns")
+            if self.upsert(self.plan(static, codec.key_of(static, ev.key), ev), ev, static):
+                # A clustered change that also wrote static cells (Scylla logs them as two rows;
+                # be lenient if a producer did not split them): those go to the side table.
+                if static or codec.static is None:
+                    raise ValueError("a static-row change carries regular columns")
+                self.upsert(self.plan(True, codec.key_of(True, ev.key), ev), ev, True)
+            return
+        if op in _WIDE_DELETES:
+            codec.key_of(True, ev.key)
+            if ev.range is not None:
+                codec.range_bound(ev.range.start)
+                codec.range_bound(ev.range.end)
+            elif op == Op.RANGE_DELETE:
+                raise ValueError("range delete without a range")
+            seg = self.segments[-1]
             seg.breaker = i
             seg.deletes.append(i)
-            segments.append(Segment())
-            continue
-        layout = codec.static if ev.static else codec.main
-        if layout is None:
-            unknown(i, "<static row>")
-            continue
-        key = codec.key_of(layout, ev.key)
-        plan = seg.plans.get((ev.static, key))
-        if plan is None:
-            plan = RowPlan(layout=layout, key=key, write_time=ev.write_time_us)
-            seg.plans[(ev.static, key)] = plan
-        plan.events.append(i)
-        if ev.op in (Op.INSERT, Op.UPDATE):
-            _apply_upsert(codec, plan, ev, layout)
-        elif ev.op == Op.ROW_DELETE:
+            self.segments.append(Segment())
+            return
+        if op in _ROW_DELETES:
+            if ev.static:
+                raise ValueError("row delete of a static row")
+            plan = self.plan(False, codec.key_of(False, ev.key), ev)
             plan.delete, plan.replace, plan.marker, plan.nulled = True, False, False, False
             plan.sets.clear()
             plan.colls.clear()
-            plan.write_time = ev.write_time_us
-            seg.deletes.append(i)
-        else:
-            unknown(i, f"<operation {ev.op!r}>")
-    return [s for s in segments if s.plans or s.breaker is not None]
+            plan.write_time, plan.seq = ev.write_time_us, ev.batch_seq
+            self.segments[-1].deletes.append(i)
+            return
+        raise ValueError(f"operation {op.name} cannot be applied (images are not events)")
+
+    def upsert(self, plan: RowPlan, ev: ChangeEvent, static: bool) -> bool:
+        """Fold the cells of ``ev`` stored in ``plan``'s table; True when ``ev`` also has cells of
+        the other table (static vs regular)."""
+        codec = self.codec
+        cols = codec.cols
+        other = False
+        if plan.delete:  # delete then write again: the row starts empty
+            plan.delete, plan.replace, plan.marker = False, True, False
+            plan.sets.clear()
+            plan.colls.clear()
+        for name in ev.deleted:
+            cc = cols.get(name)
+            if cc is None:
+                raise ValueError(f"column {name!r} is not in the target table")
+            if cc.static is not static:
+                other = True
+            elif cc.multicell:
+                plan.colls[name] = Collection(cleared=True)
+                plan.sets.pop(name, None)
+                plan.nulled = True
+            else:
+                plan.sets[name] = None
+                plan.nulled = True
+        sets = plan.sets
+        for name, value in ev.values.items():
+            cc = cols.get(name)
+            if cc is None:
+                raise ValueError(f"column {name!r} is not in the target table")
+            if cc.static is not static:
+                other = True
+                continue
+            if value is not None and (
+                ("\x00" in value) if cc.text else (cc.nul is not None and cc.nul(value))
+            ):
+                raise ValueError(f"column {name!r}: {NUL_REASON}")
+            if cc.multicell:
+                coll = plan.colls.get(name)
+                if coll is None:
+                    coll = plan.colls[name] = Collection(cleared=plan.replace)
+                coll.ops.append(("add", codec.added(name, value)))
+            else:
+                sets[name] = value if cc.conv is None else cc.conv(value)
+        for name, keys in ev.deleted_elements.items():
+            cc = cols.get(name)
+            if cc is None:
+                raise ValueError(f"column {name!r} is not in the target table")
+            if cc.static is not static:
+                other = True
+                continue
+            if not keys:
+                continue
+            if not cc.multicell:
+                raise ValueError(f"deleted_elements for {name!r}, which is not a non-frozen collection")
+            coll = plan.colls.get(name)
+            if coll is None:
+                coll = plan.colls[name] = Collection(cleared=plan.replace)
+            coll.ops.append(("rm", codec.removed(name, keys)))
+            plan.nulled = True
+        if ev.op == Op.INSERT and not static:
+            plan.marker = True
+        plan.write_time, plan.seq = ev.write_time_us, ev.batch_seq
+        return other
+
+
+def fold(codec: TableCodec, events: Sequence[ChangeEvent]) -> tuple[list[Segment], dict[int, str]]:
+    """Fold ``events`` (one table, stream order) into segments.
+
+    Returns the segments and the events that can never be written (``{index: reason}``); when
+    that dict is not empty the segments are incomplete and must not be applied.
+    """
+    folder = _Folder(codec)
+    bad: dict[int, str] = {}
+    for i, ev in enumerate(events):
+        try:
+            folder.event(i, ev)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            bad[i] = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return [s for s in folder.segments if s.plans or s.breaker is not None], bad

@@ -4,7 +4,8 @@ interpolated (every value is a parameter or comes from the staging table).
 A ``TargetLayout`` describes one physical table that receives rows: the main table (one row per
 Scylla row) or the static side table ``<table>_static`` (one row per partition, holding the
 static columns). Both carry the metadata columns ``_cdc_write_time`` (µs of the last applied
-change: the version guard), ``_cdc_row_marker`` (the row was INSERTed, so it survives all its
+change) and ``_cdc_batch_seq`` (its ``cdc$batch_seq_no``): together the version guard,
+``_cdc_row_marker`` (the row was INSERTed, so it survives all its
 columns becoming null), ``_cdc_deleted`` and ``_cdc_deleted_at`` (soft deletes).
 """
 
@@ -22,19 +23,26 @@ from cdcd.sinks.pg_types import LIST_KEYS_PREFIX, pg_type
 __all__ = [
     "META_COLUMNS",
     "TargetLayout",
+    "delete_sql",
     "history_ddl",
+    "history_insert_sql",
     "ident",
     "layouts_for",
     "lexicographic",
     "qualified",
     "table_ddl",
+    "upsert_sql",
+    "vanish_sql",
+    "wide_delete_sql",
 ]
 
 WRITE_TIME = "_cdc_write_time"
+SEQ = "_cdc_batch_seq"
 MARKER = "_cdc_row_marker"
 DELETED = "_cdc_deleted"
 DELETED_AT = "_cdc_deleted_at"
-META_COLUMNS = (WRITE_TIME, MARKER, DELETED, DELETED_AT)
+META_COLUMNS = (WRITE_TIME, SEQ, MARKER, DELETED, DELETED_AT)
+STAGING_COLUMNS = ("_cdcd_seg", "_cdcd_sig")  # segment / statement of a staged row
 MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by PostgreSQL
 
 
@@ -82,8 +90,16 @@ class TargetLayout(msgspec.Struct, frozen=True, kw_only=True):
         return [*self.key_names, *self.value_columns(), *META_COLUMNS]
 
     def staging_name(self) -> str:
+        """Name of this layout's TEMP staging table (changes when the columns change)."""
         digest = hashlib.sha1(repr((self.schema, self.table, self.all_columns())).encode()).hexdigest()
         return f"_cdcd_stg_{digest[:16]}"
+
+    def staging_ddl(self) -> str:
+        seg, sig = STAGING_COLUMNS
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS {ident(self.staging_name())} "
+            f"({seg} integer, {sig} integer, LIKE {self.name}) ON COMMIT DELETE ROWS"
+        )
 
 
 def layouts_for(
@@ -111,31 +127,41 @@ def layouts_for(
         )
     for layout in (main, static):
         if layout is not None:
-            for col in layout.all_columns():
+            names = [*layout.all_columns(), *STAGING_COLUMNS]
+            for col in names:
                 ident(col)
+            clash = sorted({n for n in names if names.count(n) > 1})
+            if clash:
+                raise SchemaMismatch(
+                    f"source column(s) {clash} of {schema.qualified} clash with cdcd's own columns "
+                    f"in {target_schema}.{layout.table}"
+                )
             ident(layout.table)
     ident(target_schema)
     return main, static
 
 
-def column_defs(layout: TargetLayout) -> list[str]:
-    defs = [f"{ident(c.name)} {pg_type(c.type)} NOT NULL" for c in layout.key]
+def column_defs(layout: TargetLayout) -> list[tuple[str, str]]:
+    """(physical column, its DDL) of every column of ``layout``, in ``all_columns()`` order."""
+    defs = [(c.name, f"{ident(c.name)} {pg_type(c.type)} NOT NULL") for c in layout.key]
     for c in layout.values:
-        defs.append(f"{ident(c.name)} {pg_type(c.type)}")
+        defs.append((c.name, f"{ident(c.name)} {pg_type(c.type)}"))
         if c.name in layout.list_keys:
-            defs.append(f"{ident(LIST_KEYS_PREFIX + c.name)} uuid[]")
+            defs.append((LIST_KEYS_PREFIX + c.name, f"{ident(LIST_KEYS_PREFIX + c.name)} uuid[]"))
     defs += [
-        f"{WRITE_TIME} bigint NOT NULL",
-        f"{MARKER} boolean NOT NULL DEFAULT false",
-        f"{DELETED} boolean NOT NULL DEFAULT false",
-        f"{DELETED_AT} timestamp with time zone",
+        (WRITE_TIME, f"{WRITE_TIME} bigint NOT NULL"),
+        (SEQ, f"{SEQ} integer NOT NULL DEFAULT 0"),
+        (MARKER, f"{MARKER} boolean NOT NULL DEFAULT false"),
+        (DELETED, f"{DELETED} boolean NOT NULL DEFAULT false"),
+        (DELETED_AT, f"{DELETED_AT} timestamp with time zone"),
     ]
     return defs
 
 
 def table_ddl(layout: TargetLayout) -> str:
     pk = ", ".join(ident(n) for n in layout.key_names)
-    return f"CREATE TABLE IF NOT EXISTS {layout.name} ({', '.join(column_defs(layout))}, PRIMARY KEY ({pk}))"
+    cols = ", ".join(d for _, d in column_defs(layout))
+    return f"CREATE TABLE IF NOT EXISTS {layout.name} ({cols}, PRIMARY KEY ({pk}))"
 
 
 def history_ddl(schema: str, table: str, key: Sequence[Column]) -> str:
@@ -171,3 +197,135 @@ def lexicographic(
         eqs = [f"{ident(cols[j])} = ${first_param + j}" for j in range(i)]
         parts.append("(" + " AND ".join([*eqs, f"{ident(cols[i])} {op} ${first_param + i}"]) + ")")
     return "(" + " OR ".join(parts) + ")" if parts else "TRUE"
+
+
+# -- statements of write() -------------------------------------------------------------------------
+# Every statement reads one slice of the staging table: $1 = segment, $2 = statement (signature).
+# Upserts are guarded by (write time, batch seq): an older change, or the replay of an applied one,
+# changes nothing. Deletes are guarded by write time alone, "<=": a tombstone wins over data with
+# the same timestamp, as in Scylla.
+
+
+def upsert_sql(layout: TargetLayout, carried: frozenset[str], replace: bool, soft: bool) -> str:
+    """Upsert the staged rows of one signature, setting only the ``carried`` columns.
+
+    ``replace``: the row was deleted earlier in the batch, so every other column becomes NULL.
+    ``soft``: a soft-deleted target row is revived the same way (Scylla had deleted it).
+    """
+    seg, sig = STAGING_COLUMNS
+    keys = [ident(k) for k in layout.key_names]
+    cols = [c for c in layout.value_columns() if c in carried]
+    insert_cols = [*keys, *(ident(c) for c in cols), WRITE_TIME, SEQ, MARKER]
+    sets = [f"{ident(c)} = excluded.{ident(c)}" for c in cols]
+    for c in layout.value_columns():
+        if c in carried:
+            continue
+        if replace:
+            sets.append(f"{ident(c)} = NULL")
+        elif soft:
+            sets.append(f"{ident(c)} = CASE WHEN t.{DELETED} THEN NULL ELSE t.{ident(c)} END")
+    if replace:
+        sets.append(f"{MARKER} = excluded.{MARKER}")
+    elif soft:
+        sets.append(
+            f"{MARKER} = CASE WHEN t.{DELETED} THEN excluded.{MARKER} ELSE t.{MARKER} OR excluded.{MARKER} END"
+        )
+    else:
+        sets.append(f"{MARKER} = t.{MARKER} OR excluded.{MARKER}")
+    sets += [
+        f"{WRITE_TIME} = excluded.{WRITE_TIME}",
+        f"{SEQ} = excluded.{SEQ}",
+        f"{DELETED} = false",
+        f"{DELETED_AT} = NULL",
+    ]
+    return (
+        f"INSERT INTO {layout.name} AS t ({', '.join(insert_cols)}) "
+        f"SELECT {', '.join(insert_cols)} FROM {ident(layout.staging_name())} "
+        f"WHERE {seg} = $1 AND {sig} = $2 "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)} "
+        f"WHERE (t.{WRITE_TIME}, t.{SEQ}) < (excluded.{WRITE_TIME}, excluded.{SEQ})"
+    )
+
+
+def _key_join(layout: TargetLayout) -> str:
+    return " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in layout.key_names)
+
+
+def _soft_set(wt: str, seq: str) -> str:
+    return (
+        f"{DELETED} = true, {DELETED_AT} = to_timestamp({wt} / 1000000.0), {WRITE_TIME} = {wt}, {SEQ} = {seq}"
+    )
+
+
+def delete_sql(layout: TargetLayout, soft: bool) -> str:
+    """Row deletes staged with signature -1 ($1 = segment)."""
+    seg, sig = STAGING_COLUMNS
+    stg = ident(layout.staging_name())
+    where = f"s.{seg} = $1 AND s.{sig} = -1 AND {_key_join(layout)} AND t.{WRITE_TIME} <= s.{WRITE_TIME}"
+    if soft:
+        return (
+            f"UPDATE {layout.name} AS t SET {_soft_set(f's.{WRITE_TIME}', f's.{SEQ}')} "
+            f"FROM {stg} AS s WHERE {where}"
+        )
+    return f"DELETE FROM {layout.name} AS t USING {stg} AS s WHERE {where}"
+
+
+def vanish_sql(layout: TargetLayout, soft: bool) -> str:
+    """A row without a row marker whose columns all became null no longer exists in Scylla
+    ($1 = segment, $2 = the signatures that nulled something)."""
+    seg, sig = STAGING_COLUMNS
+    stg = ident(layout.staging_name())
+    nulls = " AND ".join(f"t.{ident(c)} IS NULL" for c in layout.value_columns()) or "TRUE"
+    where = (
+        f"s.{seg} = $1 AND s.{sig} = ANY($2::integer[]) AND {_key_join(layout)} "
+        f"AND t.{WRITE_TIME} = s.{WRITE_TIME} AND t.{SEQ} = s.{SEQ} AND NOT t.{MARKER} AND {nulls}"
+    )
+    if soft:
+        return (
+            f"UPDATE {layout.name} AS t SET {DELETED} = true, "
+            f"{DELETED_AT} = to_timestamp(s.{WRITE_TIME} / 1000000.0) FROM {stg} AS s WHERE {where}"
+        )
+    return f"DELETE FROM {layout.name} AS t USING {stg} AS s WHERE {where}"
+
+
+def wide_delete_sql(
+    layout: TargetLayout,
+    partition_key: Sequence[str],
+    bounds: Sequence[tuple[Sequence[str], bool, bool]],
+    soft: bool,
+) -> str:
+    """Partition delete (no ``bounds``) or clustering-range delete of ``layout``.
+
+    Parameters: the partition key values, then each bound's prefix values (``bounds`` holds
+    (prefix columns, inclusive, is_lower) per bounded side), then the write time, then (``soft``
+    only) the batch seq.
+    """
+    cond = [f"{ident(c)} = ${i + 1}" for i, c in enumerate(partition_key)]
+    n = len(partition_key)
+    for cols, inclusive, lower in bounds:
+        cond.append(lexicographic(cols, layout.clustering_order, n + 1, inclusive, lower))
+        n += len(cols)
+    wt, seq = f"${n + 1}::bigint", f"${n + 2}::integer"
+    cond.append(f"{WRITE_TIME} <= {wt}")
+    where = " AND ".join(cond)
+    if soft:
+        return f"UPDATE {layout.name} SET {_soft_set(wt, seq)} WHERE {where}"
+    return f"DELETE FROM {layout.name} WHERE {where}"
+
+
+HISTORY_COLUMNS = (
+    "_cdc_stream_id", "_cdc_time", "_cdc_batch_seq", "_cdc_op", "_cdc_write_time", "_cdc_deleted_at",
+)  # fmt: skip
+
+
+def history_insert_sql(schema: str, table: str, key: Sequence[Column]) -> str:
+    """One history row per parameter set: HISTORY_COLUMNS, the key columns, then ``_cdc_range``."""
+    cols = [*HISTORY_COLUMNS, *(c.name for c in key), "_cdc_range"]
+    params = ", ".join(
+        f"to_timestamp(${i + 1}::bigint / 1000000.0)" if c == "_cdc_deleted_at" else f"${i + 1}"
+        for i, c in enumerate(cols)
+    )
+    return (
+        f"INSERT INTO {qualified(schema, table + '_history')} ({', '.join(ident(c) for c in cols)}) "
+        f"VALUES ({params}) ON CONFLICT (_cdc_stream_id, _cdc_time, _cdc_batch_seq) DO NOTHING"
+    )

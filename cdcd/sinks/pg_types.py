@@ -29,9 +29,11 @@ __all__ = [
     "LIST_KEYS_PREFIX",
     "Converter",
     "contains_nul",
+    "identity",
     "is_array",
     "json_key",
     "json_value",
+    "nul_check",
     "pg_type",
     "set_sort_key",
     "to_pg",
@@ -89,7 +91,12 @@ def _scalar(name: str) -> Converter:
         return lambda v: None if v is None else ipaddress.ip_address(v)
     if name == "duration":
         return lambda v: None if v is None else (v.months, v.days, v.nanoseconds // 1000)
-    return lambda v: v
+    return identity
+
+
+def identity(v: Any) -> Any:
+    """The converter of types whose canonical value is already what asyncpg encodes."""
+    return v
 
 
 def to_pg(t: CqlType) -> Converter:
@@ -158,6 +165,26 @@ def json_value(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [json_value(x) for x in v]
     raise TypeError(f"no JSON form for {type(v).__name__} value")
+
+
+def _holds_text(t: CqlType) -> bool:
+    if t.name in ("ascii", "text", "varchar"):
+        return True
+    if t.udt is not None and any(_holds_text(f) for f in t.udt.field_types):
+        return True
+    return any(_holds_text(p) for p in t.params)
+
+
+def _text_has_nul(v: Any) -> bool:
+    return isinstance(v, str) and "\x00" in v
+
+
+def nul_check(t: CqlType) -> Callable[[Any], bool] | None:
+    """A predicate "this canonical value of type ``t`` holds U+0000", or None when values of
+    ``t`` cannot hold text at all (checked once per column, not per value)."""
+    if t.name in ("ascii", "text", "varchar"):
+        return _text_has_nul
+    return contains_nul if _holds_text(t) else None
 
 
 def contains_nul(v: Any) -> bool:

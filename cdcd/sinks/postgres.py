@@ -1,16 +1,28 @@
-"""PostgreSQL destination (R-10): the reference sink.
+"""PostgreSQL destination (R-10): the reference sink. Copy its shape (config, connect/healthcheck,
+ensure_table, write, classify) for a new destination.
 
-Per ``write()``: ONE transaction. The batch is folded per row (pg_fold.py); for each segment the
-row plans are COPYed (binary) into a temporary staging table, then applied with one
-``INSERT .. SELECT .. ON CONFLICT (pk) DO UPDATE .. WHERE t._cdc_write_time < excluded._cdc_write_time``
-per set of carried columns, so partial updates touch only their columns and an older or replayed
-event never overwrites a newer row. Row deletes join the staging table; partition and range
-deletes are single guarded statements. ``delete = "soft"`` keeps rows with ``_cdc_deleted``;
-``"tombstone"`` deletes and appends to ``<table>_history`` (unique by CDC position: replays add
-nothing).
+Per ``write()``: ONE transaction.
+
+1. The batch is folded per row in Python (``pg_fold.fold``): several changes to one key become one
+   row plan holding the final state; events PostgreSQL could never store (U+0000 in text, unknown
+   columns) are refused at once with ``BadRows``. Partition and range deletes cut the batch into
+   segments, applied in order.
+2. Per segment, the row plans are COPYed (binary) into a TEMP staging table, then applied with one
+   ``INSERT .. SELECT .. ON CONFLICT (pk) DO UPDATE SET <carried columns> WHERE
+   (t._cdc_write_time, t._cdc_batch_seq) < (excluded...)`` per set of carried columns: partial
+   updates touch only their columns, and an older or replayed event changes nothing (counted in
+   ``WriteOutcome.skipped_stale``). Row deletes join the staging table; partition and range
+   deletes are single statements; all deletes are guarded by write time.
+3. ``delete = "soft"`` keeps deleted rows with ``_cdc_deleted``; ``"tombstone"`` deletes them and
+   appends to ``<table>_history`` (unique by CDC position: a replay adds nothing).
 
 Static columns live in ``<table>_static`` (one row per partition), because they belong to the
-partition, not to its rows.
+partition, not to its rows (docs/type-map.md).
+
+Errors: connection problems, timeouts and SQLSTATE 08/53/57/40001/40P01 raise ``SinkUnavailable``
+(retry the whole batch). A data error (SQLSTATE 22/23) rolls back and the batch is bisected with
+trial transactions (always rolled back) until the failing events are known: ``BadRows`` names
+them and nothing was committed.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, CqlDuration, Op
@@ -31,24 +44,27 @@ from cdcd.sinks.classify import Action, classify
 from cdcd.sinks.pg_fold import RowPlan, Segment, TableCodec, fold, resolve
 from cdcd.sinks.pg_sql import (
     DELETED,
-    DELETED_AT,
-    MARKER,
-    WRITE_TIME,
+    STAGING_COLUMNS,
     TargetLayout,
     column_defs,
+    delete_sql,
     history_ddl,
+    history_insert_sql,
     ident,
     layouts_for,
-    lexicographic,
-    qualified,
     table_ddl,
+    upsert_sql,
+    vanish_sql,
+    wide_delete_sql,
 )
-from cdcd.sinks.pg_types import JSON_DECODER, JSON_ENCODER, contains_nul, json_value, pg_type
+from cdcd.sinks.pg_types import JSON_DECODER, JSON_ENCODER, LIST_KEYS_PREFIX, json_value, pg_type
 
 __all__ = ["PostgresSink"]
 
 _PG_EPOCH_DATE = dt.date(2000, 1, 1)
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_READ_BACK = -2  # staging signature of keys whose current collection values are read back
+_DELETE = -1  # staging signature of row deletes
 
 
 def _date_enc(d: dt.date) -> tuple[int]:
@@ -68,19 +84,55 @@ def _ts_dec(t: tuple[int]) -> dt.datetime:
     return _PG_EPOCH + dt.timedelta(microseconds=t[0])
 
 
-_MAX_PARAMS = 30000
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook. asyncpg's default runs ``RESET ALL; CLOSE ALL; UNLISTEN *;
+    pg_advisory_unlock_all()`` on every release: one round trip per write for state this sink never
+    leaves behind (transactions are managed, advisory locks are transaction-scoped). Open
+    transactions are still rolled back by the pool itself."""
 
 
 class _Table:
-    """Everything the sink knows about one mapping: layouts, converters, statement cache."""
+    """Everything the sink knows about one mapping: layouts, converters, statement texts."""
 
     def __init__(self, mapping: TableMapping, schema: TableSchema) -> None:
         self.mapping = mapping
         self.schema = schema
         self.main, self.static = layouts_for(schema, mapping.target_schema, mapping.target_table)
         self.codec = TableCodec(schema.columns, self.main, self.static)
-        self.history = qualified(mapping.target_schema, mapping.target_table + "_history")
-        self.sql: dict[Any, str] = {}
+        self.soft = mapping.delete == "soft"
+        self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
+        self._sql: dict[Any, str] = {}
+
+    def sql(self, kind: str, layout: TargetLayout, *args: Any) -> str:
+        """Statement text, built once per (kind, layout, shape); asyncpg then prepares it once per
+        connection (its statement cache)."""
+        key = (kind, layout.table, *args)
+        text = self._sql.get(key)
+        if text is None:
+            if kind == "upsert":
+                text = upsert_sql(layout, args[0], args[1], self.soft)
+            elif kind == "delete":
+                text = delete_sql(layout, self.soft)
+            elif kind == "vanish":
+                text = vanish_sql(layout, self.soft)
+            elif kind == "read_back":
+                text = _read_back_sql(layout, args[0])
+            else:
+                pk = [c.name for c in self.schema.partition_key]
+                text = wide_delete_sql(layout, pk, args[0], self.soft)
+            self._sql[key] = text
+        return text
+
+
+def _read_back_sql(layout: TargetLayout, cols: tuple[str, ...]) -> str:
+    seg, sig = STAGING_COLUMNS
+    keys = layout.key_names
+    join = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
+    return (
+        f"SELECT {', '.join(f't.{ident(c)}' for c in (*keys, *cols))} FROM {layout.name} AS t "
+        f"JOIN {ident(layout.staging_name())} AS s ON {join} "
+        f"WHERE s.{seg} = $1 AND s.{sig} = {_READ_BACK} AND NOT t.{DELETED}"
+    )
 
 
 class _Probe(Exception):
@@ -88,7 +140,8 @@ class _Probe(Exception):
 
 
 class PostgresSink:
-    """``[destinations.<name>] type = "postgres"``."""
+    """``[destinations.<name>] type = "postgres"``. Config attributes used: ``dsn`` (or
+    ``dsn_file``), ``pool_size``, ``connect_timeout``, ``command_timeout``."""
 
     kind = "postgres"
 
@@ -110,6 +163,8 @@ class PostgresSink:
         raise SchemaMismatch(f"destination {self.name!r}: no dsn configured")
 
     async def connect(self) -> None:
+        """Open the connection pool. Raises ``SinkUnavailable`` when PostgreSQL cannot be reached
+        (the caller retries with backoff)."""
         if self._pool is not None:
             return
         try:
@@ -120,6 +175,7 @@ class PostgresSink:
                 timeout=float(getattr(self.config, "connect_timeout", 10.0)),
                 command_timeout=float(getattr(self.config, "command_timeout", 60.0)),
                 init=self._init_connection,
+                reset=_keep_session,
             )
         except Exception as exc:
             if classify(exc) is Action.FATAL and not isinstance(exc, asyncpg.PostgresError):
@@ -153,9 +209,11 @@ class PostgresSink:
         )
 
     async def healthcheck(self) -> None:
+        """One round trip; raises ``SinkUnavailable`` when PostgreSQL does not answer."""
         await self._run(lambda conn: conn.fetchval("SELECT 1"))
 
     async def aclose(self) -> None:
+        """Close the pool (terminate it after 10 s); never raises."""
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -164,6 +222,7 @@ class PostgresSink:
                 pool.terminate()
 
     async def _run(self, fn: Any) -> Any:
+        """Run ``fn(conn)`` on a pooled connection; retriable failures become SinkUnavailable."""
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
@@ -172,6 +231,10 @@ class PostgresSink:
                 return await fn(conn)
         except (SinkUnavailable, BadRows, SchemaMismatch, _Probe):
             raise
+        except asyncpg.UndefinedTableError as exc:
+            # A staging table vanished with its session (server restart, pid reuse): forget them.
+            self._staged.clear()
+            raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             if classify(exc) is Action.RETRY:
                 raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
@@ -179,6 +242,9 @@ class PostgresSink:
 
     # -- tables ------------------------------------------------------------------------------
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        """Create (``mapping.create``) or check the target tables of one source table; add columns
+        the source gained. Raises ``SchemaMismatch`` for names PostgreSQL cannot hold, a missing
+        table/column with ``create`` off, or a column of another type."""
         table = _Table(mapping, schema)
 
         async def setup(conn: asyncpg.Connection) -> None:
@@ -218,7 +284,7 @@ class PostgresSink:
         if create:
             await conn.execute(table_ddl(layout))
         have = await self._require(conn, layout.schema, layout.table)
-        for col_def, col in zip(column_defs(layout), self._physical(layout), strict=True):
+        for col, col_def in column_defs(layout):
             if col not in have:
                 if not create:
                     raise SchemaMismatch(f"{layout.schema}.{layout.table} lacks column {col!r}")
@@ -231,32 +297,19 @@ class PostgresSink:
                     f"{layout.schema}.{layout.table}.{c.name} is {got}, expected {want} for CQL {c.type.cql()}"
                 )
 
-    @staticmethod
-    def _physical(layout: TargetLayout) -> list[str]:
-        return [*layout.key_names, *layout.value_columns(), WRITE_TIME, MARKER, DELETED, DELETED_AT]
-
     # -- write -------------------------------------------------------------------------------
     async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
+        """Apply ``events`` (one table, stream order) in one transaction; see the module doc."""
         table = self._tables.get((mapping.source, mapping.target))
         if table is None:
             raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
         if not events:
             return WriteOutcome(applied=0)
-        bad: dict[int, str] = {}
-        for i, ev in enumerate(events):
-            if contains_nul(ev.key) or contains_nul(ev.values):
-                bad[i] = "text contains NUL (U+0000), which PostgreSQL cannot store"
-        segments = fold(
-            table.codec,
-            events,
-            lambda i, col: bad.setdefault(i, f"column {col!r} is not in the target table"),
-        )
+        segments, bad = fold(table.codec, events)
         if bad:
             raise BadRows(bad)
         try:
-            skipped = await self._run(
-                lambda conn: self._apply(conn, table, events, probe=False, segments=segments)
-            )
+            skipped = await self._run(lambda conn: self._apply(conn, table, events, segments, probe=False))
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as exc:
@@ -268,15 +321,19 @@ class PostgresSink:
     async def _bisect(
         self, table: _Table, events: Sequence[ChangeEvent], idx: list[int], exc: BaseException
     ) -> dict[int, str]:
-        """Find the events that fail alone (trial applies, always rolled back)."""
+        """Find the events that fail alone (trial applies, always rolled back). Halves that pass are
+        not retried, so one bad event in n costs about 2·log2(n) trial transactions."""
         if len(idx) == 1:
             return {idx[0]: f"{type(exc).__name__}: {exc}"}
         found: dict[int, str] = {}
         half = len(idx) // 2
         for part in (idx[:half], idx[half:]):
             sub = [events[i] for i in part]
+            segments, _ = fold(table.codec, sub)
             try:
-                await self._run(lambda conn, sub=sub: self._apply(conn, table, sub, probe=True))
+                await self._run(
+                    lambda conn, sub=sub, s=segments: self._apply(conn, table, sub, s, probe=True)
+                )
             except _Probe:
                 continue
             except (SinkUnavailable, SchemaMismatch):
@@ -285,244 +342,164 @@ class PostgresSink:
                 if classify(err) is not Action.BAD_DATA:
                     raise
                 found.update(await self._bisect(table, events, part, err))
-        return found or {idx[0]: f"{type(exc).__name__}: {exc}"}
+        # Both halves pass alone but not together: the events interact; refuse them all.
+        return found or {i: f"{type(exc).__name__}: {exc}" for i in idx}
 
     async def _apply(
         self,
         conn: asyncpg.Connection,
         table: _Table,
         events: Sequence[ChangeEvent],
+        segments: list[Segment],
         probe: bool,
-        segments: list[Segment] | None = None,
     ) -> int:
-        """Apply ``events`` in one transaction (rolled back when ``probe``); ``segments`` is the
-        fold of exactly these events when the caller has it already (plans are used once)."""
-        if segments is None:
-            segments = fold(table.codec, events, lambda i, col: None)
-        skipped = 0
         for layout in (table.main, table.static):  # outside the transaction: a rollback keeps them
             if layout is not None:
-                await self._staging(conn, layout)
+                key = (conn.get_server_pid(), layout.staging_name())
+                if key not in self._staged:
+                    await conn.execute(layout.staging_ddl())
+                    self._staged.add(key)
+        skipped = 0
         async with conn.transaction():
             for n, seg in enumerate(segments):
-                skipped += await self._apply_segment(conn, table, events, seg, n)
+                for layout in (table.main, table.static):
+                    if layout is not None:
+                        plans = [p for p in seg.plans.values() if p.layout is layout]
+                        if plans:
+                            skipped += await self._apply_plans(conn, table, layout, plans, n)
+                if table.mapping.delete == "tombstone" and seg.deletes:
+                    await self._history(conn, table, [events[i] for i in seg.deletes])
+                if seg.breaker is not None:
+                    await self._wide_delete(conn, table, events[seg.breaker])
             if probe:
                 raise _Probe()
         return skipped
 
-    async def _staging(self, conn: asyncpg.Connection, layout: TargetLayout) -> None:
-        name = layout.staging_name()
-        key = (conn.get_server_pid(), name)
-        if key not in self._staged:
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {ident(name)} "
-                f"(_seg integer, _sig integer, LIKE {layout.name}) ON COMMIT DELETE ROWS"
-            )
-            self._staged.add(key)
-
-    async def _apply_segment(
-        self, conn: asyncpg.Connection, table: _Table, events: Sequence[ChangeEvent], seg: Segment, n: int
-    ) -> int:
-        skipped = 0
-        for layout in (table.main, table.static):
-            if layout is None:
-                continue
-            plans = [p for p in seg.plans.values() if p.layout is layout]
-            if plans:
-                skipped += await self._apply_plans(conn, table, layout, plans, n)
-        if table.mapping.delete == "tombstone" and seg.deletes:
-            await self._history(conn, table, [events[i] for i in seg.deletes])
-        if seg.breaker is not None:
-            await self._range_delete(conn, table, events[seg.breaker])
-        return skipped
-
     async def _read_back(
-        self, conn: asyncpg.Connection, layout: TargetLayout, plans: list[RowPlan]
-    ) -> dict[tuple[Any, ...], dict[str, Any]]:
-        need = [p for p in plans if any(not c.cleared for c in p.colls.values())]
-        if not need:
-            return {}
-        cols = sorted({c for p in need for c, coll in p.colls.items() if not coll.cleared})
-        phys = [x for c in cols for x in ((c, "_cdc_keys_" + c) if c in layout.list_keys else (c,))]
-        keys = layout.key_names
-        width = len(keys)
-        out: dict[tuple[Any, ...], dict[str, Any]] = {}
-        step = max(1, _MAX_PARAMS // width)
-        for start in range(0, len(need), step):
-            chunk = need[start : start + step]
-            tuples = ", ".join(
-                "(" + ", ".join(f"${j * width + k + 1}" for k in range(width)) + ")"
-                for j in range(len(chunk))
+        self, conn: asyncpg.Connection, table: _Table, layout: TargetLayout, plans: list[RowPlan], seg: int
+    ) -> None:
+        """Resolve collection deltas against the values PostgreSQL holds now (pg_fold.resolve)."""
+        need = [p for p in plans if p.colls and any(not c.cleared for c in p.colls.values())]
+        current: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if need:
+            cols = sorted({c for p in need for c, coll in p.colls.items() if not coll.cleared})
+            phys = tuple(
+                x for c in cols for x in ((c, LIST_KEYS_PREFIX + c) if c in layout.list_keys else (c,))
             )
-            sql = (
-                f"SELECT {', '.join(ident(c) for c in (*keys, *phys))} FROM {layout.name} "
-                f"WHERE NOT {DELETED} AND ({', '.join(ident(k) for k in keys)}) IN ({tuples})"
+            width = len(layout.value_columns())
+            meta = (0, 0, False, False, None)
+            records = [(seg, _READ_BACK, *p.key, *([None] * width), *meta) for p in need]
+            await conn.copy_records_to_table(
+                layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.all_columns()]
             )
-            for row in await conn.fetch(sql, *[v for p in chunk for v in p.key]):
-                out[tuple(row[k] for k in keys)] = dict(row)
-        return out
+            nkeys = len(layout.key)
+            for row in await conn.fetch(table.sql("read_back", layout, phys), seg):
+                current[tuple(row[:nkeys])] = dict(zip(phys, row[nkeys:], strict=True))
+        for p in plans:
+            if p.colls:
+                resolve(table.codec, p, current.get(p.key))
 
     async def _apply_plans(
         self, conn: asyncpg.Connection, table: _Table, layout: TargetLayout, plans: list[RowPlan], seg: int
     ) -> int:
-        current = await self._read_back(conn, layout, plans)
-        columns = ["_seg", "_sig", *self._physical(layout)]
+        """Stage and apply the row plans of one layout in one segment; returns events skipped as
+        stale (older than, or the same as, what the row already holds)."""
+        await self._read_back(conn, table, layout, plans, seg)
         value_cols = layout.value_columns()
         sigs: dict[tuple[frozenset[str], bool, bool], int] = {}
+        events_per_sig: dict[int, list[int]] = {}
         records = []
         deletes = 0
         for p in plans:
             if p.delete:
-                sig = -1
                 deletes += 1
+                sets: dict[str, Any] = {}
+                sig = _DELETE
             else:
-                resolve(table.codec, p, current.get(p.key))
-                shape = (frozenset(p.sets), p.replace, p.nulled and not p.marker)
-                sig = sigs.setdefault(shape, len(sigs))
-            vals = [None if p.delete else p.sets.get(c) for c in value_cols]
-            records.append((seg, sig, *p.key, *vals, p.write_time, p.marker, False, None))
-        await conn.copy_records_to_table(layout.staging_name(), records=records, columns=columns)
-        applied = 0
-        for shape, sig in sigs.items():
-            status = await conn.execute(self._upsert_sql(table, layout, *shape[:2]), seg, sig)
-            applied += int(status.rsplit(" ", 1)[-1])
+                sets = p.sets
+                shape = (frozenset(sets), p.replace, p.nulled and not p.marker)
+                sig = sigs.get(shape, -3)
+                if sig == -3:
+                    sig = sigs[shape] = len(sigs)
+                    events_per_sig[sig] = []
+                events_per_sig[sig].append(p.events)
+            records.append(
+                (
+                    seg,
+                    sig,
+                    *p.key,
+                    *[sets.get(c) for c in value_cols],
+                    p.write_time,
+                    p.seq,
+                    p.marker,
+                    False,
+                    None,
+                )
+            )
+        await conn.copy_records_to_table(
+            layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.all_columns()]
+        )
+        skipped = 0
+        for (carried, replace, _), sig in sigs.items():
+            status = await conn.execute(table.sql("upsert", layout, carried, replace), seg, sig)
+            applied = int(status.rsplit(" ", 1)[-1])
+            counts = events_per_sig[sig]
+            if applied < len(counts):
+                # Which rows were stale is not reported; when some were, count one event per row
+                # unless none applied (a replay), where every folded event was stale.
+                skipped += sum(counts) if applied == 0 else len(counts) - applied
         vanish = [sig for shape, sig in sigs.items() if shape[2]]
         if vanish:
-            await conn.execute(self._vanish_sql(table, layout), seg, vanish)
+            await conn.execute(table.sql("vanish", layout), seg, vanish)
         if deletes:
-            await conn.execute(self._delete_sql(table, layout), seg)
-        return (len(plans) - deletes) - applied
+            await conn.execute(table.sql("delete", layout), seg)
+        return skipped
 
-    # -- SQL ---------------------------------------------------------------------------------
-    def _upsert_sql(self, table: _Table, layout: TargetLayout, carried: frozenset[str], replace: bool) -> str:
-        cache_key = ("upsert", layout.table, carried, replace)
-        if cache_key in table.sql:
-            return table.sql[cache_key]
-        soft = table.mapping.delete == "soft"
-        keys = [ident(k) for k in layout.key_names]
-        cols = [c for c in layout.value_columns() if c in carried]
-        insert_cols = [*keys, *(ident(c) for c in cols), WRITE_TIME, MARKER]
-        sets = [f"{ident(c)} = excluded.{ident(c)}" for c in cols]
-        for c in layout.value_columns():
-            if c in carried:
-                continue
-            if replace:
-                sets.append(f"{ident(c)} = NULL")
-            elif soft:
-                sets.append(f"{ident(c)} = CASE WHEN t.{DELETED} THEN NULL ELSE t.{ident(c)} END")
-        if replace:
-            sets.append(f"{MARKER} = excluded.{MARKER}")
-        elif soft:
-            sets.append(
-                f"{MARKER} = CASE WHEN t.{DELETED} THEN excluded.{MARKER} ELSE t.{MARKER} OR excluded.{MARKER} END"
-            )
-        else:
-            sets.append(f"{MARKER} = t.{MARKER} OR excluded.{MARKER}")
-        sets += [f"{WRITE_TIME} = excluded.{WRITE_TIME}", f"{DELETED} = false", f"{DELETED_AT} = NULL"]
-        sql = (
-            f"INSERT INTO {layout.name} AS t ({', '.join(insert_cols)}) "
-            f"SELECT {', '.join(insert_cols)} FROM {ident(layout.staging_name())} WHERE _seg = $1 AND _sig = $2 "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)} "
-            f"WHERE t.{WRITE_TIME} < excluded.{WRITE_TIME}"
-        )
-        table.sql[cache_key] = sql
-        return sql
-
-    def _key_join(self, layout: TargetLayout) -> str:
-        return " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in layout.key_names)
-
-    def _delete_sql(self, table: _Table, layout: TargetLayout) -> str:
-        stg = ident(layout.staging_name())
-        where = (
-            f"s._seg = $1 AND s._sig = -1 AND {self._key_join(layout)} AND t.{WRITE_TIME} <= s.{WRITE_TIME}"
-        )
-        if table.mapping.delete == "soft":
-            return (
-                f"UPDATE {layout.name} AS t SET {DELETED} = true, "
-                f"{DELETED_AT} = to_timestamp(s.{WRITE_TIME} / 1000000.0), {WRITE_TIME} = s.{WRITE_TIME} "
-                f"FROM {stg} AS s WHERE {where}"
-            )
-        return f"DELETE FROM {layout.name} AS t USING {stg} AS s WHERE {where}"
-
-    def _vanish_sql(self, table: _Table, layout: TargetLayout) -> str:
-        """A row without a row marker whose columns all became null no longer exists in Scylla."""
-        stg = ident(layout.staging_name())
-        nulls = " AND ".join(f"t.{ident(c)} IS NULL" for c in layout.value_columns()) or "TRUE"
-        where = (
-            f"s._seg = $1 AND s._sig = ANY($2::integer[]) AND {self._key_join(layout)} "
-            f"AND t.{WRITE_TIME} = s.{WRITE_TIME} AND NOT t.{MARKER} AND {nulls}"
-        )
-        if table.mapping.delete == "soft":
-            return (
-                f"UPDATE {layout.name} AS t SET {DELETED} = true, "
-                f"{DELETED_AT} = to_timestamp(s.{WRITE_TIME} / 1000000.0) FROM {stg} AS s WHERE {where}"
-            )
-        return f"DELETE FROM {layout.name} AS t USING {stg} AS s WHERE {where}"
-
-    async def _range_delete(self, conn: asyncpg.Connection, table: _Table, ev: ChangeEvent) -> None:
+    async def _wide_delete(self, conn: asyncpg.Connection, table: _Table, ev: ChangeEvent) -> None:
         """Partition delete (main + static row) or clustering-range delete, guarded by write time."""
-        layouts: list[TargetLayout] = [table.main]
-        if ev.op == Op.PARTITION_DELETE and table.static is not None:
-            layouts.append(table.static)
-        pk = table.schema.partition_key
-        ck = [c.name for c in table.schema.clustering_key]
-        for layout in layouts:
-            args: list[Any] = [table.codec.conv[c.name](ev.key[c.name]) for c in pk]
-            cond = [f"{ident(c.name)} = ${i + 1}" for i, c in enumerate(pk)]
-            if ev.op == Op.RANGE_DELETE and ev.range is not None:
-                r = ev.range
-                for bound, inclusive, lower in (
-                    (r.start, r.start_inclusive, True),
-                    (r.end, r.end_inclusive, False),
-                ):
-                    if bound:
-                        cols = ck[: len(bound)]
-                        cond.append(
-                            lexicographic(cols, table.main.clustering_order, len(args) + 1, inclusive, lower)
-                        )
-                        args += [table.codec.conv[c](v) for c, v in zip(cols, bound, strict=True)]
-            args.append(ev.write_time_us)
-            wt = f"${len(args)}::bigint"
-            cond.append(f"{WRITE_TIME} <= {wt}")
-            where = " AND ".join(cond)
-            if table.mapping.delete == "soft":
-                sql = (
-                    f"UPDATE {layout.name} SET {DELETED} = true, {DELETED_AT} = to_timestamp({wt} / 1000000.0), "
-                    f"{WRITE_TIME} = {wt} WHERE {where}"
-                )
-            else:
-                sql = f"DELETE FROM {layout.name} WHERE {where}"
-            await conn.execute(sql, *args)
+        codec = table.codec
+        pk = list(codec.key_of(True, ev.key))
+        bounds: list[tuple[tuple[str, ...], bool, bool]] = []
+        args: list[Any] = list(pk)
+        if ev.op == Op.RANGE_DELETE and ev.range is not None:
+            r = ev.range
+            for prefix, inclusive, lower in (
+                (r.start, r.start_inclusive, True),
+                (r.end, r.end_inclusive, False),
+            ):
+                if prefix:
+                    bounds.append((tuple(codec.ck_names[: len(prefix)]), inclusive, lower))
+                    args += codec.range_bound(prefix)
+        args.append(ev.write_time_us)
+        if table.soft:
+            args.append(ev.batch_seq)
+        await conn.execute(table.sql("wide", table.main, tuple(bounds)), *args)
+        if ev.op != Op.RANGE_DELETE and table.static is not None:
+            static_args = [*pk, ev.write_time_us, *([ev.batch_seq] if table.soft else [])]
+            await conn.execute(table.sql("wide", table.static, ()), *static_args)
 
     async def _history(self, conn: asyncpg.Connection, table: _Table, deletes: list[ChangeEvent]) -> None:
         keys = [c.name for c in table.schema.primary_key]
-        cols = [
-            "_cdc_stream_id", "_cdc_time", "_cdc_batch_seq", "_cdc_op", "_cdc_write_time", "_cdc_deleted_at",
-            *keys, "_cdc_range",
-        ]  # fmt: skip
-        params = ", ".join(
-            f"to_timestamp(${i + 1}::bigint / 1000000.0)" if c == "_cdc_deleted_at" else f"${i + 1}"
-            for i, c in enumerate(cols)
-        )
-        sql = (
-            f"INSERT INTO {table.history} ({', '.join(ident(c) for c in cols)}) VALUES ({params}) "
-            "ON CONFLICT (_cdc_stream_id, _cdc_time, _cdc_batch_seq) DO NOTHING"
-        )
+        conv = table.codec.conv
         rows = []
         for ev in deletes:
             rng = None
             if ev.range is not None:
-                rng = json_value(
-                    {
-                        "start": list(ev.range.start),
-                        "start_inclusive": ev.range.start_inclusive,
-                        "end": list(ev.range.end),
-                        "end_inclusive": ev.range.end_inclusive,
-                    }
-                )
-            key = [table.codec.conv[k](ev.key[k]) if k in ev.key else None for k in keys]
+                rng = json_value(msgspec.structs.asdict(ev.range))
+            key = [conv[k](ev.key[k]) if ev.key.get(k) is not None else None for k in keys]
+            op = {Op.SERVICE_ROW_DELETE: "row_delete", Op.SERVICE_PARTITION_DELETE: "partition_delete"}.get(
+                ev.op, ev.op.name.lower()
+            )
             rows.append(
-                (ev.pos.stream_id, ev.pos.time, ev.batch_seq, ev.op.name.lower(), ev.write_time_us,
-                 ev.write_time_us, *key, rng)
-            )  # fmt: skip
-        await conn.executemany(sql, rows)
+                (
+                    ev.pos.stream_id,
+                    ev.pos.time,
+                    ev.batch_seq,
+                    op,
+                    ev.write_time_us,
+                    ev.write_time_us,
+                    *key,
+                    rng,
+                )
+            )
+        await conn.executemany(table.history_sql, rows)
