@@ -99,6 +99,14 @@ class TableCodec:
         self.main_key_names: tuple[str, ...] | None = main.key_names
         self.static_key_names = static.key_names if static else None
         self.main_cols = {c.name for c in main.values}
+        # Column -> converter (None: a non-frozen collection/UDT, merged by element) per layout.
+        self.main_plan: dict[str, Converter | None] = {
+            c.name: None if c.name in self.multicell else self.conv[c.name] for c in main.values
+        }
+        self.static_plan: dict[str, Converter | None] = {
+            c.name: None if c.name in self.multicell else self.conv[c.name]
+            for c in (static.values if static else ())
+        }
         self.static_cols = {c.name for c in static.values} if static else set()
 
     def hkey(self, key: tuple[Any, ...]) -> Any:
@@ -140,6 +148,7 @@ def _holds_collection(t: CqlType) -> bool:
 # Shared empty containers of Prepared fields nothing adds to (never mutated: saves allocations).
 _NONE_D: dict[str, Any] = {}
 _NONE_L: list[str] = []
+_ABSENT: Any = object()
 
 
 @dataclass(slots=True)
@@ -185,19 +194,22 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
         raise ValueError(f"key column(s) {[n for n in key_names if n not in evkey]} missing") from None
     if op is Op.ROW_DELETE:
         return Prepared(i, ev, key)
-    stored = codec.static_cols if ev.static else codec.main_cols
+    static = ev.static
+    stored = codec.static_cols if static else codec.main_cols
+    plan = codec.static_plan if static else codec.main_plan
     cleared = [col for col in ev.deleted if col in stored] if ev.deleted else _NONE_L
-    multicell = codec.multicell
-    conv = codec.conv
+    if len(cleared) != len(ev.deleted):
+        raise ValueError(_other_layout(codec, static, set(ev.deleted) - stored))
     sets: dict[str, Any] = {}
     adds: dict[str, Any] = _NONE_D
     removes: dict[str, Any] = _NONE_D
     for col, value in ev.values.items():
-        if col not in stored:
-            continue
+        f = plan.get(col, _ABSENT)
+        if f is _ABSENT:
+            raise ValueError(_other_layout(codec, static, {col}))
         try:
-            if col not in multicell:
-                sets[col] = conv[col](value)
+            if f is not None:
+                sets[col] = f(value)
             else:
                 if adds is _NONE_D:
                     adds = {}
@@ -205,7 +217,9 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"column {col!r} ({codec.types[col].cql()}): {exc}") from None
     for col, keys in ev.deleted_elements.items():
-        if col in stored and keys:
+        if col not in stored:
+            raise ValueError(_other_layout(codec, static, {col}))
+        if keys:
             t = codec.types[col]
             try:
                 if removes is _NONE_D:
@@ -213,8 +227,21 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
                 removes[col] = _removes(codec, col, t, keys)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"column {col!r} ({t.cql()}) removed elements: {exc}") from None
-    full = op is Op.INSERT and not ev.static and codec.main_cols <= (sets.keys() | cleared)
+    full = (
+        op is Op.INSERT
+        and not static
+        and (len(sets) == len(codec.main_cols) or codec.main_cols <= (sets.keys() | cleared))
+    )
     return Prepared(i, ev, key, sets, cleared, adds, removes, full=full)
+
+
+def _other_layout(codec: TableCodec, static: bool, cols: set[str]) -> str:
+    names = sorted(cols)
+    if static:
+        return f"column(s) {names} are not static, but the event changes the static row"
+    if codec.static is None:
+        return f"column(s) {names} cannot be written by a row change"
+    return f"column(s) {names} are static, but the event changes a clustering row"
 
 
 def _adds(codec: TableCodec, col: str, t: CqlType, value: Any) -> Any:

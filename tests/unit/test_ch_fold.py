@@ -196,3 +196,16 @@ def test_bulk_path_refuses_repeated_keys_and_partial_rows() -> None:
     both = [ev(Op.INSERT, {"pk": 1}, 1, values={"v": "a", "f": []}, deleted=frozenset({"l", "s"}))] * 2
     assert fresh_columns(c, prepare(c, both)[0]) is None
     assert fresh_columns(c, prepare(c, [ev(Op.INSERT, {"pk": 1}, 1, values={"v": "a"})])[0]) is None
+
+
+def test_columns_of_the_other_row_kind_are_bad_rows() -> None:
+    sch = schema([("pk", "int", "partition_key"), ("ck", "int", "clustering"), ("st", "int", "static"),
+                  ("n", "int", "regular")])  # fmt: skip
+    _, bad = prepare(codec(sch), [
+        ev(Op.UPDATE, {"pk": 1, "ck": 1}, 1, values={"st": 1}),
+        ev(Op.UPDATE, {"pk": 1}, 1, static=True, values={"n": 1}),
+        ev(Op.UPDATE, {"pk": 1, "ck": 1}, 1, deleted=frozenset({"st"})),
+        ev(Op.UPDATE, {"pk": 1}, 1, static=True, values={"st": 2}),
+    ])  # fmt: skip
+    assert sorted(bad) == [0, 1, 2]
+    assert "are static" in bad[0] and "are not static" in bad[1]
