@@ -36,7 +36,7 @@ from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
 from cdcd.sinks.ch_cache import RowCache
-from cdcd.sinks.ch_classify import Action, classify
+from cdcd.sinks.ch_classify import Action, classify, error_code
 from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, blind_keys, fresh_columns, prepare
 from cdcd.sinks.ch_sql import (
     DELETED_AT,
@@ -127,6 +127,7 @@ class ClickHouseSink:
         self.config = config
         self._client: Any = None
         self._tables: dict[tuple[str, str], _Table] = {}
+        self._ddl_lock = asyncio.Lock()  # ensure_table of several tables at once: one at a time
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _password(self) -> str:
@@ -194,29 +195,44 @@ class ClickHouseSink:
 
     # -- tables ------------------------------------------------------------------------------
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        async with self._ddl_lock:
+            await self._ensure_table(mapping, schema)
+
+    async def _ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
         table = _Table(mapping, schema, int(getattr(self.config, "row_cache_rows", 0) or 0))
         create = mapping.create and bool(getattr(self.config, "create_tables", True))
         ddl_settings = await self._ddl_settings(table) if create else None
         if create:
-            await self._call(
-                lambda c: c.command(f"CREATE DATABASE IF NOT EXISTS {ident(mapping.target_schema)}")
-            )
+            await self._ddl(f"CREATE DATABASE IF NOT EXISTS {ident(mapping.target_schema)}")
         for layout in (table.main, table.static):
             if layout is not None:
                 if create:
-                    await self._call(
-                        lambda c, layout=layout: c.command(table_ddl(layout), settings=ddl_settings)
-                    )
+                    await self._ddl(table_ddl(layout), ddl_settings)
                 await self._check(layout.database, layout.table, layout.column_types(), create, ddl_settings)
         if mapping.delete == "tombstone":
             name = mapping.target_table + "_history"
             if create:
-                ddl = history_ddl(
-                    mapping.target_schema, mapping.target_table, schema.primary_key, len(schema.partition_key)
+                await self._ddl(
+                    history_ddl(
+                        mapping.target_schema,
+                        mapping.target_table,
+                        schema.primary_key,
+                        len(schema.partition_key),
+                    )
                 )
-                await self._call(lambda c: c.command(ddl))
             await self._check(mapping.target_schema, name, table.history_types, create, ddl_settings)
         self._tables[(mapping.source, mapping.target)] = table
+
+    async def _ddl(self, sql: str, settings: dict[str, Any] | None = None) -> None:
+        """Run a ``CREATE .. IF NOT EXISTS``; losing a creation race (another replica created it
+        first: TABLE_ALREADY_EXISTS 57, DATABASE_ALREADY_EXISTS 82) is success."""
+        try:
+            await self._call(lambda c: c.command(sql, settings=settings))
+        except SinkUnavailable:
+            raise
+        except Exception as exc:
+            if error_code(exc) not in (57, 82):
+                raise
 
     async def _ddl_settings(self, table: _Table) -> dict[str, Any] | None:
         """Query settings the DDL needs: ``Nullable(Tuple(..))`` columns (tuple, UDT, duration) are
@@ -451,7 +467,7 @@ class ClickHouseSink:
         whose rows ClickHouse refuses."""
         found: dict[int, str] = {}
         for block in blocks:
-            probe = block.table[:-1] + "_cdcd_probe`"
+            probe = block.table[:-1] + f"_cdcd_probe_{uuid.uuid4().hex[:8]}`"  # one per bisection
             await self._call(
                 lambda c, b=block, p=probe: c.command(
                     f"CREATE TABLE IF NOT EXISTS {p} AS {b.table} ENGINE = Null"
