@@ -154,6 +154,7 @@ def main() -> None:
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
+    rss_ins = _rss_mb()[0]
     upd = _load(engine, "bench.t", updates, n // 4, call_size=args.call_size, op="update")
     dele = _load(engine, "bench.t", deletes, n // 4, call_size=args.call_size, op="delete")
     total = n + 2 * (n // 4)
@@ -163,6 +164,9 @@ def main() -> None:
     print(f"bulk_load CDC delete  : {dele[0]:9,.0f} / {dele[1]:9,.0f} changes/s  ({n // 4:,} changes)")
     gc.collect()
     cur, peak = _rss_mb()
+    print(
+        f"RSS after CDC inserts : {rss_ins:9,.0f} MiB ({rss_ins - rss0:,.0f} MiB for {n:,} inserts: base + log rows)"
+    )
     print(f"RSS after CDC load    : {cur:9,.0f} MiB (peak {peak:,.0f} MiB, {cur - rss0:,.0f} MiB for "
           f"{total:,} changes = base rows + log rows)")  # fmt: skip
     rows, rps, rpc, queries = _read_windows(engine, int(args.window_s * 1e6), args.page_size)

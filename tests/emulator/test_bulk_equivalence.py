@@ -9,7 +9,8 @@ log mutations must be equal including cell insertion order and value types (``Op
 ints), both must raise the same error, and both rngs must end in the same state.
 ``StreamRouter.stream_for`` is checked against ``Generations.stream_for`` the same way, the log
 clustering keys against the catalog's, and ``bulk_load``'s direct storage writes against its
-mutation route through the general CDC path (two engines on one frozen clock, same streams and rng).
+mutation route through the general CDC path (two engines on one frozen clock, same streams and rng),
+and SELECT's fused page scan against its generic row loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.scylla_emulator import cdc as cdc_module
+from tests.scylla_emulator import engine_select
 from tests.scylla_emulator.api import CqlError
 from tests.scylla_emulator.bulk import bulk_load
 from tests.scylla_emulator.cdc import CdcLog, log_table_def
@@ -354,3 +356,65 @@ def test_bulk_direct_path_is_taken_for_plain_changes(monkeypatch: Any) -> None:
     assert bulk_load(engine, "ks.t", [{"pk": 1, "ck": 1, "v": 9}], op="update") == 1
     assert bulk_load(engine, "ks.t", [{"pk": 1, "ck": 2}, {"pk": 2}], op="delete") == 2
     assert len(engine.execute_decoded("SELECT * FROM ks.t_scylla_cdc_log").rows) == 8  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------- fused SELECT scan
+WRITES = st.one_of(
+    st.builds(lambda p, c, v, ttl: f"INSERT INTO ks.t (pk, ck, v) VALUES ({p}, {c}, {v}) USING TTL {ttl}",
+              st.integers(0, 2), st.integers(0, 5), st.integers(0, 3), st.sampled_from([0, 0, 1, 100])),
+    st.builds(lambda p, c: f"INSERT INTO ks.t (pk, ck) VALUES ({p}, {c})", st.integers(0, 2), st.integers(0, 5)),
+    st.builds(lambda p, c, v: f"UPDATE ks.t SET w = {v} WHERE pk = {p} AND ck = {c}",
+              st.integers(0, 2), st.integers(0, 5), st.sampled_from(["'a'", "null"])),
+    st.builds(lambda p, c: f"DELETE v FROM ks.t WHERE pk = {p} AND ck = {c}", st.integers(0, 2), st.integers(0, 5)),
+    st.builds(lambda p, c: f"DELETE FROM ks.t WHERE pk = {p} AND ck = {c}", st.integers(0, 2), st.integers(0, 5)),
+    st.builds(lambda p, c: f"DELETE FROM ks.t WHERE pk = {p} AND ck > {c}", st.integers(0, 2), st.integers(0, 5)),
+    st.builds(lambda p: f"DELETE FROM ks.t WHERE pk = {p}", st.integers(0, 2)),
+    st.builds(lambda p, s: f"UPDATE ks.t SET s = {s} WHERE pk = {p}", st.integers(0, 2), st.integers(0, 2)),
+)  # fmt: skip
+QUERIES = st.sampled_from(
+    [
+        "SELECT * FROM ks.t",
+        "SELECT * FROM ks.t WHERE pk IN (0, 2)",
+        "SELECT * FROM ks.t WHERE pk = 1 AND ck > 1 AND ck <= 4",
+        "SELECT * FROM ks.t WHERE pk = 1 ORDER BY ck DESC",
+        "SELECT pk, ck, v FROM ks.t",
+        "SELECT v, w FROM ks.t WHERE pk = 0",
+        'SELECT * FROM ks."t_scylla_cdc_log"',
+    ]
+)
+
+
+def _pages(engine: EmulatorEngine, q: str, page_size: int | None) -> list[Any]:
+    out, state = [], None
+    while True:
+        res = engine.execute_decoded(q, page_size=page_size, paging_state=state)
+        out.append((res.rows, res.paging_state))  # type: ignore[attr-defined]
+        state = res.paging_state  # type: ignore[attr-defined]
+        if not state:
+            return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(writes=st.lists(WRITES, max_size=25), query=QUERIES, page=st.sampled_from([None, 1, 2, 5]),
+       advance=st.sampled_from([0, 2]))  # fmt: skip
+def test_fused_scan_reads_what_the_row_loop_reads(
+    writes: list[str], query: str, page: int | None, advance: int
+) -> None:
+    engine = EmulatorEngine(clock=lambda: FIXED_NOW)
+    engine.execute_decoded(
+        "CREATE KEYSPACE ks WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+    )
+    engine.execute_decoded(
+        "CREATE TABLE ks.t (pk int, ck int, v int, w text, s int static, PRIMARY KEY (pk, ck))"
+        " WITH cdc = {'enabled': true}"
+    )
+    for w in writes:
+        engine.execute_decoded(w)
+    engine.advance_clock(advance)
+    fused = _pages(engine, query, page)
+    engine_select.USE_SCAN = False
+    try:
+        generic = _pages(engine, query, page)
+    finally:
+        engine_select.USE_SCAN = True
+    assert fused == generic

@@ -56,8 +56,10 @@ def bulk_load(
     """Load ``rows`` as ``op`` changes into ``table`` ("ks.name") and its CDC log; returns the count.
 
     ``chunk`` > 1 hands that many consecutive changes to CDC in one call, like an UNLOGGED BATCH with
-    per-statement timestamps (faster; changes to the same partition within a chunk are merged the
-    way Scylla merges a batch). Raises CqlError on bad rows (unknown column, missing key).
+    per-statement timestamps (changes to the same partition within a chunk are merged the way Scylla
+    merges a batch); it always takes the mutation route, so the default ``chunk=1`` is the fastest.
+    ``direct=False``: no direct storage writes (reference path, same result). Raises CqlError on bad
+    rows (unknown column, missing key) and for CDC writes "from the future/past".
     """
     if op not in ("insert", "update", "delete"):
         raise ValueError(f"op must be insert, update or delete, not {op!r}")

@@ -619,8 +619,10 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     more = False
     produced = total
     scan = None
-    if fast is not None and not filters and limit is None and ppl is None and simple and not plan.distinct:
-        scan = _compile_scan(fetch)
+    if USE_SCAN and fast is not None and not filters and limit is None and ppl is None and simple and not plan.distinct:
+        regular = {key for code, key, _ in fetch if code == 2}
+        all_cells = regular == set(rt.regulars) and not any(rt.types[c].multicell for c in rt.regulars)
+        scan = _compile_scan(fetch, all_cells)
     cap = page_size if page_size is not None else 1 << 62
     for part in _partitions(plan, resume):
         first_resumed = resume is not None and part.pkbytes == resume[1] and part.token == resume[0]
@@ -777,9 +779,12 @@ def _compile_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any]
     return fn
 
 
-def _extract_lines(fetch: list[tuple[int, Any, Any]], indent: str) -> tuple[list[str], str]:
+def _extract_lines(
+    fetch: list[tuple[int, Any, Any]], indent: str, track_live: bool = False
+) -> tuple[list[str], str]:
     """Source lines computing the fetched values of ``row`` (cells getter ``g``, clustering ``ck``,
-    partition key ``pk``, ``dts``, ``svals``, ``now`` in scope) and the list display of them."""
+    partition key ``pk``, ``dts``, ``svals``, ``now`` in scope) and the list display of them.
+    ``track_live``: also set ``live = True`` when a fetched cell is live."""
     lines = []
     out = []
     for i, (code, key, _) in enumerate(fetch):
@@ -793,7 +798,14 @@ def _extract_lines(fetch: list[tuple[int, Any, Any]], indent: str) -> tuple[list
             lines.append(f"{indent}    v{i} = None")
             lines.append(f"{indent}else:")
             lines.append(f"{indent}    e = c.expiry")
-            lines.append(f"{indent}    v{i} = c.value if e is None or e > now else None")
+            if track_live:
+                lines.append(f"{indent}    if e is None or e > now:")
+                lines.append(f"{indent}        v{i} = c.value")
+                lines.append(f"{indent}        live = True")
+                lines.append(f"{indent}    else:")
+                lines.append(f"{indent}        v{i} = None")
+            else:
+                lines.append(f"{indent}    v{i} = c.value if e is None or e > now else None")
             out.append(f"v{i}")
         else:
             out.append(f"svals.get({key!r})")
@@ -815,20 +827,24 @@ def _generate_fetch(fetch: list[tuple[int, Any, Any]]) -> Callable[..., list[Any
     return fn
 
 
-_SCANS: dict[tuple[tuple[int, Any], ...], Callable[..., tuple[Row | None, int, bool]]] = {}
+USE_SCAN = True  # False: always the generic row loop (equivalence tests)
+_SCANS: dict[tuple[Any, ...], Callable[..., tuple[Row | None, int, bool]]] = {}
 
 
-def _compile_scan(fetch: list[tuple[int, Any, Any]]) -> Callable[..., tuple[Row | None, int, bool]]:
+def _compile_scan(
+    fetch: list[tuple[int, Any, Any]], all_cells: bool
+) -> Callable[..., tuple[Row | None, int, bool]]:
     """``scan(part, runs, svals, now, out, cap) -> (last row, rows added, page full)``: the live rows
     of ``runs`` (``_key_runs``) of a partition without range tombstones, extracted like the
     ``_compile_fetch`` function and appended to ``out`` until it holds ``cap`` rows; "page full"
-    means one more live row was found (the ``_iter_rows`` + extractor loop of ``run_select``, fused)."""
-    spec = tuple((code, key) for code, key, _ in fetch)
+    means one more live row was found (the ``_iter_rows`` + extractor loop of ``run_select``, fused).
+    ``all_cells``: the fetch reads every (atomic) regular column of the table, so a row without a
+    live marker is live exactly when one of the fetched cells is (no separate liveness pass)."""
+    spec = (tuple((code, key) for code, key, _ in fetch), all_cells)
     fn = _SCANS.get(spec)
     if fn is not None:
         return fn
-    body, display = _extract_lines(fetch, "            ")
-    lines = [
+    head = [
         "def scan(part, runs, svals, now, out, cap):",
         "    ptomb = part.tomb",
         "    rowlist = part.rowlist",
@@ -841,25 +857,48 @@ def _compile_scan(fetch: list[tuple[int, Any, Any]]) -> Callable[..., tuple[Row 
         "            row = rowlist[i]",
         "            dts = row.tomb if row.tomb > ptomb else ptomb",
         "            m = row.marker",
-        "            if not (m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now)):",
-        "                for c in row.cells.values():",
-        "                    if type(c) is AC:",
-        "                        if c.live and c.ts > dts and (c.expiry is None or c.expiry > now):",
-        "                            break",
-        "                    elif live_cells(c, dts, now):",
-        "                        break",
-        "                else:",
-        "                    continue",
-        "            if len(out) >= cap:",
-        "                return last, n, True",
-        "            g = row.cells.get",
-        "            ck = row.ck",
-        *body,
-        f"            append({display})",
+    ]
+    tail = [
         "            n += 1",
         "            last = row",
         "    return last, n, False",
     ]
+    if all_cells:
+        body, display = _extract_lines(fetch, "            ", track_live=True)
+        lines = [
+            *head,
+            "            live = m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now)",
+            "            g = row.cells.get",
+            "            ck = row.ck",
+            *body,
+            "            if not live:",
+            "                continue",
+            "            if len(out) >= cap:",
+            "                return last, n, True",
+            f"            append({display})",
+            *tail,
+        ]
+    else:
+        body, display = _extract_lines(fetch, "            ")
+        lines = [
+            *head,
+            "            if not (m is not None and m.live and m.ts > dts and (m.expiry is None or m.expiry > now)):",
+            "                for c in row.cells.values():",
+            "                    if type(c) is AC:",
+            "                        if c.live and c.ts > dts and (c.expiry is None or c.expiry > now):",
+            "                            break",
+            "                    elif live_cells(c, dts, now):",
+            "                        break",
+            "                else:",
+            "                    continue",
+            "            if len(out) >= cap:",
+            "                return last, n, True",
+            "            g = row.cells.get",
+            "            ck = row.ck",
+            *body,
+            f"            append({display})",
+            *tail,
+        ]
     ns: dict[str, Any] = {"AC": AtomicCell, "live_cells": live_cells}
     exec("\n".join(lines), ns)
     fn = ns["scan"]
