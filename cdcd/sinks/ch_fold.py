@@ -468,7 +468,8 @@ class BatchState:
         elif ev.op == Op.ROW_DELETE:
             row = self._row(ev.static, p.key)
             row.events.append(p.index)
-            if ev.write_time_us < row.version:
+            wt = ev.write_time_us
+            if wt < row.version or (wt == row.version and not row.live):  # older, or a replay
                 self.skipped += 1
                 return
             self.applied += 1
