@@ -22,18 +22,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdcd.events import ChangeEvent, Op, timeuuid_sort_key
+from cdcd.events import ChangeEvent, Op, RangeBound, timeuuid_sort_key
 from cdcd.schema import Column, CqlType
 from cdcd.sinks.pg_sql import TargetLayout
 from cdcd.sinks.pg_types import (
     JSON_ENCODER,
     LIST_KEYS_PREFIX,
     Converter,
+    cql_order_key,
+    from_pg,
     identity,
     is_array,
     json_key,
     json_value,
     nul_check,
+    row_key,
     set_sort_key,
     to_pg,
 )
@@ -62,6 +65,7 @@ class RowPlan:
     write_time: int
     seq: int = 0  # batch_seq of the last folded event: breaks write-time ties inside one CDC group
     delete: bool = False
+    keep: bool = False  # soft delete of a row this batch wrote: upsert its cells, flagged deleted
     replace: bool = False  # the row was deleted earlier in this batch: unset columns are NULL
     marker: bool = False  # an INSERT wrote the row marker
     nulled: bool = False  # some column was nulled/emptied: the row may have vanished (no marker)
@@ -123,6 +127,8 @@ class TableCodec:
             elif t.is_multicell and t.name == "map":
                 self.elem[c.name] = json_value
         pk = [c for c in columns if c.kind == "partition_key"]
+        # Frozen collections/tuples/UDTs in the key are lists/dicts in PostgreSQL value space.
+        self.nested_keys = any(c.type.params or c.type.udt for c in main.key)
         self.ck_names = [c.name for c in columns if c.kind == "clustering"]
         self._keys = {
             False: [(c.name, self.conv[c.name], nul_check(c.type)) for c in main.key],
@@ -141,6 +147,36 @@ class TableCodec:
                 raise ValueError(f"key column {name!r}: {NUL_REASON}")
             out.append(v if conv is identity else conv(v))
         return tuple(out)
+
+    def range_matcher(self, rng: RangeBound) -> Callable[[Sequence[Any]], bool]:
+        """Predicate over a row's clustering values as PostgreSQL returns them: is the row inside
+        ``rng`` in CQL clustering order (DESC columns reversed)? For clustering types PostgreSQL
+        does not sort as CQL does (pg_sql.SQL_ORDERED)."""
+        n = max(len(rng.start), len(rng.end))
+        back = [from_pg(self.types[c]) for c in self.ck_names[:n]]
+        keys = [cql_order_key(self.types[c]) for c in self.ck_names[:n]]
+        desc = [o == "desc" for o in self.main.clustering_order[:n]]
+
+        def cmp(row: Sequence[Any], bound: Sequence[Any]) -> int:
+            for i, b in enumerate(bound):
+                a, kb = keys[i](back[i](row[i])), keys[i](b)
+                if a != kb:
+                    r = -1 if a < kb else 1
+                    return -r if desc[i] else r
+            return 0
+
+        def inside(row: Sequence[Any]) -> bool:
+            if rng.start:
+                c = cmp(row, rng.start)
+                if c < 0 or (c == 0 and not rng.start_inclusive):
+                    return False
+            if rng.end:
+                c = cmp(row, rng.end)
+                if c > 0 or (c == 0 and not rng.end_inclusive):
+                    return False
+            return True
+
+        return inside
 
     def range_bound(self, bound: Sequence[Any]) -> list[Any]:
         """PostgreSQL values of a clustering prefix (range delete bound)."""
@@ -245,18 +281,20 @@ def resolve(codec: TableCodec, plan: RowPlan, current: Mapping[str, Any] | None)
 class _Folder:
     """One pass over a batch (see ``fold``)."""
 
-    def __init__(self, codec: TableCodec) -> None:
+    def __init__(self, codec: TableCodec, soft: bool) -> None:
         self.codec = codec
+        self.soft = soft
         self.segments = [Segment()]
 
     def plan(self, static: bool, key: tuple[Any, ...], ev: ChangeEvent) -> RowPlan:
         seg = self.segments[-1]
-        plan = seg.plans.get((static, key))
+        index = (static, row_key(key) if self.codec.nested_keys else key)
+        plan = seg.plans.get(index)
         if plan is None:
             layout = self.codec.static if static else self.codec.main
             assert layout is not None
             plan = RowPlan(layout=layout, key=key, write_time=ev.write_time_us, seq=ev.batch_seq)
-            seg.plans[(static, key)] = plan
+            seg.plans[index] = plan
         plan.events += 1
         return plan
 
@@ -290,9 +328,12 @@ class _Folder:
             if ev.static:
                 raise ValueError("row delete of a static row")
             plan = self.plan(False, codec.key_of(False, ev.key), ev)
-            plan.delete, plan.replace, plan.marker, plan.nulled = True, False, False, False
-            plan.sets.clear()
-            plan.colls.clear()
+            plan.delete, plan.nulled = True, False
+            plan.keep = self.soft and bool(plan.sets or plan.colls)
+            if not plan.keep:
+                plan.replace, plan.marker = False, False
+                plan.sets.clear()
+                plan.colls.clear()
             plan.write_time, plan.seq = ev.write_time_us, ev.batch_seq
             self.segments[-1].deletes.append(i)
             return
@@ -305,7 +346,7 @@ class _Folder:
         cols = codec.cols
         other = False
         if plan.delete:  # delete then write again: the row starts empty
-            plan.delete, plan.replace, plan.marker = False, True, False
+            plan.delete, plan.keep, plan.replace, plan.marker = False, False, True, False
             plan.sets.clear()
             plan.colls.clear()
         for name in ev.deleted:
@@ -362,13 +403,16 @@ class _Folder:
         return other
 
 
-def fold(codec: TableCodec, events: Sequence[ChangeEvent]) -> tuple[list[Segment], dict[int, str]]:
-    """Fold ``events`` (one table, stream order) into segments.
+def fold(
+    codec: TableCodec, events: Sequence[ChangeEvent], *, soft: bool = False
+) -> tuple[list[Segment], dict[int, str]]:
+    """Fold ``events`` (one table, stream order) into segments. ``soft``: deletes are soft, so a
+    row written and then deleted within the batch is kept (flagged deleted) with its cells.
 
     Returns the segments and the events that can never be written (``{index: reason}``); when
     that dict is not empty the segments are incomplete and must not be applied.
     """
-    folder = _Folder(codec)
+    folder = _Folder(codec, soft)
     bad: dict[int, str] = {}
     for i, ev in enumerate(events):
         try:

@@ -30,6 +30,8 @@ __all__ = [
     "layouts_for",
     "lexicographic",
     "qualified",
+    "range_rows_sql",
+    "rows_by_ctid_sql",
     "table_ddl",
     "upsert_sql",
     "vanish_sql",
@@ -177,14 +179,32 @@ def history_ddl(schema: str, table: str, key: Sequence[Column]) -> str:
     )
 
 
+# CQL types whose PostgreSQL column sorts exactly as CQL sorts them (text under COLLATE "C": byte
+# order of UTF-8 = CQL order). Range deletes over other clustering types (uuid/timeuuid, inet,
+# collections, tuples, UDTs) are matched in Python with pg_types.cql_order_key.
+SQL_ORDERED = frozenset(
+    {
+        "ascii", "text", "varchar", "tinyint", "smallint", "int", "bigint", "varint", "decimal",
+        "float", "double", "boolean", "blob", "timestamp", "date", "time",
+    }
+)  # fmt: skip
+_TEXT = frozenset({"ascii", "text", "varchar"})
+
+
 def lexicographic(
-    cols: Sequence[str], orders: Sequence[str], first_param: int, inclusive: bool, lower: bool
+    cols: Sequence[str],
+    orders: Sequence[str],
+    first_param: int,
+    inclusive: bool,
+    lower: bool,
+    *,
+    text: Sequence[bool] = (),
 ) -> str:
     """SQL for "row is after (lower) / before (upper) the clustering prefix" in CLUSTERING order.
 
     ``cols``/``orders`` are the prefix's columns and their order; parameters $first_param.. hold
-    the prefix values. DESC columns flip the comparison, so mixed orders are exact (a row-value
-    comparison would not be).
+    the prefix values; ``text[i]`` compares column i under COLLATE "C". DESC columns flip the
+    comparison, so mixed orders are exact (a row-value comparison would not be).
     """
     parts: list[str] = []
     n = len(cols)
@@ -194,8 +214,9 @@ def lexicographic(
         op = ">" if after else "<"
         if i == n - 1 and inclusive:
             op += "="
+        col = ident(cols[i]) + (' COLLATE "C"' if i < len(text) and text[i] else "")
         eqs = [f"{ident(cols[j])} = ${first_param + j}" for j in range(i)]
-        parts.append("(" + " AND ".join([*eqs, f"{ident(cols[i])} {op} ${first_param + i}"]) + ")")
+        parts.append("(" + " AND ".join([*eqs, f"{col} {op} ${first_param + i}"]) + ")")
     return "(" + " OR ".join(parts) + ")" if parts else "TRUE"
 
 
@@ -206,16 +227,21 @@ def lexicographic(
 # the same timestamp, as in Scylla.
 
 
-def upsert_sql(layout: TargetLayout, carried: frozenset[str], replace: bool, soft: bool) -> str:
+def upsert_sql(
+    layout: TargetLayout, carried: frozenset[str], replace: bool, soft: bool, *, deleted: bool = False
+) -> str:
     """Upsert the staged rows of one signature, setting only the ``carried`` columns.
 
     ``replace``: the row was deleted earlier in the batch, so every other column becomes NULL.
     ``soft``: a soft-deleted target row is revived the same way (Scylla had deleted it).
+    ``deleted``: soft delete of rows the batch wrote: the staged deletion flags are kept.
     """
     seg, sig = STAGING_COLUMNS
     keys = [ident(k) for k in layout.key_names]
     cols = [c for c in layout.value_columns() if c in carried]
     insert_cols = [*keys, *(ident(c) for c in cols), WRITE_TIME, SEQ, MARKER]
+    if deleted:
+        insert_cols += [DELETED, DELETED_AT]
     sets = [f"{ident(c)} = excluded.{ident(c)}" for c in cols]
     for c in layout.value_columns():
         if c in carried:
@@ -235,8 +261,8 @@ def upsert_sql(layout: TargetLayout, carried: frozenset[str], replace: bool, sof
     sets += [
         f"{WRITE_TIME} = excluded.{WRITE_TIME}",
         f"{SEQ} = excluded.{SEQ}",
-        f"{DELETED} = false",
-        f"{DELETED_AT} = NULL",
+        f"{DELETED} = excluded.{DELETED}" if deleted else f"{DELETED} = false",
+        f"{DELETED_AT} = excluded.{DELETED_AT}" if deleted else f"{DELETED_AT} = NULL",
     ]
     return (
         f"INSERT INTO {layout.name} AS t ({', '.join(insert_cols)}) "
@@ -300,10 +326,14 @@ def wide_delete_sql(
     (prefix columns, inclusive, is_lower) per bounded side), then the write time, then (``soft``
     only) the batch seq.
     """
+    types = {c.name: c.type.name for c in layout.key}
     cond = [f"{ident(c)} = ${i + 1}" for i, c in enumerate(partition_key)]
     n = len(partition_key)
     for cols, inclusive, lower in bounds:
-        cond.append(lexicographic(cols, layout.clustering_order, n + 1, inclusive, lower))
+        if any(types[c] not in SQL_ORDERED for c in cols):
+            raise ValueError(f"clustering columns {list(cols)} do not sort in SQL as in CQL")
+        text = [types[c] in _TEXT for c in cols]
+        cond.append(lexicographic(cols, layout.clustering_order, n + 1, inclusive, lower, text=text))
         n += len(cols)
     wt, seq = f"${n + 1}::bigint", f"${n + 2}::integer"
     cond.append(f"{WRITE_TIME} <= {wt}")
@@ -311,6 +341,24 @@ def wide_delete_sql(
     if soft:
         return f"UPDATE {layout.name} SET {_soft_set(wt, seq)} WHERE {where}"
     return f"DELETE FROM {layout.name} WHERE {where}"
+
+
+def range_rows_sql(layout: TargetLayout, partition_key: Sequence[str]) -> str:
+    """Rows of one partition a range delete may remove (``WRITE_TIME <= $n+1``), locked, with
+    their clustering columns: for clustering types matched in Python."""
+    cond = [f"{ident(c)} = ${i + 1}" for i, c in enumerate(partition_key)]
+    cond.append(f"{WRITE_TIME} <= ${len(partition_key) + 1}::bigint")
+    ck = [ident(c.name) for c in layout.key[len(partition_key) :]]
+    return f"SELECT ctid, {', '.join(ck)} FROM {layout.name} WHERE {' AND '.join(cond)} FOR UPDATE"
+
+
+def rows_by_ctid_sql(layout: TargetLayout, soft: bool) -> str:
+    """Delete (or soft-delete: $2 write time, $3 batch seq) the rows locked by range_rows_sql."""
+    if soft:
+        return (
+            f"UPDATE {layout.name} SET {_soft_set('$2::bigint', '$3::integer')} WHERE ctid = ANY($1::tid[])"
+        )
+    return f"DELETE FROM {layout.name} WHERE ctid = ANY($1::tid[])"
 
 
 HISTORY_COLUMNS = (

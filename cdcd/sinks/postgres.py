@@ -44,6 +44,7 @@ from cdcd.sinks.classify import Action, classify
 from cdcd.sinks.pg_fold import RowPlan, Segment, TableCodec, fold, resolve
 from cdcd.sinks.pg_sql import (
     DELETED,
+    SQL_ORDERED,
     STAGING_COLUMNS,
     TargetLayout,
     column_defs,
@@ -52,17 +53,27 @@ from cdcd.sinks.pg_sql import (
     history_insert_sql,
     ident,
     layouts_for,
+    range_rows_sql,
+    rows_by_ctid_sql,
     table_ddl,
     upsert_sql,
     vanish_sql,
     wide_delete_sql,
 )
-from cdcd.sinks.pg_types import JSON_DECODER, JSON_ENCODER, LIST_KEYS_PREFIX, json_value, pg_type
+from cdcd.sinks.pg_types import (
+    JSON_DECODER,
+    JSON_ENCODER,
+    LIST_KEYS_PREFIX,
+    json_value,
+    pg_type,
+    row_key,
+)
 
 __all__ = ["PostgresSink"]
 
 _PG_EPOCH_DATE = dt.date(2000, 1, 1)
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _READ_BACK = -2  # staging signature of keys whose current collection values are read back
 _DELETE = -1  # staging signature of row deletes
 
@@ -110,13 +121,17 @@ class _Table:
         text = self._sql.get(key)
         if text is None:
             if kind == "upsert":
-                text = upsert_sql(layout, args[0], args[1], self.soft)
+                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2])
             elif kind == "delete":
                 text = delete_sql(layout, self.soft)
             elif kind == "vanish":
                 text = vanish_sql(layout, self.soft)
             elif kind == "read_back":
                 text = _read_back_sql(layout, args[0])
+            elif kind == "range_rows":
+                text = range_rows_sql(layout, [c.name for c in self.schema.partition_key])
+            elif kind == "by_ctid":
+                text = rows_by_ctid_sql(layout, self.soft)
             else:
                 pk = [c.name for c in self.schema.partition_key]
                 text = wide_delete_sql(layout, pk, args[0], self.soft)
@@ -305,7 +320,7 @@ class PostgresSink:
             raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
         if not events:
             return WriteOutcome(applied=0)
-        segments, bad = fold(table.codec, events)
+        segments, bad = fold(table.codec, events, soft=table.soft)
         if bad:
             raise BadRows(bad)
         try:
@@ -329,7 +344,7 @@ class PostgresSink:
         half = len(idx) // 2
         for part in (idx[:half], idx[half:]):
             sub = [events[i] for i in part]
-            segments, _ = fold(table.codec, sub)
+            segments, _ = fold(table.codec, sub, soft=table.soft)
             try:
                 await self._run(
                     lambda conn, sub=sub, s=segments: self._apply(conn, table, sub, s, probe=True)
@@ -342,8 +357,9 @@ class PostgresSink:
                 if classify(err) is not Action.BAD_DATA:
                     raise
                 found.update(await self._bisect(table, events, part, err))
-        # Both halves pass alone but not together: the events interact; refuse them all.
-        return found or {i: f"{type(exc).__name__}: {exc}" for i in idx}
+        # Both halves pass alone but not together: the events interact. Name the first one only:
+        # without it the rest may pass, and each retry peels off one more if not.
+        return found or {idx[0]: f"{type(exc).__name__}: {exc}"}
 
     async def _apply(
         self,
@@ -394,10 +410,10 @@ class PostgresSink:
             )
             nkeys = len(layout.key)
             for row in await conn.fetch(table.sql("read_back", layout, phys), seg):
-                current[tuple(row[:nkeys])] = dict(zip(phys, row[nkeys:], strict=True))
+                current[row_key(tuple(row[:nkeys]))] = dict(zip(phys, row[nkeys:], strict=True))
         for p in plans:
             if p.colls:
-                resolve(table.codec, p, current.get(p.key))
+                resolve(table.codec, p, current.get(row_key(p.key)))
 
     async def _apply_plans(
         self, conn: asyncpg.Connection, table: _Table, layout: TargetLayout, plans: list[RowPlan], seg: int
@@ -406,18 +422,21 @@ class PostgresSink:
         stale (older than, or the same as, what the row already holds)."""
         await self._read_back(conn, table, layout, plans, seg)
         value_cols = layout.value_columns()
-        sigs: dict[tuple[frozenset[str], bool, bool], int] = {}
+        sigs: dict[tuple[frozenset[str], bool, bool, bool], int] = {}
         events_per_sig: dict[int, list[int]] = {}
         records = []
         deletes = 0
         for p in plans:
-            if p.delete:
+            gone_at = None
+            if p.delete and not p.keep:
                 deletes += 1
                 sets: dict[str, Any] = {}
                 sig = _DELETE
             else:
                 sets = p.sets
-                shape = (frozenset(sets), p.replace, p.nulled and not p.marker)
+                if p.keep:
+                    gone_at = _UNIX_EPOCH + dt.timedelta(microseconds=p.write_time)
+                shape = (frozenset(sets), p.replace, p.nulled and not p.marker and not p.keep, p.keep)
                 sig = sigs.get(shape, -3)
                 if sig == -3:
                     sig = sigs[shape] = len(sigs)
@@ -432,16 +451,16 @@ class PostgresSink:
                     p.write_time,
                     p.seq,
                     p.marker,
-                    False,
-                    None,
+                    p.keep,
+                    gone_at,
                 )
             )
         await conn.copy_records_to_table(
             layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.all_columns()]
         )
         skipped = 0
-        for (carried, replace, _), sig in sigs.items():
-            status = await conn.execute(table.sql("upsert", layout, carried, replace), seg, sig)
+        for (carried, replace, _, keep), sig in sigs.items():
+            status = await conn.execute(table.sql("upsert", layout, carried, replace, keep), seg, sig)
             applied = int(status.rsplit(" ", 1)[-1])
             counts = events_per_sig[sig]
             if applied < len(counts):
@@ -459,10 +478,15 @@ class PostgresSink:
         """Partition delete (main + static row) or clustering-range delete, guarded by write time."""
         codec = table.codec
         pk = list(codec.key_of(True, ev.key))
-        bounds: list[tuple[tuple[str, ...], bool, bool]] = []
-        args: list[Any] = list(pk)
+        soft_args = [ev.batch_seq] if table.soft else []
         if ev.op == Op.RANGE_DELETE and ev.range is not None:
             r = ev.range
+            n = max(len(r.start), len(r.end))
+            if any(c.type.name not in SQL_ORDERED for c in table.schema.clustering_key[:n]):
+                await self._range_delete_matched(conn, table, ev, pk)
+                return
+            bounds: list[tuple[tuple[str, ...], bool, bool]] = []
+            args: list[Any] = list(pk)
             for prefix, inclusive, lower in (
                 (r.start, r.start_inclusive, True),
                 (r.end, r.end_inclusive, False),
@@ -470,13 +494,27 @@ class PostgresSink:
                 if prefix:
                     bounds.append((tuple(codec.ck_names[: len(prefix)]), inclusive, lower))
                     args += codec.range_bound(prefix)
-        args.append(ev.write_time_us)
-        if table.soft:
-            args.append(ev.batch_seq)
-        await conn.execute(table.sql("wide", table.main, tuple(bounds)), *args)
-        if ev.op != Op.RANGE_DELETE and table.static is not None:
-            static_args = [*pk, ev.write_time_us, *([ev.batch_seq] if table.soft else [])]
-            await conn.execute(table.sql("wide", table.static, ()), *static_args)
+            await conn.execute(
+                table.sql("wide", table.main, tuple(bounds)), *args, ev.write_time_us, *soft_args
+            )
+            return
+        for layout in (table.main, table.static):
+            if layout is not None:
+                await conn.execute(table.sql("wide", layout, ()), *pk, ev.write_time_us, *soft_args)
+
+    async def _range_delete_matched(
+        self, conn: asyncpg.Connection, table: _Table, ev: ChangeEvent, pk: list[Any]
+    ) -> None:
+        """Range delete over clustering types PostgreSQL orders differently from CQL (timeuuid,
+        uuid, inet, collections, tuples, UDTs): lock the partition's candidate rows, match them
+        in Python in CQL order, then delete them by ctid."""
+        assert ev.range is not None
+        inside = table.codec.range_matcher(ev.range)
+        rows = await conn.fetch(table.sql("range_rows", table.main), *pk, ev.write_time_us)
+        ctids = [r[0] for r in rows if inside(tuple(r)[1:])]
+        if ctids:
+            args = [ev.write_time_us, ev.batch_seq] if table.soft else []
+            await conn.execute(table.sql("by_ctid", table.main), ctids, *args)
 
     async def _history(self, conn: asyncpg.Connection, table: _Table, deletes: list[ChangeEvent]) -> None:
         keys = [c.name for c in table.schema.primary_key]
