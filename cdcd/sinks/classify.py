@@ -18,7 +18,7 @@ import enum
 
 import asyncpg
 
-__all__ = ["Action", "classify"]
+__all__ = ["Action", "classify", "connection_broken"]
 
 
 class Action(enum.Enum):
@@ -44,9 +44,22 @@ def classify(exc: BaseException) -> Action:
         return Action.BAD_DATA
     if isinstance(
         exc,
-        asyncpg.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError | OSError | TimeoutError,
+        asyncpg.InterfaceError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.InternalClientError  # e.g. a connection the server closed under us
+        | OSError
+        | TimeoutError,
     ):
         return Action.RETRY
     if isinstance(exc, asyncio.CancelledError):
         raise exc
     return Action.FATAL
+
+
+def connection_broken(exc: BaseException) -> bool:
+    """True when the connection that raised ``exc`` must not be reused: anything but a proper
+    server answer, or a server answer saying the session is over (08xxx, 57P0x)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state.startswith(("08", "57P"))
+    return classify(exc) is Action.RETRY

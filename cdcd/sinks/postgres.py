@@ -40,7 +40,7 @@ from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, CqlDuration, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
-from cdcd.sinks.classify import Action, classify
+from cdcd.sinks.classify import Action, classify, connection_broken
 from cdcd.sinks.pg_fold import RowPlan, Segment, TableCodec, fold, resolve
 from cdcd.sinks.pg_sql import (
     DELETED,
@@ -243,7 +243,12 @@ class PostgresSink:
         assert self._pool is not None
         try:
             async with self._pool.acquire() as conn:
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except Exception as exc:
+                    if connection_broken(exc) and not conn.is_closed():
+                        conn.terminate()  # the pool opens a fresh one instead of reusing it
+                    raise
         except (SinkUnavailable, BadRows, SchemaMismatch, _Probe):
             raise
         except asyncpg.UndefinedTableError as exc:
