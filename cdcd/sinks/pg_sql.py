@@ -32,6 +32,7 @@ __all__ = [
     "qualified",
     "range_rows_sql",
     "rows_by_ctid_sql",
+    "static_view_ddl",
     "table_ddl",
     "upsert_sql",
     "vanish_sql",
@@ -177,6 +178,25 @@ def history_ddl(schema: str, table: str, key: Sequence[Column]) -> str:
         f"_cdc_deleted_at timestamp with time zone NOT NULL, {cols}, _cdc_range jsonb, "
         "PRIMARY KEY (_cdc_stream_id, _cdc_time, _cdc_batch_seq))"
     )
+
+
+def static_view_ddl(main: TargetLayout, static: TargetLayout) -> list[str]:
+    """``<table>_view``: what ``SELECT *`` shows in Scylla, i.e. each live row with its partition's
+    static cells, and partitions holding only static cells as one row with null clustering columns.
+    Dropped and recreated so it follows added columns."""
+    name = qualified(main.schema, main.table + "_view")
+    pk = static.key_names
+    cols = [f"coalesce(m.{ident(k)}, s.{ident(k)}) AS {ident(k)}" for k in pk]
+    cols += [f"m.{ident(k)}" for k in main.key_names[len(pk) :]]
+    cols += [f"m.{ident(c.name)}" for c in main.values]
+    cols += [f"s.{ident(c.name)}" for c in static.values]
+    join = " AND ".join(f"m.{ident(k)} = s.{ident(k)}" for k in pk)
+    return [
+        f"DROP VIEW IF EXISTS {name}",
+        f"CREATE VIEW {name} AS SELECT {', '.join(cols)} "
+        f"FROM (SELECT * FROM {main.name} WHERE NOT {DELETED}) AS m "
+        f"FULL JOIN (SELECT * FROM {static.name} WHERE NOT {DELETED}) AS s ON {join}",
+    ]
 
 
 # CQL types whose PostgreSQL column sorts exactly as CQL sorts them (text under COLLATE "C": byte

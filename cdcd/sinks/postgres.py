@@ -55,6 +55,7 @@ from cdcd.sinks.pg_sql import (
     layouts_for,
     range_rows_sql,
     rows_by_ctid_sql,
+    static_view_ddl,
     table_ddl,
     upsert_sql,
     vanish_sql,
@@ -277,6 +278,9 @@ class PostgresSink:
                 for layout in (table.main, table.static):
                     if layout is not None:
                         await self._ensure_layout(conn, layout, mapping.create)
+                if table.static is not None and mapping.create:
+                    for ddl in static_view_ddl(table.main, table.static):
+                        await conn.execute(ddl)
                 if mapping.delete == "tombstone":
                     if mapping.create:
                         await conn.execute(

@@ -348,8 +348,22 @@ async def test_static_columns_live_in_a_side_table(sink: PostgresSink, conn: asy
     )
     assert [(r["pk"], r["s"]) for r in await rows(conn, "ks.t_static")] == [(1, "S")]
     assert "s" not in (await rows(conn))[0]
-    await sink.write(m, [ev(Op.PARTITION_DELETE, {"pk": 1})])
+    await sink.write(
+        m,
+        [
+            ev(Op.INSERT, {"pk": 1, "ck": 2}, values={"v": 2}),
+            ev(Op.UPDATE, {"pk": 2}, static=True, values={"s": "only static"}),
+            ev(Op.INSERT, {"pk": 3, "ck": 1}, values={"v": 3}),
+        ],
+    )
+    # <table>_view shows what SELECT * shows in Scylla: static cells on every row of the partition.
+    view = await conn.fetch('SELECT pk, ck, s, v FROM "ks"."t_view" ORDER BY pk, ck')
+    assert [tuple(r) for r in view] == [
+        (1, 1, "S", 1), (1, 2, "S", 2), (2, None, "only static", None), (3, 1, None, 3),
+    ]  # fmt: skip
+    await sink.write(m, [ev(Op.PARTITION_DELETE, {"pk": p}) for p in (1, 2, 3)])
     assert await rows(conn, "ks.t_static") == [] and await rows(conn) == []
+    assert await conn.fetch('SELECT * FROM "ks"."t_view"') == []
 
 
 async def test_bad_rows_are_isolated_and_nothing_is_committed(
