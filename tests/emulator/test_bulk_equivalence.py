@@ -297,6 +297,8 @@ def _dump(engine: EmulatorEngine, name: str) -> Any:
     out = []
     for tok, pkb in rt.store.order:
         p = rt.store.partitions[pkb]
+        assert len(p.rowlist) == len(p.keys) == len(p.rows)
+        assert all(r is p.rows[k] for k, r in zip(p.keys, p.rowlist, strict=True))
         rows = [(k, _row(p.rows[k])) for k in p.keys]
         out.append((tok, pkb, p.pk, p.tomb, _row(p.static), rows, list(p.rts)))
     return out

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import gc
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from tests.scylla_emulator.api import CqlError, ErrorCode
-from tests.scylla_emulator.cdc_fast import Op, log_key, log_row, make_timeuuid
+from tests.scylla_emulator.cdc_fast import Op, log_row
 from tests.scylla_emulator.cqltypes_util import normalize
 from tests.scylla_emulator.model import AtomicCell, PartitionMutation, RowMutation
-from tests.scylla_emulator.storage import apply_row, merge_atomic_row, new_row, partition_of
+from tests.scylla_emulator.storage import Row, apply_row, merge_atomic_row, new_row, partition_of
 
 if TYPE_CHECKING:
     from tests.scylla_emulator.catalog import TableRt
@@ -86,6 +87,14 @@ _CACHEABLE: dict[str, type] = {"int": int, "bigint": int, "smallint": int, "tiny
                                "text": str, "varchar": str, "ascii": str, "uuid": uuid.UUID, "timeuuid": uuid.UUID}  # fmt: skip
 
 
+_UUID = uuid.UUID
+_new_uuid = uuid.UUID.__new__
+_setattr = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+_M64 = (1 << 64) - 1
+_X80 = 0x8080808080808080
+
+
 class _Direct:
     """Writes one simple change straight into storage (see the module docstring)."""
 
@@ -106,6 +115,7 @@ class _Direct:
             self.ok = self.plan.fast and cdc.fast_path
             self.cdc = cdc
             self.log_store = self.log_rt.store
+            self.log_parts = self.log_store.partitions
             # one clock for stream routing and expiries (the engine's): read it once per change
             gens_clock = getattr(cdc.generations, "_now_ms", None)
             self.one_clock = cdc.now_us == engine.now_us and gens_clock == engine.now_ms
@@ -124,7 +134,8 @@ class _Direct:
         ts: int,
     ) -> bool:
         """Insert (``marker`` set) or update of regular atomic ``cells`` (``entries``: the same in
-        ``row_entries`` order, for CDC); False: not a direct case, nothing done."""
+        ``row_entries`` order, for CDC); False: not a direct case, nothing done. Inlines
+        ``storage.partition_of``/``new_row``/``merge_atomic_row`` (the hot path of benchmarks)."""
         plan = self.plan
         log = None
         ttl = self.ttl
@@ -139,12 +150,26 @@ class _Direct:
                           ttl or 0, ts, now, names, not has_dead)  # fmt: skip
         if ttl and now is None:
             now = self.engine.now_us()
-        p = partition_of(self.store, pk, pkb, self.rt.token_of)
-        k = self.ck_key(ck)
-        row = new_row(p, k, ck)
-        if row is None:
-            merge_atomic_row(p.rows[k], marker, cells, now or 0)
+        p = self.store.partitions.get(pkb)
+        if p is None:
+            p = self.store.get_or_create(pk, token, pkb)
+        ck_key = self.ck_key
+        k = ck if ck_key is tuple else ck_key(ck)
+        rows = p.rows
+        row = rows.get(k)
+        if row is not None:
+            merge_atomic_row(row, marker, cells, now or 0)
         else:
+            row = Row(ck)
+            rows[k] = row
+            keys = p.keys
+            if not keys or keys[-1] < k:
+                keys.append(k)
+                p.rowlist.append(row)
+            else:
+                i = bisect_left(keys, k)
+                keys.insert(i, k)
+                p.rowlist.insert(i, row)
             if ttl:
                 assert now is not None
                 exp = now + ttl * 1_000_000
@@ -180,13 +205,32 @@ class _Direct:
             self._log(*log)
 
     def _log(self, stream: bytes, value: int, cells: dict[str, Any]) -> None:
-        lp = partition_of(self.log_store, (stream,), stream, self.log_rt.token_of)
-        ck = (make_timeuuid(value), 0)
-        row = new_row(lp, log_key(value), ck)
-        if row is None:  # the same random cdc$time twice: merge as storage would
-            apply_row(lp.rows[log_key(value)], RowMutation(ck, cells=cells), self.engine.now_us())
+        """Store one log row (``storage.partition_of``/``new_row`` inlined)."""
+        lp = self.log_parts.get(stream)
+        if lp is None:
+            lp = partition_of(self.log_store, (stream,), stream, self.log_rt.token_of)
+        u = _new_uuid(_UUID)  # cdc_fast.make_timeuuid, inlined
+        _setattr(u, "int", value)
+        _setattr(u, "is_safe", _SAFE_UNKNOWN)
+        ck = (u, 0)
+        # cdc_fast.log_key, inlined
+        k = (((((value >> 64) & 0x0FFF) << 48) | (((value >> 80) & 0xFFFF) << 32) | (value >> 96),
+              (value & _M64) ^ _X80), 0)  # fmt: skip
+        rows = lp.rows
+        if k in rows:  # the same random cdc$time twice: merge as storage would
+            apply_row(rows[k], RowMutation(ck, cells=cells), self.engine.now_us())
+            return
+        row = Row(ck)
+        row.cells = cells
+        rows[k] = row
+        keys = lp.keys
+        if not keys or keys[-1] < k:
+            keys.append(k)
+            lp.rowlist.append(row)
         else:
-            row.cells = cells
+            i = bisect_left(keys, k)
+            keys.insert(i, k)
+            lp.rowlist.insert(i, row)
 
 
 class _Shape:
@@ -329,7 +373,7 @@ def _load(  # noqa: PLR0917
                     pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, row_tombstone_ts=ts)])
         else:
             ck = ck_of(row)
-            marker = AtomicCell(ts, ttl=ttl) if is_insert else None
+            marker = AtomicCell(ts, None, True, ttl) if is_insert else None
             cells: dict[str, Any] = {}
             static: dict[str, Any] | None = None
             has_dead = False
@@ -338,10 +382,10 @@ def _load(  # noqa: PLR0917
                 if multi:
                     cell: Any = value_cells(rt, c, t, v, ts, ttl, overwrite=True)
                 elif v is None:
-                    cell = AtomicCell(ts, None, live=False)
+                    cell = AtomicCell(ts, None, False)
                     has_dead = True
                 else:
-                    cell = AtomicCell(ts, v, ttl=ttl)
+                    cell = AtomicCell(ts, v, True, ttl)
                 if is_static:
                     if static is None:
                         static = {}
