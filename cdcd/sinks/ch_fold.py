@@ -36,9 +36,19 @@ from cdcd.sinks.ch_types import (
     is_map_array,
     order_key,
     to_ch,
+    to_ch_column,
 )
 
-__all__ = ["BatchState", "Prepared", "Row", "TableCodec", "blind_keys", "fresh_columns", "prepare"]
+__all__ = [
+    "BatchState",
+    "Prepared",
+    "Row",
+    "TableCodec",
+    "blind_keys",
+    "bulk_columns",
+    "fresh_columns",
+    "prepare",
+]
 
 
 def _empty_of(t: CqlType) -> Any:
@@ -65,6 +75,8 @@ class TableCodec:
         keys = {c.name for c in schema.primary_key}
         self.key_conv = {c.name: to_ch(c.type, nullable=False) for c in schema.primary_key}
         self.conv: dict[str, Converter] = {n: to_ch(t) for n, t in self.types.items() if n not in keys}
+        self.key_column = {c.name: to_ch_column(c.type, nullable=False) for c in schema.primary_key}
+        self.column = {n: to_ch_column(t) for n, t in self.types.items() if n not in keys}
         blobs = {n for n, t in self.types.items() if holds_blob(t)}
         # Columns holding a blob are read back with Strings as bytes; the rest with Strings as str.
         self.read_formats = {n: "bytes" for n in blobs}
@@ -316,6 +328,40 @@ def blind_keys(codec: TableCodec, prepared: Iterable[Prepared]) -> set[Any]:
         seen.add(hk)
         if p.full:
             out.add(hk)
+    return out
+
+
+def bulk_columns(codec: TableCodec, events: Sequence[ChangeEvent]) -> dict[str, list[Any]] | None:
+    """``fresh_columns(codec, prepare(codec, events))`` for the plainest bulk batch, converted
+    column by column (``ch_types.to_ch_column``) without a per-event step: only INSERTs of clustering
+    rows with distinct keys, each setting exactly every column, in a table without non-frozen
+    collections/UDTs. None for any other batch or any bad value (the general path then names the
+    bad rows)."""
+    want = codec.main_cols
+    if not events or codec.multicell & want:
+        return None
+    insert = Op.INSERT
+    for ev in events:
+        if ev.op is not insert or ev.static or ev.deleted or ev.deleted_elements or ev.values.keys() != want:
+            return None
+    layout = codec.main
+    out: dict[str, list[Any]] = {}
+    try:
+        for name in layout.key_names:
+            out[name] = codec.key_column[name]([ev.key[name] for ev in events])
+        keys = list(zip(*(out[n] for n in layout.key_names), strict=True))
+        if len(set(map(codec.hkey, keys))) != len(events):
+            return None
+        for name in layout.value_columns():
+            out[name] = codec.column[name]([ev.values[name] for ev in events])
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return None
+    n = len(events)
+    out[VERSION] = [ev.write_time_us for ev in events]
+    out[IS_DELETED] = [0] * n
+    out[DELETED] = [0] * n
+    out[DELETED_AT] = [None] * n
+    out[MARKER] = [1] * n
     return out
 
 

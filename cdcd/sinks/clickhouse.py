@@ -37,7 +37,15 @@ from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
 from cdcd.sinks.ch_cache import RowCache
 from cdcd.sinks.ch_classify import Action, classify, error_code
-from cdcd.sinks.ch_fold import BatchState, Prepared, TableCodec, blind_keys, fresh_columns, prepare
+from cdcd.sinks.ch_fold import (
+    BatchState,
+    Prepared,
+    TableCodec,
+    blind_keys,
+    bulk_columns,
+    fresh_columns,
+    prepare,
+)
 from cdcd.sinks.ch_sql import (
     DELETED_AT,
     ChLayout,
@@ -298,14 +306,18 @@ class ClickHouseSink:
             raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
         if not events:
             return WriteOutcome(applied=0)
-        prepared, bad = prepare(table.codec, events)
-        if bad:
-            raise BadRows(bad)
-        fresh = fresh_columns(table.codec, prepared)
+        fresh = bulk_columns(table.codec, events)  # plain bulk INSERTs: converted column by column
+        prepared: list[Prepared] = []
+        if fresh is None:
+            prepared, bad = prepare(table.codec, events)
+            if bad:
+                raise BadRows(bad)
+            fresh = fresh_columns(table.codec, prepared)
         if fresh is not None:  # only full-row INSERTs of distinct keys: nothing to read or fold
             data = [fresh[n] for n in table.main_types]
-            blocks = [_Block("main", table.main.name, table.main_types, data, [[p.index] for p in prepared])]
-            applied, skipped = len(prepared), 0
+            owners = [[i] for i in range(len(events))]
+            blocks = [_Block("main", table.main.name, table.main_types, data, owners)]
+            applied, skipped = len(events), 0
         else:
             state = BatchState(table.codec, mapping.delete)
             state.blind = blind_keys(table.codec, prepared)

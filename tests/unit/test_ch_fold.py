@@ -3,6 +3,8 @@ updates, deletes of every kind, blind full-row INSERTs, and the bulk path equal 
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import itertools
 import uuid
 from typing import Any
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from cdcd.events import ChangeEvent, Op, Position, RangeBound
 from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
-from cdcd.sinks.ch_fold import BatchState, TableCodec, blind_keys, fresh_columns, prepare
+from cdcd.sinks.ch_fold import BatchState, TableCodec, blind_keys, bulk_columns, fresh_columns, prepare
 from cdcd.sinks.ch_sql import DELETED, IS_DELETED, MARKER, VERSION, layouts_for
 
 _seq = itertools.count()
@@ -209,3 +211,63 @@ def test_columns_of_the_other_row_kind_are_bad_rows() -> None:
     ])  # fmt: skip
     assert sorted(bad) == [0, 1, 2]
     assert "are static" in bad[0] and "are not static" in bad[1]
+
+
+BULK = schema([("pk", "bigint", "partition_key"), ("ck", "text", "clustering"), ("t", "text", "regular"),
+               ("i", "smallint", "regular"), ("d", "double", "regular"), ("f", "float", "regular"),
+               ("ts", "timestamp", "regular"), ("u", "uuid", "regular"), ("dec", "decimal", "regular"),
+               ("fl", "frozen<list<int>>", "regular")])  # fmt: skip
+_UTC2 = dt.timezone(dt.timedelta(hours=2))
+
+
+GOOD: dict[str, Any] = {
+    "t": st.none() | st.text(max_size=3),
+    "i": st.none() | st.integers(-(2**15), 2**15 - 1),
+    "d": st.none() | st.floats(allow_nan=False) | st.integers(-5, 5),
+    "f": st.none() | st.sampled_from([1.5, -2.0]),
+    "ts": st.none() | st.sampled_from([dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 1, 3, tzinfo=_UTC2),
+                                       dt.datetime(2024, 1, 1)]),
+    "u": st.none() | st.uuids(),
+    "dec": st.none() | st.sampled_from([decimal.Decimal("1.10"), decimal.Decimal("-1E+40")]),
+    "fl": st.none() | st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
+}  # fmt: skip
+BAD: dict[str, Any] = {
+    "t": b"x", "i": 2**15, "d": "1", "f": 1e39, "ts": dt.date(2024, 1, 1), "u": "u", "dec": decimal.Decimal("NaN"),
+    "fl": [1, None],
+}  # fmt: skip
+
+
+@st.composite
+def bulk_batches(draw: Any) -> list[ChangeEvent]:
+    """Mostly valid bulk INSERTs; now and then one bad value, a repeated key or a null key."""
+    out = []
+    for i in range(draw(st.integers(1, 6))):
+        values = {c: draw(s) for c, s in GOOD.items()}
+        if draw(st.integers(0, 9)) == 0:
+            col = draw(st.sampled_from(sorted(BAD)))
+            values[col] = BAD[col]
+        pk = None if draw(st.integers(0, 30)) == 0 else draw(st.integers(-(2**63), 2**63 - 1))
+        ck = draw(st.sampled_from("abc")) if draw(st.booleans()) else f"k{i}"
+        out.append(ev(Op.INSERT, {"pk": pk, "ck": ck}, 100 + i, values=values))
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(bulk_batches())
+def test_column_by_column_bulk_path_equals_the_event_by_event_one(events: list[ChangeEvent]) -> None:
+    c = codec(BULK)
+    bulk = bulk_columns(c, events)
+    prepared, bad = prepare(c, events)
+    general = None if bad else fresh_columns(c, prepared)
+    assert bulk == general
+
+
+def test_bulk_path_takes_only_plain_full_inserts() -> None:
+    c = codec(SIMPLE)
+    full = {"v": "a", "n": 1}
+    assert bulk_columns(c, [ev(Op.INSERT, {"pk": 1, "ck": 1}, 1, values=full)]) is not None
+    assert bulk_columns(c, [ev(Op.INSERT, {"pk": 1, "ck": 1}, 1, values={"v": "a"})]) is None
+    assert bulk_columns(c, [ev(Op.UPDATE, {"pk": 1, "ck": 1}, 1, values=full)]) is None
+    assert bulk_columns(c, [ev(Op.INSERT, {"pk": 1, "ck": 1}, 1, values=full)] * 2) is None
+    assert bulk_columns(codec(COLL), [ev(Op.INSERT, {"pk": 1}, 1, values={"v": "a", "f": []},
+                                         deleted=frozenset({"l", "s"}))]) is None  # fmt: skip
