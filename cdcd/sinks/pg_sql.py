@@ -98,10 +98,12 @@ class TargetLayout(msgspec.Struct, frozen=True, kw_only=True):
         return f"_cdcd_stg_{digest[:16]}"
 
     def staging_ddl(self) -> str:
+        """The staging table: this layout's columns without constraints (a COPY sends only the
+        columns a batch uses), plus the segment/statement columns."""
         seg, sig = STAGING_COLUMNS
         return (
-            f"CREATE TEMP TABLE IF NOT EXISTS {ident(self.staging_name())} "
-            f"({seg} integer, {sig} integer, LIKE {self.name}) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {ident(self.staging_name())} ON COMMIT DELETE ROWS AS "
+            f"SELECT NULL::integer AS {seg}, NULL::integer AS {sig}, t.* FROM {self.name} AS t WITH NO DATA"
         )
 
 

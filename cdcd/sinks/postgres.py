@@ -44,8 +44,12 @@ from cdcd.sinks.classify import Action, classify, connection_broken
 from cdcd.sinks.pg_fold import RowPlan, Segment, TableCodec, fold, resolve
 from cdcd.sinks.pg_sql import (
     DELETED,
+    DELETED_AT,
+    MARKER,
+    SEQ,
     SQL_ORDERED,
     STAGING_COLUMNS,
+    WRITE_TIME,
     TargetLayout,
     column_defs,
     delete_sql,
@@ -411,11 +415,9 @@ class PostgresSink:
             phys = tuple(
                 x for c in cols for x in ((c, LIST_KEYS_PREFIX + c) if c in layout.list_keys else (c,))
             )
-            width = len(layout.value_columns())
-            meta = (0, 0, False, False, None)
-            records = [(seg, _READ_BACK, *p.key, *([None] * width), *meta) for p in need]
+            records = [(seg, _READ_BACK, *p.key) for p in need]
             await conn.copy_records_to_table(
-                layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.all_columns()]
+                layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.key_names]
             )
             nkeys = len(layout.key)
             for row in await conn.fetch(table.sql("read_back", layout, phys), seg):
@@ -430,42 +432,38 @@ class PostgresSink:
         """Stage and apply the row plans of one layout in one segment; returns events skipped as
         stale (older than, or the same as, what the row already holds)."""
         await self._read_back(conn, table, layout, plans, seg)
-        value_cols = layout.value_columns()
+        used: set[str] = set()
+        keep = False
+        for p in plans:
+            used.update(p.sets)
+            keep = keep or p.keep
+        value_cols = [c for c in layout.value_columns() if c in used]  # the columns COPY sends
+        meta = [WRITE_TIME, SEQ, MARKER, *((DELETED, DELETED_AT) if keep else ())]
         sigs: dict[tuple[frozenset[str], bool, bool, bool], int] = {}
         events_per_sig: dict[int, list[int]] = {}
         records = []
         deletes = 0
         for p in plans:
-            gone_at = None
             if p.delete and not p.keep:
                 deletes += 1
-                sets: dict[str, Any] = {}
                 sig = _DELETE
             else:
                 sets = p.sets
-                if p.keep:
-                    gone_at = _UNIX_EPOCH + dt.timedelta(microseconds=p.write_time)
                 shape = (frozenset(sets), p.replace, p.nulled and not p.marker and not p.keep, p.keep)
                 sig = sigs.get(shape, -3)
                 if sig == -3:
                     sig = sigs[shape] = len(sigs)
                     events_per_sig[sig] = []
                 events_per_sig[sig].append(p.events)
-            records.append(
-                (
-                    seg,
-                    sig,
-                    *p.key,
-                    *[sets.get(c) for c in value_cols],
-                    p.write_time,
-                    p.seq,
-                    p.marker,
-                    p.keep,
-                    gone_at,
-                )
-            )
+            record = [seg, sig, *p.key, *[p.sets.get(c) for c in value_cols], p.write_time, p.seq, p.marker]
+            if keep:
+                gone = _UNIX_EPOCH + dt.timedelta(microseconds=p.write_time) if p.keep else None
+                record += [p.keep, gone]
+            records.append(record)
         await conn.copy_records_to_table(
-            layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.all_columns()]
+            layout.staging_name(),
+            records=records,
+            columns=[*STAGING_COLUMNS, *layout.key_names, *value_cols, *meta],
         )
         skipped = 0
         for (carried, replace, _, keep), sig in sigs.items():
