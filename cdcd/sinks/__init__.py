@@ -13,6 +13,9 @@ Contract of a sink (style.md §7.3):
   applied changes nothing (version guard on the write time). It raises ``SinkUnavailable``
   (retry everything later) or ``BadRows({index: reason})`` having committed nothing.
 * ``aclose()`` releases connections; it never raises.
+
+Modules are imported lazily by ``create_sink``, so importing ``cdcd.sinks`` (the protocol, for
+type hints) never imports a client library and no sink module imports back into a cycle.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from cdcd.errors import ConfigError
 from cdcd.events import ChangeEvent
 from cdcd.schema import TableSchema
 
@@ -46,22 +50,48 @@ class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WriteOutcome(msgspec.Struct, frozen=True):
+    """What one ``Sink.write`` did. ``applied + skipped_stale == len(events)``."""
+
     applied: int  # events whose effect is now in the destination
     skipped_stale: int = 0  # events older than the destination row: skipped by the version guard
 
 
 class Sink(Protocol):
-    name: str
+    """One destination. Built by ``create_sink``; one instance serves every table mapped to it and
+    may be used by several pipelines (tasks) at once. Sinks never retry by themselves: the
+    pipeline owns retries, backoff and the circuit breaker (flow/writer.py)."""
 
-    async def connect(self) -> None: ...
+    name: str  # the ``[destinations.<name>]`` key, for logs and metrics
 
-    async def healthcheck(self) -> None: ...
+    async def connect(self) -> None:
+        """Open connections/pools. Called once at start-up and again after failures; idempotent.
+        Raises ``SinkUnavailable`` when the destination cannot be reached (retried with backoff)
+        and ``ConfigError``/``SchemaMismatch`` for configuration that can never work."""
+        ...
 
-    async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None: ...
+    async def healthcheck(self) -> None:
+        """One cheap round trip proving the destination answers (start-up, ``cdcd check-config``,
+        ``/readyz``). Raises ``SinkUnavailable``."""
+        ...
 
-    async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome: ...
+    async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        """Prepare the target of one source table before its first write and after every schema
+        change: create missing tables/columns when ``mapping.create``, else check they exist.
+        Safe to run concurrently from several replicas. Raises ``SchemaMismatch`` when the target
+        cannot hold the source (bad names, incompatible existing columns, missing tables)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
+        """Apply ``events`` of one table (stream order; any mix of inserts, updates, deletes) as one
+        atomic, idempotent unit: replaying applied events changes nothing. Raises
+        ``SinkUnavailable`` (nothing committed; retry the whole batch), ``BadRows({index:
+        reason})`` (nothing committed; those events can never be written, the others can), or
+        ``SchemaMismatch`` (``ensure_table`` was not called). May block for the round trips."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; never raises. The sink may be connected again afterwards."""
+        ...
 
 
 # type name -> "module:Class"; imported lazily so a missing optional client does not break the rest.
@@ -73,14 +103,19 @@ _REGISTRY = {
 
 
 def sink_types() -> list[str]:
+    """The ``type`` names ``create_sink`` accepts."""
     return sorted(_REGISTRY)
 
 
 def create_sink(name: str, config: Any) -> Sink:
-    """Build the sink for one ``[destinations.<name>]`` section (its ``type`` picks the class)."""
+    """Build the sink for one ``[destinations.<name>]`` section (its ``type`` picks the class).
+    Nothing is connected yet. Raises ``ConfigError`` for an unknown type."""
     kind = getattr(config, "kind", None) or getattr(config, "type", None)
     if kind not in _REGISTRY:
-        raise ValueError(f"destination {name!r}: unknown type {kind!r}; expected one of {sink_types()}")
+        raise ConfigError(
+            f"unknown destination type {kind!r}; expected one of {sink_types()}",
+            key=f"destinations.{name}.type",
+        )
     module, _, cls = _REGISTRY[kind].partition(":")
     sink: Sink = getattr(importlib.import_module(module), cls)(name, config)
     return sink

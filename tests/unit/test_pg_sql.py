@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import asyncpg
 import pytest
 
-from cdcd.errors import SchemaMismatch
+from cdcd.errors import ConfigError, SchemaMismatch
 from cdcd.schema import Column, TableSchema, parse_cql_type
+from cdcd.sinks import create_sink, sink_types
 from cdcd.sinks.classify import Action, classify
 from cdcd.sinks.pg_sql import ident, layouts_for, lexicographic, qualified, table_ddl, upsert_sql
 
@@ -110,3 +113,19 @@ def test_classify(exc: BaseException, action: Action) -> None:
 def test_classify_never_swallows_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         classify(asyncio.CancelledError())
+
+
+def test_registry_names_the_known_types_and_refuses_others() -> None:
+    assert {"postgres", "timescaledb", "clickhouse"} <= set(sink_types())
+
+    class Dest:
+        type = "oracle"
+
+    with pytest.raises(ConfigError, match=r"destinations\.dw\.type: unknown destination type 'oracle'"):
+        create_sink("dw", Dest())
+
+
+def test_importing_the_protocol_imports_no_client_library() -> None:
+    code = "import cdcd.sinks, sys; print(sorted({'asyncpg', 'clickhouse_connect'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
