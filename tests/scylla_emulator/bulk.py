@@ -128,12 +128,11 @@ class _Direct:
         ck: tuple[Any, ...],
         marker: AtomicCell | None,
         cells: dict[str, AtomicCell],
-        entries: list[tuple[str, AtomicCell]] | None,
         names: tuple[str, ...] | None,
         has_dead: bool,
         ts: int,
     ) -> bool:
-        """Insert (``marker`` set) or update of regular atomic ``cells`` (``entries``: the same in
+        """Insert (``marker`` set) or update of regular atomic ``cells`` (``names``: theirs in
         ``row_entries`` order, for CDC); False: not a direct case, nothing done. Inlines
         ``storage.partition_of``/``new_row``/``merge_atomic_row`` (the hot path of benchmarks)."""
         plan = self.plan
@@ -141,13 +140,14 @@ class _Direct:
         ttl = self.ttl
         now: int | None = None
         if plan is not None:
-            assert entries is not None
+            assert names is not None
             # one timestamp, one TTL: a null (dead cell, no TTL) next to a TTL splits the change
-            if (marker is None and not entries) or (ttl and has_dead):
+            if (marker is None and not names) or (ttl and has_dead):
                 return False
             now = self.engine.now_us() if self.one_clock else None
-            log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, entries, 1 if marker is None else 2,
-                          ttl or 0, ts, now, names, not has_dead)  # fmt: skip
+            live = tuple([cells[n].live for n in names]) if has_dead else None
+            log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, cells, 1 if marker is None else 2,
+                          ttl or 0, ts, now, names, live)  # fmt: skip
         if ttl and now is None:
             now = self.engine.now_us()
         p = self.store.partitions.get(pkb)
@@ -392,12 +392,10 @@ def _load(  # noqa: PLR0917
                     static[c] = cell
                 else:
                     cells[c] = cell
-            perm = sh.perm
-            entries = None if perm is None else [(c, cells[c]) for c in perm]
             if not (
                 sh.simple
                 and fast is not None
-                and fast.upsert(pk, pkb, token, ck, marker, cells, entries, perm, has_dead, ts)
+                and fast.upsert(pk, pkb, token, ck, marker, cells, sh.perm, has_dead, ts)
             ):
                 pm = PartitionMutation(ks, name, pk, token, rows=[RowMutation(ck, marker, None, cells)])
                 if static is not None:

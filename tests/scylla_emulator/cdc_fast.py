@@ -266,7 +266,13 @@ def fast_transform(
         return None
 
     # ---- from here on: exactly the general path's side effects, in its order
-    stream, value, out = log_row(cdc, router, plan, pm.token, pk, ck, entries, op, ttl, ts)
+    if entries is None:
+        stream, value, out = log_row(cdc, router, plan, pm.token, pk, ck, None, op, ttl, ts)
+    else:
+        names = tuple([n for n, _c in entries])
+        live = None if all(c.live for _n, c in entries) else tuple([c.live for _n, c in entries])
+        stream, value, out = log_row(cdc, router, plan, pm.token, pk, ck, pm.rows[0].cells, op, ttl, ts, None,
+                                     names, live)  # fmt: skip
     row = RowMutation((make_timeuuid(value), 0), cells=out)
     return [PartitionMutation(log.keyspace, log.name, (stream,), router.token(stream), rows=[row])]
 
@@ -278,21 +284,21 @@ def log_row(  # noqa: PLR0917
     token: int,
     pk: tuple[Any, ...],
     ck: tuple[Any, ...] | None,
-    entries: list[tuple[str, Any]] | None,
+    cells: dict[str, Any] | None,
     op: Any,
     ttl: int,
     ts: int,
     now_us: int | None = None,
-    names: tuple[str, ...] | None = None,
-    all_live: bool = False,
+    names: tuple[str, ...] = (),
+    live: tuple[bool, ...] | None = None,
 ) -> tuple[bytes, int, dict[str, Any]]:
     """(stream, ``cdc$time`` as a 128-bit int, cells) of the single log row of one change:
-    an upsert (``entries``: its cells in ``row_entries`` order, ``op`` 1 or 2, ``ttl`` its TTL or 0),
-    a row delete (``entries`` None, ``ck`` set) or a partition delete (both None). Draws the
-    ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
+    an upsert (``cells``: the base row's cells, ``names``: their names in ``row_entries`` order,
+    ``live``: their live flags in that order or None when all are live, ``op`` 1 or 2, ``ttl`` its
+    TTL or 0), a row delete (``cells`` None, ``ck`` set) or a partition delete (both None). Draws
+    the ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
     ``Generations.stream_for``. ``now_us``: one reading of the clock that both the generations and
-    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs).
-    ``names``/``all_live``: the entries' names and "no dead cell among them", when the caller knows."""
+    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs)."""
     opts = plan.opts
     if now_us is None:
         stream = router.stream_for(token, ts)
@@ -316,15 +322,12 @@ def log_row(  # noqa: PLR0917
         )
         exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
-    if entries is None:
+    if cells is None:
         key: tuple[Any, ...] = (False, None, None, False, 0 if ck is None else len(ck))
     else:
         assert ck is not None
-        if names is None:
-            names = tuple([n for n, _c in entries])
-        live = None if all_live else tuple([c.live for _n, c in entries])
         key = (True, names, live, bool(ttl), len(ck))
-    out = plan.builder(key)(pk, ck, entries, op, ttl, ts, cttl, exp)
+    out = plan.builder(key)(pk, ck, cells, op, ttl, ts, cttl, exp)
     return stream, value, out
 
 
@@ -335,7 +338,7 @@ def log_key(value: int) -> tuple[tuple[int, int], int]:
 
 
 def _generate_builder(plan: TablePlan, key: tuple[Any, ...]) -> Callable[..., dict[str, Any]]:
-    """Compile ``build(pk, ck, entries, op, ttl, ts, cttl, exp) -> cells`` for one log-row shape
+    """Compile ``build(pk, ck, cells, op, ttl, ts, cttl, exp) -> log cells`` for one log-row shape
     ``(upsert, entry names, live flags or None for all live, has ttl, len(ck))``: one dict display
     with the cells in the general path's order (``_Builder.new_row``/``set_clustering``/
     ``_visit_cells``/``mutation``); a repeated key keeps its first position and last value, as
@@ -350,7 +353,7 @@ def _generate_builder(plan: TablePlan, key: tuple[Any, ...]) -> Callable[..., di
         if plan.values:
             for i, n in enumerate(names):
                 if live is None or live[i]:
-                    items.append(f"{n!r}: {cell.format(f'entries[{i}][1].value')}")
+                    items.append(f"{n!r}: {cell.format(f'cells[{n!r}].value')}")
                 else:
                     items.append(f"{plan.deleted[n]!r}: {cell.format('True')}")
         items.append(op)
@@ -360,7 +363,7 @@ def _generate_builder(plan: TablePlan, key: tuple[Any, ...]) -> Callable[..., di
         items.append(op)
         items += cks
     items.append(f"'cdc$end_of_batch': {cell.format('True')}")
-    src = "def build(pk, ck, entries, op, ttl, ts, cttl, exp):\n    return {" + ", ".join(items) + "}\n"
+    src = "def build(pk, ck, cells, op, ttl, ts, cttl, exp):\n    return {" + ", ".join(items) + "}\n"
     ns: dict[str, Any] = {"AC": AtomicCell}
     exec(src, ns)
     fn: Callable[..., dict[str, Any]] = ns["build"]
