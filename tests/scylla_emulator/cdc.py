@@ -221,6 +221,8 @@ class CdcLog:
         """The fast-path plan of a CDC-enabled ``base`` (cached while its definition is unchanged)."""
         plan = self._plans.get(id(base))
         if plan is None or not plan.current(base):
+            if len(self._plans) > 256:
+                self._plans.clear()
             plan = self._plans[id(base)] = TablePlan(base)
         return plan
 

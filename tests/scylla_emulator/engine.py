@@ -577,6 +577,8 @@ class EmulatorEngine:
         if rt.is_log:
             fast = self._log_keys.get(id(rt))
             if fast is None or fast[0] is not rt:
+                if len(self._log_keys) > 256:  # every DDL makes new TableRt objects
+                    self._log_keys.clear()
                 fast = self._log_keys[id(rt)] = (rt, log_ck_key(rt))
             ck_key = fast[1]
         apply(rt.store, m, pkb, rt.token_of, ck_key, rt.prefix_key, now)
