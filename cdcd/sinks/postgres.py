@@ -17,7 +17,11 @@ Per ``write()``: ONE transaction.
    appends to ``<table>_history`` (unique by CDC position: a replay adds nothing).
 
 Static columns live in ``<table>_static`` (one row per partition), because they belong to the
-partition, not to its rows (docs/type-map.md).
+partition, not to its rows; ``<table>_view`` joins them back (docs/type-map.md).
+
+Modules: ``pg_types`` (type map, value conversion), ``pg_sql`` (identifiers, DDL, statement texts),
+``pg_fold`` (batch -> row plans, pure), ``pg_table`` (per-mapping state, codecs, table checks),
+``classify`` (exception -> action).
 
 Errors: connection problems, timeouts and SQLSTATE 08/53/57/40001/40P01 raise ``SinkUnavailable``
 (retry the whole batch). A data error (SQLSTATE 22/23) rolls back and the batch is bisected with
@@ -37,11 +41,11 @@ import asyncpg
 import msgspec
 
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
-from cdcd.events import ChangeEvent, CqlDuration, Op
+from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome
 from cdcd.sinks.classify import Action, classify, connection_broken
-from cdcd.sinks.pg_fold import RowPlan, Segment, TableCodec, fold, resolve
+from cdcd.sinks.pg_fold import RowPlan, Segment, fold, resolve
 from cdcd.sinks.pg_sql import (
     DELETED,
     DELETED_AT,
@@ -51,53 +55,27 @@ from cdcd.sinks.pg_sql import (
     STAGING_COLUMNS,
     WRITE_TIME,
     TargetLayout,
-    column_defs,
-    delete_sql,
     history_ddl,
-    history_insert_sql,
     ident,
-    layouts_for,
-    range_rows_sql,
-    rows_by_ctid_sql,
     static_view_ddl,
-    table_ddl,
-    upsert_sql,
-    vanish_sql,
-    wide_delete_sql,
+)
+from cdcd.sinks.pg_table import (
+    DELETE_SIG,
+    READ_BACK,
+    PgTable,
+    ensure_layout,
+    init_connection,
+    require_columns,
 )
 from cdcd.sinks.pg_types import (
-    JSON_DECODER,
-    JSON_ENCODER,
     LIST_KEYS_PREFIX,
     json_value,
-    pg_type,
     row_key,
 )
 
 __all__ = ["PostgresSink"]
 
-_PG_EPOCH_DATE = dt.date(2000, 1, 1)
-_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _UNIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_READ_BACK = -2  # staging signature of keys whose current collection values are read back
-_DELETE = -1  # staging signature of row deletes
-
-
-def _date_enc(d: dt.date) -> tuple[int]:
-    return (d.toordinal() - _PG_EPOCH_DATE.toordinal(),)
-
-
-def _date_dec(t: tuple[int]) -> dt.date:
-    return dt.date.fromordinal(t[0] + _PG_EPOCH_DATE.toordinal())
-
-
-def _ts_enc(v: dt.datetime) -> tuple[int]:
-    delta = v - _PG_EPOCH
-    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds,)
-
-
-def _ts_dec(t: tuple[int]) -> dt.datetime:
-    return _PG_EPOCH + dt.timedelta(microseconds=t[0])
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -105,54 +83,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     pg_advisory_unlock_all()`` on every release: one round trip per write for state this sink never
     leaves behind (transactions are managed, advisory locks are transaction-scoped). Open
     transactions are still rolled back by the pool itself."""
-
-
-class _Table:
-    """Everything the sink knows about one mapping: layouts, converters, statement texts."""
-
-    def __init__(self, mapping: TableMapping, schema: TableSchema) -> None:
-        self.mapping = mapping
-        self.schema = schema
-        self.main, self.static = layouts_for(schema, mapping.target_schema, mapping.target_table)
-        self.codec = TableCodec(schema.columns, self.main, self.static)
-        self.soft = mapping.delete == "soft"
-        self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
-        self._sql: dict[Any, str] = {}
-
-    def sql(self, kind: str, layout: TargetLayout, *args: Any) -> str:
-        """Statement text, built once per (kind, layout, shape); asyncpg then prepares it once per
-        connection (its statement cache)."""
-        key = (kind, layout.table, *args)
-        text = self._sql.get(key)
-        if text is None:
-            if kind == "upsert":
-                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2])
-            elif kind == "delete":
-                text = delete_sql(layout, self.soft)
-            elif kind == "vanish":
-                text = vanish_sql(layout, self.soft)
-            elif kind == "read_back":
-                text = _read_back_sql(layout, args[0])
-            elif kind == "range_rows":
-                text = range_rows_sql(layout, [c.name for c in self.schema.partition_key])
-            elif kind == "by_ctid":
-                text = rows_by_ctid_sql(layout, self.soft)
-            else:
-                pk = [c.name for c in self.schema.partition_key]
-                text = wide_delete_sql(layout, pk, args[0], self.soft)
-            self._sql[key] = text
-        return text
-
-
-def _read_back_sql(layout: TargetLayout, cols: tuple[str, ...]) -> str:
-    seg, sig = STAGING_COLUMNS
-    keys = layout.key_names
-    join = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
-    return (
-        f"SELECT {', '.join(f't.{ident(c)}' for c in (*keys, *cols))} FROM {layout.name} AS t "
-        f"JOIN {ident(layout.staging_name())} AS s ON {join} "
-        f"WHERE s.{seg} = $1 AND s.{sig} = {_READ_BACK} AND NOT t.{DELETED}"
-    )
 
 
 class _Probe(Exception):
@@ -169,7 +99,7 @@ class PostgresSink:
         self.name = name
         self.config = config
         self._pool: asyncpg.Pool | None = None
-        self._tables: dict[tuple[str, str], _Table] = {}
+        self._tables: dict[tuple[str, str], PgTable] = {}
         self._staged: set[tuple[int, str]] = set()  # (backend pid, staging table) created
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -202,31 +132,7 @@ class PostgresSink:
                 raise
             raise SinkUnavailable(f"{self.name}: cannot connect to PostgreSQL: {type(exc).__name__}") from exc
 
-    @staticmethod
-    async def _init_connection(conn: asyncpg.Connection) -> None:
-        # asyncpg's default codecs turn date.min/max and datetime.min into ±infinity; the tuple
-        # codecs (days / µs since 2000-01-01) keep 0001-01-01 and 9999-12-31 exact.
-        await conn.set_type_codec(
-            "date", schema="pg_catalog", encoder=_date_enc, decoder=_date_dec, format="tuple"
-        )
-        await conn.set_type_codec(
-            "timestamptz", schema="pg_catalog", encoder=_ts_enc, decoder=_ts_dec, format="tuple"
-        )
-        await conn.set_type_codec(
-            "jsonb",
-            schema="pg_catalog",
-            # Binary jsonb is a version byte (1) followed by the JSON text; COPY needs binary.
-            encoder=lambda v: b"\x01" + JSON_ENCODER.encode(v),
-            decoder=lambda b: JSON_DECODER.decode(b[1:]),
-            format="binary",
-        )
-        await conn.set_type_codec(
-            "interval",
-            schema="pg_catalog",
-            encoder=lambda v: v if isinstance(v, tuple) else (v.months, v.days, v.nanoseconds // 1000),
-            decoder=lambda t: CqlDuration(t[0], t[1], t[2] * 1000),
-            format="tuple",
-        )
+    _init_connection = staticmethod(init_connection)
 
     async def healthcheck(self) -> None:
         """One round trip; raises ``SinkUnavailable`` when PostgreSQL does not answer."""
@@ -270,7 +176,7 @@ class PostgresSink:
         """Create (``mapping.create``) or check the target tables of one source table; add columns
         the source gained. Raises ``SchemaMismatch`` for names PostgreSQL cannot hold, a missing
         table/column with ``create`` off, or a column of another type."""
-        table = _Table(mapping, schema)
+        table = PgTable(mapping, schema)
 
         async def setup(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
@@ -281,7 +187,7 @@ class PostgresSink:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(mapping.target_schema)}")
                 for layout in (table.main, table.static):
                     if layout is not None:
-                        await self._ensure_layout(conn, layout, mapping.create)
+                        await ensure_layout(conn, layout, mapping.create)
                 if table.static is not None and mapping.create:
                     for ddl in static_view_ddl(table.main, table.static):
                         await conn.execute(ddl)
@@ -290,40 +196,10 @@ class PostgresSink:
                         await conn.execute(
                             history_ddl(mapping.target_schema, mapping.target_table, schema.primary_key)
                         )
-                    await self._require(conn, mapping.target_schema, mapping.target_table + "_history")
+                    await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
 
         await self._run(setup)
         self._tables[(mapping.source, mapping.target)] = table
-
-    async def _require(self, conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
-        rows = await conn.fetch(
-            "SELECT column_name, format_type(a.atttypid, a.atttypmod) AS type "
-            "FROM information_schema.columns c JOIN pg_attribute a "
-            "ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass "
-            "AND a.attname = c.column_name WHERE c.table_schema = $1 AND c.table_name = $2",
-            schema,
-            table,
-        )
-        if not rows:
-            raise SchemaMismatch(f"table {schema}.{table} does not exist and create_tables is off")
-        return {r["column_name"]: r["type"] for r in rows}
-
-    async def _ensure_layout(self, conn: asyncpg.Connection, layout: TargetLayout, create: bool) -> None:
-        if create:
-            await conn.execute(table_ddl(layout))
-        have = await self._require(conn, layout.schema, layout.table)
-        for col, col_def in column_defs(layout):
-            if col not in have:
-                if not create:
-                    raise SchemaMismatch(f"{layout.schema}.{layout.table} lacks column {col!r}")
-                await conn.execute(f"ALTER TABLE {layout.name} ADD COLUMN IF NOT EXISTS {col_def}")
-        for c in (*layout.key, *layout.values):
-            want = pg_type(c.type)
-            got = have.get(c.name)
-            if got is not None and got != want:
-                raise SchemaMismatch(
-                    f"{layout.schema}.{layout.table}.{c.name} is {got}, expected {want} for CQL {c.type.cql()}"
-                )
 
     # -- write -------------------------------------------------------------------------------
     async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
@@ -347,7 +223,7 @@ class PostgresSink:
         return WriteOutcome(applied=len(events) - skipped, skipped_stale=skipped)
 
     async def _bisect(
-        self, table: _Table, events: Sequence[ChangeEvent], idx: list[int], exc: BaseException
+        self, table: PgTable, events: Sequence[ChangeEvent], idx: list[int], exc: BaseException
     ) -> dict[int, str]:
         """Find the events that fail alone (trial applies, always rolled back). Halves that pass are
         not retried, so one bad event in n costs about 2·log2(n) trial transactions."""
@@ -377,7 +253,7 @@ class PostgresSink:
     async def _apply(
         self,
         conn: asyncpg.Connection,
-        table: _Table,
+        table: PgTable,
         events: Sequence[ChangeEvent],
         segments: list[Segment],
         probe: bool,
@@ -405,7 +281,7 @@ class PostgresSink:
         return skipped
 
     async def _read_back(
-        self, conn: asyncpg.Connection, table: _Table, layout: TargetLayout, plans: list[RowPlan], seg: int
+        self, conn: asyncpg.Connection, table: PgTable, layout: TargetLayout, plans: list[RowPlan], seg: int
     ) -> None:
         """Resolve collection deltas against the values PostgreSQL holds now (pg_fold.resolve)."""
         need = [p for p in plans if p.colls and any(not c.cleared for c in p.colls.values())]
@@ -415,7 +291,7 @@ class PostgresSink:
             phys = tuple(
                 x for c in cols for x in ((c, LIST_KEYS_PREFIX + c) if c in layout.list_keys else (c,))
             )
-            records = [(seg, _READ_BACK, *p.key) for p in need]
+            records = [(seg, READ_BACK, *p.key) for p in need]
             await conn.copy_records_to_table(
                 layout.staging_name(), records=records, columns=[*STAGING_COLUMNS, *layout.key_names]
             )
@@ -427,7 +303,7 @@ class PostgresSink:
                 resolve(table.codec, p, current.get(row_key(p.key)))
 
     async def _apply_plans(
-        self, conn: asyncpg.Connection, table: _Table, layout: TargetLayout, plans: list[RowPlan], seg: int
+        self, conn: asyncpg.Connection, table: PgTable, layout: TargetLayout, plans: list[RowPlan], seg: int
     ) -> int:
         """Stage and apply the row plans of one layout in one segment; returns events skipped as
         stale (older than, or the same as, what the row already holds)."""
@@ -446,7 +322,7 @@ class PostgresSink:
         for p in plans:
             if p.delete and not p.keep:
                 deletes += 1
-                sig = _DELETE
+                sig = DELETE_SIG
             else:
                 sets = p.sets
                 shape = (frozenset(sets), p.replace, p.nulled and not p.marker and not p.keep, p.keep)
@@ -481,7 +357,7 @@ class PostgresSink:
             await conn.execute(table.sql("delete", layout), seg)
         return skipped
 
-    async def _wide_delete(self, conn: asyncpg.Connection, table: _Table, ev: ChangeEvent) -> None:
+    async def _wide_delete(self, conn: asyncpg.Connection, table: PgTable, ev: ChangeEvent) -> None:
         """Partition delete (main + static row) or clustering-range delete, guarded by write time."""
         codec = table.codec
         pk = list(codec.key_of(True, ev.key))
@@ -510,7 +386,7 @@ class PostgresSink:
                 await conn.execute(table.sql("wide", layout, ()), *pk, ev.write_time_us, *soft_args)
 
     async def _range_delete_matched(
-        self, conn: asyncpg.Connection, table: _Table, ev: ChangeEvent, pk: list[Any]
+        self, conn: asyncpg.Connection, table: PgTable, ev: ChangeEvent, pk: list[Any]
     ) -> None:
         """Range delete over clustering types PostgreSQL orders differently from CQL (timeuuid,
         uuid, inet, collections, tuples, UDTs): lock the partition's candidate rows, match them
@@ -523,7 +399,7 @@ class PostgresSink:
             args = [ev.write_time_us, ev.batch_seq] if table.soft else []
             await conn.execute(table.sql("by_ctid", table.main), ctids, *args)
 
-    async def _history(self, conn: asyncpg.Connection, table: _Table, deletes: list[ChangeEvent]) -> None:
+    async def _history(self, conn: asyncpg.Connection, table: PgTable, deletes: list[ChangeEvent]) -> None:
         keys = [c.name for c in table.schema.primary_key]
         conv = table.codec.conv
         rows = []
@@ -532,9 +408,10 @@ class PostgresSink:
             if ev.range is not None:
                 rng = json_value(msgspec.structs.asdict(ev.range))
             key = [conv[k](ev.key[k]) if ev.key.get(k) is not None else None for k in keys]
-            op = {Op.SERVICE_ROW_DELETE: "row_delete", Op.SERVICE_PARTITION_DELETE: "partition_delete"}.get(
-                ev.op, ev.op.name.lower()
-            )
+            op = {
+                Op.SERVICE_ROW_DELETE: "row_delete",
+                Op.SERVICE_PARTITION_DELETE: "partition_delete",
+            }.get(ev.op, ev.op.name.lower())
             rows.append(
                 (
                     ev.pos.stream_id,
