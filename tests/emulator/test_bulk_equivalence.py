@@ -154,7 +154,7 @@ def _outcome(cdc: CdcLog, base: TableDef, log: TableDef, pm: PartitionMutation) 
     return out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(opts=OPTIONS, ck=st.booleans(), data=st.data(), now=st.sampled_from([T, T + 10_000_000]))
 def test_fast_path_equals_general_path(opts: CdcTableOptions, ck: bool, data: Any, now: int) -> None:
     base = _table(ck, opts)
@@ -234,7 +234,7 @@ def _log_rt() -> Any:
     return _ENGINE[0].table("ks", "t_scylla_cdc_log")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(value=st.integers(0, 2**128 - 1), seq=st.integers(-(2**31), 2**31 - 1))
 def test_log_clustering_key_equals_the_catalogs(value: int, seq: int) -> None:
     rt = _log_rt()
@@ -327,7 +327,7 @@ def loads(draw: Any, shape: str) -> list[tuple[str, int | None, list[dict[str, A
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(shape=st.sampled_from(sorted(SHAPES)), data=st.data())
 def test_bulk_direct_path_stores_what_the_mutation_path_stores(shape: str, data: Any) -> None:
     """bulk_load's direct writes == its mutation route through the general CDC path, cell by cell."""
