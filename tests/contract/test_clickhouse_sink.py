@@ -629,3 +629,62 @@ async def test_text_keys_with_special_characters_are_read_back(
     await sink.write(m, [ev(Op.UPDATE, {"p": t, "c": u}, values={"v": 2}) for t in texts])  # read back w
     got = {r["p"]: (r["v"], r["w"]) for r in await rows(ch, ch_database)}
     assert got == dict.fromkeys(texts, (2, 1))
+
+
+async def test_a_destination_outage_is_sink_unavailable_and_the_retry_applies_once(tmp_path: Any) -> None:
+    """ClickHouse goes down between two batches and comes back on the same data directory: the
+    write in between raises SinkUnavailable (retriable), and the retried batch lands exactly once."""
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def start() -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.clickhouse_server",
+            "--port",
+            str(port),
+            "--path",
+            str(tmp_path / "d"),
+        ]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def until_up(sink: ClickHouseSink) -> None:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await sink.healthcheck()
+                    return
+                except SinkUnavailable:
+                    await asyncio.sleep(0.2)
+
+    proc = start()
+    sink = ClickHouseSink("ch", Config(f"http://127.0.0.1:{port}"))
+    try:
+        await until_up(sink)
+        m = await setup(sink, "outage", schema(SIMPLE))
+        await sink.write(m, [ev(Op.INSERT, {"pk": 1, "ck": 1}, values={"v1": "a", "v2": 1})])
+        proc.terminate()
+        proc.wait(timeout=30)
+        batch = [
+            ev(Op.UPDATE, {"pk": 1, "ck": 1}, values={"v2": 2}),
+            ev(Op.INSERT, {"pk": 2, "ck": 1}, values={"v1": "b"}),
+        ]
+        with pytest.raises(SinkUnavailable):
+            await sink.write(m, batch)
+        proc = start()
+        await until_up(sink)
+        assert (await sink.write(m, batch)).applied == 2
+        assert (await sink.write(m, batch)).skipped_stale == 2  # the pipeline's retry after a lost answer
+        res = await sink._client.query("SELECT pk, v1, v2 FROM outage.t FINAL ORDER BY pk")
+        assert [tuple(r) for r in res.result_rows] == [(1, "a", 2), (2, "b", None)]
+    finally:
+        await sink.aclose()
+        proc.terminate()
+        proc.wait(timeout=30)
