@@ -3,9 +3,12 @@
 Per ``write()``:
 
 1. every event is converted to ClickHouse values (ch_fold.prepare): bad values are ``BadRows``
-   before anything is read or written;
+   before anything is read or written. A batch of full-row INSERTs of distinct keys (the bulk
+   case) becomes columns directly (ch_fold.bulk_columns / fresh_columns) and skips 2-3;
 2. the newest stored version of every row the batch touches (delete markers included; whole
-   partitions for partition/range deletes) is read back with server-side parameters;
+   partitions for partition/range deletes) is read back with server-side parameters, except keys
+   whose first event is a full-row INSERT ("blind": ReplacingMergeTree keeps the newest version
+   anyway) and keys held by the optional row cache (ch_cache, ``row_cache_rows``);
 3. the batch is applied in memory on those rows (ch_fold.BatchState: version guard, partial
    updates, exact collection deltas, deletes), giving ONE full row per touched key;
 4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
@@ -126,7 +129,10 @@ def _micros_to_dt(us: int | None) -> dt.datetime | None:
 
 
 class ClickHouseSink:
-    """``[destinations.<name>] type = "clickhouse"``."""
+    """``[destinations.<name>] type = "clickhouse"``. Config attributes read (with defaults):
+    ``url``, ``username``, ``password`` (Secret) or ``password_file``, ``verify_tls``, ``ca_file``,
+    ``connect_timeout``, ``send_receive_timeout``, ``create_tables`` (True), ``row_cache_rows`` (0 =
+    no row cache; see ch_cache for when it is safe)."""
 
     kind = "clickhouse"
 
