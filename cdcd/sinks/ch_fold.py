@@ -18,25 +18,19 @@ applied in memory, in order, on the current rows read back from ClickHouse (``Ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdcd.events import ChangeEvent, Op, timeuuid_sort_key
-from cdcd.schema import CqlType, TableSchema
+from cdcd.events import Op
+from cdcd.sinks.ch_codec import TableCodec, is_empty, merge_into
+from cdcd.sinks.ch_prepare import Prepared, blind_keys, bulk_columns, fresh_columns, prepare
 from cdcd.sinks.ch_sql import DELETED, DELETED_AT, IS_DELETED, MARKER, VERSION, ChLayout
 from cdcd.sinks.ch_types import (
     LIST_KEYS_PREFIX,
     Converter,
     as_list,
-    freeze,
-    from_read,
-    holds_blob,
     identity,
-    is_map_array,
-    order_key,
-    to_ch,
-    to_ch_column,
 )
 
 __all__ = [
@@ -49,357 +43,6 @@ __all__ = [
     "fresh_columns",
     "prepare",
 ]
-
-
-def _empty_of(t: CqlType) -> Any:
-    if t.name in ("list", "set"):
-        return []
-    if t.name == "map":
-        return [] if is_map_array(t) else {}
-    return None
-
-
-def _is_empty(v: Any) -> bool:
-    return v is None or (isinstance(v, list | dict) and not v)
-
-
-class TableCodec:
-    """Per-table converters, value-space helpers and layouts."""
-
-    def __init__(self, schema: TableSchema, main: ChLayout, static: ChLayout | None) -> None:
-        self.schema = schema
-        self.main = main
-        self.static = static
-        self.types: dict[str, CqlType] = {c.name: c.type for c in schema.columns}
-        self.names = frozenset(self.types)
-        keys = {c.name for c in schema.primary_key}
-        self.key_conv = {c.name: to_ch(c.type, nullable=False) for c in schema.primary_key}
-        self.conv: dict[str, Converter] = {n: to_ch(t) for n, t in self.types.items() if n not in keys}
-        self.key_column = {c.name: to_ch_column(c.type, nullable=False) for c in schema.primary_key}
-        self.column = {n: to_ch_column(t) for n, t in self.types.items() if n not in keys}
-        blobs = {n for n, t in self.types.items() if holds_blob(t)}
-        # Columns holding a blob are read back with Strings as bytes; the rest with Strings as str.
-        self.read_formats = {n: "bytes" for n in blobs}
-        self.read: dict[str, Converter] = {n: from_read(t, n in blobs) for n, t in self.types.items()}
-        self.empty: dict[str, Any] = {n: _empty_of(t) for n, t in self.types.items()}
-        self.elem: dict[str, Converter] = {}
-        self.elem_key: dict[str, Converter] = {}  # CQL order of set elements / map keys
-        self.map_value: dict[str, Converter] = {}
-        self.udt_index: dict[str, dict[str, int]] = {}
-        self.udt_fields: dict[str, list[Converter]] = {}
-        for n, t in self.types.items():
-            self.empty[LIST_KEYS_PREFIX + n] = []
-            if not t.is_multicell:
-                continue
-            if t.name in ("list", "set"):
-                self.elem[n] = to_ch(t.params[0], nullable=False)
-                self.elem_key[n] = order_key(t.params[0])
-            elif t.name == "map":
-                self.elem[n] = to_ch(t.params[0], nullable=False)
-                self.elem_key[n] = order_key(t.params[0])
-                self.map_value[n] = to_ch(t.params[1], nullable=False)
-            else:
-                assert t.udt is not None
-                self.udt_index[n] = {f: i for i, f in enumerate(t.udt.field_names)}
-                self.udt_fields[n] = [to_ch(ft) for ft in t.udt.field_types]
-        ck = schema.clustering_key
-        self.ck_order = [order_key(c.type) for c in ck]
-        self.ck_desc = [o == "desc" for o in schema.clustering_order] + [False] * len(ck)
-        # Key tuples holding lists/dicts (frozen collections in the key) are frozen for hashing.
-        self.hash_keys = any(_holds_collection(c.type) for c in schema.primary_key)
-        self.multicell = {n for n, t in self.types.items() if t.is_multicell}
-        self.main_key_names: tuple[str, ...] | None = main.key_names
-        self.static_key_names = static.key_names if static else None
-        self.main_cols = {c.name for c in main.values}
-        # Column -> converter (None: a non-frozen collection/UDT, merged by element) per layout.
-        self.main_plan: dict[str, Converter | None] = {
-            c.name: None if c.name in self.multicell else self.conv[c.name] for c in main.values
-        }
-        self.static_plan: dict[str, Converter | None] = {
-            c.name: None if c.name in self.multicell else self.conv[c.name]
-            for c in (static.values if static else ())
-        }
-        self.static_cols = {c.name for c in static.values} if static else set()
-
-    def hkey(self, key: tuple[Any, ...]) -> Any:
-        return freeze(key) if self.hash_keys else key
-
-    def layout_of(self, static: bool) -> ChLayout | None:
-        return self.static if static else self.main
-
-    def in_range(
-        self, ck: Sequence[Any], start: Sequence[Any], s_incl: bool, end: Sequence[Any], e_incl: bool
-    ) -> bool:
-        if start:
-            c = self._cmp(ck, start)
-            if c < 0 or (c == 0 and not s_incl):
-                return False
-        if end:
-            c = self._cmp(ck, end)
-            if c > 0 or (c == 0 and not e_incl):
-                return False
-        return True
-
-    def _cmp(self, ck: Sequence[Any], bound: Sequence[Any]) -> int:
-        """Compare a row's clustering key with a bound prefix in CLUSTERING order (DESC flips)."""
-        for i, b in enumerate(bound):
-            ka, kb = self.ck_order[i](ck[i]), self.ck_order[i](b)
-            if ka != kb:
-                r = -1 if ka < kb else 1
-                return -r if self.ck_desc[i] else r
-        return 0
-
-
-def _holds_collection(t: CqlType) -> bool:
-    if t.is_collection:
-        return True
-    params = t.udt.field_types if t.udt is not None else t.params
-    return any(_holds_collection(p) for p in params)
-
-
-# Shared empty containers of Prepared fields nothing adds to (never mutated: saves allocations).
-_NONE_D: dict[str, Any] = {}
-_NONE_L: list[str] = []
-_ABSENT: Any = object()
-
-
-@dataclass(slots=True)
-class Prepared:
-    """One event in ClickHouse value space."""
-
-    index: int
-    ev: ChangeEvent
-    key: tuple[Any, ...]  # layout key (main: primary key, static: partition key) or partition key
-    sets: dict[str, Any] = field(default_factory=dict)  # scalar / frozen columns
-    cleared: list[str] = field(default_factory=list)  # columns in ``deleted``
-    adds: dict[str, Any] = field(default_factory=dict)  # multicell additions
-    removes: dict[str, Any] = field(default_factory=dict)  # multicell removals
-    start: tuple[Any, ...] = ()
-    end: tuple[Any, ...] = ()
-    full: bool = False  # a main-table INSERT setting or clearing every column: the whole row
-
-
-def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
-    op = ev.op if type(ev.op) is Op else Op(ev.op)
-    if op is Op.PARTITION_DELETE or op is Op.RANGE_DELETE:
-        key = tuple(codec.key_conv[c.name](ev.key[c.name]) for c in codec.schema.partition_key)
-        p = Prepared(i, ev, key)
-        if ev.op == Op.RANGE_DELETE:
-            if ev.range is None:
-                raise ValueError("range delete without a range")
-            ck = codec.schema.clustering_key
-            for attr, bound in (("start", ev.range.start), ("end", ev.range.end)):
-                if len(bound) > len(ck):
-                    raise ValueError(f"range bound {bound!r} is longer than the clustering key")
-                setattr(p, attr, tuple(codec.key_conv[c.name](v) for c, v in zip(ck, bound, strict=False)))
-        return p
-    if op is not Op.INSERT and op is not Op.UPDATE and op is not Op.ROW_DELETE:
-        raise ValueError(f"operation {op!r} cannot be applied")
-    key_names = codec.static_key_names if ev.static else codec.main_key_names
-    if key_names is None:
-        raise ValueError("static row change, but the table has no static columns")
-    evkey = ev.key
-    kconv = codec.key_conv
-    try:
-        key = tuple([kconv[n](evkey[n]) for n in key_names])
-    except KeyError:
-        raise ValueError(f"key column(s) {[n for n in key_names if n not in evkey]} missing") from None
-    if op is Op.ROW_DELETE:
-        return Prepared(i, ev, key)
-    static = ev.static
-    stored = codec.static_cols if static else codec.main_cols
-    plan = codec.static_plan if static else codec.main_plan
-    cleared = [col for col in ev.deleted if col in stored] if ev.deleted else _NONE_L
-    if len(cleared) != len(ev.deleted):
-        raise ValueError(_other_layout(codec, static, set(ev.deleted) - stored))
-    sets: dict[str, Any] = {}
-    adds: dict[str, Any] = _NONE_D
-    removes: dict[str, Any] = _NONE_D
-    for col, value in ev.values.items():
-        f = plan.get(col, _ABSENT)
-        if f is _ABSENT:
-            raise ValueError(_other_layout(codec, static, {col}))
-        try:
-            if f is not None:
-                sets[col] = f(value)
-            else:
-                if adds is _NONE_D:
-                    adds = {}
-                adds[col] = _adds(codec, col, codec.types[col], value)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"column {col!r} ({codec.types[col].cql()}): {exc}") from None
-    for col, keys in ev.deleted_elements.items():
-        if col not in stored:
-            raise ValueError(_other_layout(codec, static, {col}))
-        if keys:
-            t = codec.types[col]
-            try:
-                if removes is _NONE_D:
-                    removes = {}
-                removes[col] = _removes(codec, col, t, keys)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise ValueError(f"column {col!r} ({t.cql()}) removed elements: {exc}") from None
-    full = (
-        op is Op.INSERT
-        and not static
-        and (len(sets) == len(codec.main_cols) or codec.main_cols <= (sets.keys() | cleared))
-    )
-    return Prepared(i, ev, key, sets, cleared, adds, removes, full=full)
-
-
-def _other_layout(codec: TableCodec, static: bool, cols: set[str]) -> str:
-    names = sorted(cols)
-    if static:
-        return f"column(s) {names} are not static, but the event changes the static row"
-    if codec.static is None:
-        return f"column(s) {names} cannot be written by a row change"
-    return f"column(s) {names} are static, but the event changes a clustering row"
-
-
-def _adds(codec: TableCodec, col: str, t: CqlType, value: Any) -> Any:
-    if value is None:
-        return []
-    if t.name == "list":
-        if not isinstance(value, Mapping):
-            raise ValueError("a non-frozen list delta must map cell timeuuids to values")
-        return [(_uuid(k), codec.elem[col](v)) for k, v in value.items()]
-    if t.name == "set":
-        return [codec.elem[col](v) for v in value]
-    if t.name == "map":
-        return [(codec.elem[col](k), codec.map_value[col](v)) for k, v in value.items()]
-    index = codec.udt_index[col]
-    convs = codec.udt_fields[col]
-    return [(index[f], convs[index[f]](v)) for f, v in value.items()]
-
-
-def _removes(codec: TableCodec, col: str, t: CqlType, keys: Iterable[Any]) -> Any:
-    if t.name == "list":
-        return [_uuid(k) for k in keys]
-    if t.name in ("set", "map"):
-        return [codec.elem[col](k) for k in keys]
-    index = codec.udt_index[col]
-    return [index[f] for f in keys]
-
-
-def _uuid(k: Any) -> Any:
-    if getattr(k, "version", None) != 1:
-        raise ValueError(f"list cell key {k!r} is not a timeuuid")
-    return k
-
-
-def prepare(codec: TableCodec, events: Sequence[ChangeEvent]) -> tuple[list[Prepared], dict[int, str]]:
-    """Convert every event; returns the prepared events and ``{index: reason}`` for bad ones.
-    Columns the source table does not have are bad rows too (never silently dropped)."""
-    out: list[Prepared] = []
-    bad: dict[int, str] = {}
-    known = codec.names
-    for i, ev in enumerate(events):
-        if not (ev.values.keys() <= known and ev.deleted <= known and ev.deleted_elements.keys() <= known):
-            unknown = {*ev.values, *ev.deleted, *ev.deleted_elements} - known
-            bad[i] = f"column(s) {sorted(unknown)} not in the target table"
-            continue
-        try:
-            out.append(_prepare_one(codec, i, ev))
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            bad[i] = str(exc) or type(exc).__name__
-    return out, bad
-
-
-def blind_keys(codec: TableCodec, prepared: Iterable[Prepared]) -> set[Any]:
-    """Hashed main-table keys whose first event in the batch is a full-row INSERT (every column
-    set or cleared, non-frozen collections overwritten), so their stored row need not be read back.
-
-    Such a key's new row does not depend on the stored one, and ReplacingMergeTree keeps the newest
-    ``_cdc_version`` by itself: a stale full INSERT (a replay) is stored as an older version that
-    ``FINAL`` never shows, instead of being skipped and counted in ``skipped_stale``. Events after
-    it in the batch fold on top of it, which is the stored state again when the stream is replayed
-    in order (CDC keeps per-key order).
-    """
-    seen: set[Any] = set()
-    out: set[Any] = set()
-    hkey = codec.hkey
-    for p in prepared:
-        ev = p.ev
-        if ev.static or ev.op not in (Op.INSERT, Op.UPDATE, Op.ROW_DELETE):
-            continue
-        hk = hkey(p.key)
-        if hk in seen:
-            continue
-        seen.add(hk)
-        if p.full:
-            out.add(hk)
-    return out
-
-
-def bulk_columns(codec: TableCodec, events: Sequence[ChangeEvent]) -> dict[str, list[Any]] | None:
-    """``fresh_columns(codec, prepare(codec, events))`` for the plainest bulk batch, converted
-    column by column (``ch_types.to_ch_column``) without a per-event step: only INSERTs of clustering
-    rows with distinct keys, each setting exactly every column, in a table without non-frozen
-    collections/UDTs. None for any other batch or any bad value (the general path then names the
-    bad rows)."""
-    want = codec.main_cols
-    if not events or codec.multicell & want:
-        return None
-    insert = Op.INSERT
-    for ev in events:
-        if ev.op is not insert or ev.static or ev.deleted or ev.deleted_elements or ev.values.keys() != want:
-            return None
-    layout = codec.main
-    out: dict[str, list[Any]] = {}
-    try:
-        for name in layout.key_names:
-            out[name] = codec.key_column[name]([ev.key[name] for ev in events])
-        keys = list(zip(*(out[n] for n in layout.key_names), strict=True))
-        if len(set(map(codec.hkey, keys))) != len(events):
-            return None
-        for name in layout.value_columns():
-            out[name] = codec.column[name]([ev.values[name] for ev in events])
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-        return None
-    n = len(events)
-    out[VERSION] = [ev.write_time_us for ev in events]
-    out[IS_DELETED] = [0] * n
-    out[DELETED] = [0] * n
-    out[DELETED_AT] = [None] * n
-    out[MARKER] = [1] * n
-    return out
-
-
-def fresh_columns(codec: TableCodec, prepared: Sequence[Prepared]) -> dict[str, list[Any]] | None:
-    """The main-table columns (physical name -> values, in table order) of a batch made only of
-    full-row INSERTs of distinct keys, the common bulk case: built column by column, the same rows
-    ``BatchState`` gives with every key blind, at a fraction of the cost. None for other batches."""
-    if not prepared or not all(p.full for p in prepared):
-        return None
-    hkey = codec.hkey
-    if len({hkey(p.key) for p in prepared}) != len(prepared):
-        return None
-    layout = codec.main
-    types = codec.types
-    rows: list[dict[str, Any]] = []
-    for p in prepared:
-        vals = p.sets
-        if p.adds or p.removes:
-            vals = vals.copy()
-            for col, adds in p.adds.items():
-                _merge_into(codec, vals, col, types[col], adds, add=True)
-            for col, rms in p.removes.items():
-                _merge_into(codec, vals, col, types[col], rms, add=False)
-        rows.append(vals)
-    out: dict[str, list[Any]] = {}
-    for j, name in enumerate(layout.key_names):
-        out[name] = [p.key[j] for p in prepared]
-    empty = codec.empty
-    for c in layout.value_columns():
-        e = empty[c]
-        out[c] = [v.get(c, e) for v in rows]
-    n = len(prepared)
-    out[VERSION] = [p.ev.write_time_us for p in prepared]
-    out[IS_DELETED] = [0] * n
-    out[DELETED] = [0] * n
-    out[DELETED_AT] = [None] * n
-    out[MARKER] = [1] * n
-    return out
 
 
 @dataclass(slots=True)
@@ -576,9 +219,9 @@ class BatchState:
             vals.pop(LIST_KEYS_PREFIX + col, None)
         vals.update(p.sets)
         for col, adds in p.adds.items():
-            _merge_into(codec, vals, col, codec.types[col], adds, add=True)
+            merge_into(codec, vals, col, codec.types[col], adds, add=True)
         for col, rms in p.removes.items():
-            _merge_into(codec, vals, col, codec.types[col], rms, add=False)
+            merge_into(codec, vals, col, codec.types[col], rms, add=False)
         if ev.op == Op.INSERT and not ev.static:
             row.marker = True
         row.version = wt
@@ -587,7 +230,7 @@ class BatchState:
         row.deleted_at = None
         layout = codec.layout_of(ev.static)
         assert layout is not None
-        if not row.marker and all(_is_empty(vals.get(c)) for c in layout.value_columns()):
+        if not row.marker and all(is_empty(vals.get(c)) for c in layout.value_columns()):
             row.live = False  # no row marker and no live cell: the row no longer exists
             row.deleted_at = wt
 
@@ -627,48 +270,3 @@ class BatchState:
                 continue
             out.append((row, rec))
         return out
-
-
-def _merge_into(
-    codec: TableCodec, vals: dict[str, Any], col: str, t: CqlType, arg: Any, *, add: bool
-) -> None:
-    """Apply one collection/UDT delta to ``vals`` (a row's physical values), exactly."""
-    if t.name == "list":
-        kc = LIST_KEYS_PREFIX + col
-        cells = dict(zip(vals.get(kc) or [], vals.get(col) or [], strict=False))
-        if add:
-            cells.update(arg)
-        else:
-            for k in arg:
-                cells.pop(k, None)
-        ordered = sorted(cells.items(), key=lambda kv: timeuuid_sort_key(kv[0]))
-        vals[col] = [v for _, v in ordered]
-        vals[kc] = [k for k, _ in ordered]
-    elif t.name == "set":
-        elems = {freeze(x): x for x in vals.get(col) or []}
-        for x in arg:
-            if add:
-                elems[freeze(x)] = x
-            else:
-                elems.pop(freeze(x), None)
-        vals[col] = sorted(elems.values(), key=codec.elem_key[col])
-    elif t.name == "map":
-        cur = vals.get(col) or ([] if is_map_array(t) else {})
-        entries = {freeze(k): (k, v) for k, v in (cur if isinstance(cur, list) else cur.items())}
-        if add:
-            entries.update((freeze(k), (k, v)) for k, v in arg)
-        else:
-            for k in arg:
-                entries.pop(freeze(k), None)
-        ordered = sorted(entries.values(), key=lambda kv: codec.elem_key[col](kv[0]))
-        vals[col] = ordered if is_map_array(t) else dict(ordered)
-    else:  # non-frozen UDT
-        n = len(codec.udt_index[col])
-        fields = list(vals.get(col) or (None,) * n)
-        if add:
-            for i, v in arg:
-                fields[i] = v
-        else:
-            for i in arg:
-                fields[i] = None
-        vals[col] = tuple(fields) if any(f is not None for f in fields) else None
