@@ -420,3 +420,53 @@ def test_fused_scan_reads_what_the_row_loop_reads(
     finally:
         engine_select.USE_SCAN = True
     assert fused == generic
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {"pk": st.integers(0, 2), "ck": st.integers(0, 3)},
+            optional={
+                "v": st.one_of(st.none(), st.integers(-3, 3)),
+                "t": st.one_of(st.none(), st.text(max_size=2)),
+            },
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    op=st.sampled_from(["insert", "update", "delete"]),
+    ttl=st.sampled_from([None, 100]),
+)
+def test_bulk_load_stores_what_cql_statements_store(
+    rows: list[dict[str, Any]], op: str, ttl: int | None
+) -> None:
+    """bulk_load and the equivalent CQL statements (same timestamps) leave the same rows, write
+    times and TTLs in the base table."""
+    engine = _engine("plain", None)
+    engine.execute_decoded("CREATE TABLE ks.u (pk int, ck int, v int, t text, PRIMARY KEY (pk, ck))")
+    ts = engine.now_us() - 1000
+    bulk_load(engine, "ks.t", rows, op=op, ttl=ttl, start_ts_us=ts)  # type: ignore[arg-type]
+    using = f"USING TIMESTAMP {{}}{f' AND TTL {ttl}' if ttl else ''}"
+    for i, r in enumerate(rows):
+        u = using.format(ts + i)
+        if op == "delete":
+            engine.execute_decoded(
+                f"DELETE FROM ks.u USING TIMESTAMP {ts + i} WHERE pk = ? AND ck = ?", [r["pk"], r["ck"]]
+            )
+        elif op == "insert":
+            cols = list(r)
+            marks = ", ".join("?" for _ in cols)
+            engine.execute_decoded(
+                f"INSERT INTO ks.u ({', '.join(cols)}) VALUES ({marks}) {u}", [r[c] for c in cols]
+            )
+        else:
+            sets = [c for c in r if c not in ("pk", "ck")]
+            if sets:
+                assign = ", ".join(f"{c} = ?" for c in sets)
+                engine.execute_decoded(
+                    f"UPDATE ks.u {u} SET {assign} WHERE pk = ? AND ck = ?",
+                    [*(r[c] for c in sets), r["pk"], r["ck"]],
+                )
+    q = "SELECT pk, ck, v, t, writetime(v), writetime(t), ttl(v), ttl(t) FROM ks.{}"
+    assert engine.execute_decoded(q.format("t")).rows == engine.execute_decoded(q.format("u")).rows  # type: ignore[union-attr]

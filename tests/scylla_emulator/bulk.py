@@ -30,7 +30,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from tests.scylla_emulator.api import CqlError, ErrorCode
-from tests.scylla_emulator.cdc_fast import Op, log_row
+from tests.scylla_emulator.cdc_fast import Op, log_row, row_shape
 from tests.scylla_emulator.cqltypes_util import normalize
 from tests.scylla_emulator.model import AtomicCell, PartitionMutation, RowMutation
 from tests.scylla_emulator.storage import Row, apply_row, merge_atomic_row, new_row, partition_of
@@ -116,6 +116,7 @@ class _Direct:
             self.cdc = cdc
             self.log_store = self.log_rt.store
             self.log_parts = self.log_store.partitions
+            self._builders: dict[tuple[Any, ...], Any] = {}  # (names, len(ck)) -> all-live builder
             # one clock for stream routing and expiries (the engine's): read it once per change
             gens_clock = getattr(cdc.generations, "_now_ms", None)
             self.one_clock = cdc.now_us == engine.now_us and gens_clock == engine.now_ms
@@ -145,9 +146,17 @@ class _Direct:
             if (marker is None and not names) or (ttl and has_dead):
                 return False
             now = self.engine.now_us() if self.one_clock else None
-            live = tuple([cells[n].live for n in names]) if has_dead else None
+            if has_dead:
+                live = tuple([cells[n].live for n in names])
+                build = plan.builder(row_shape(ck, cells, names, live, ttl or 0))
+            else:
+                live = None
+                key = (names, len(ck))
+                build = self._builders.get(key)
+                if build is None:
+                    build = self._builders[key] = plan.builder(row_shape(ck, cells, names, None, ttl or 0))
             log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, cells, 1 if marker is None else 2,
-                          ttl or 0, ts, now, names, live)  # fmt: skip
+                          ttl or 0, ts, now, names, live, build)  # fmt: skip
         if ttl and now is None:
             now = self.engine.now_us()
         p = self.store.partitions.get(pkb)
@@ -236,11 +245,13 @@ class _Direct:
 class _Shape:
     """What rows with one sequence of column names need (cached per name tuple within a call)."""
 
-    __slots__ = ("has_ck", "perm", "simple", "values")
+    __slots__ = ("has_ck", "perm", "plain", "simple", "values")
 
     def __init__(self) -> None:
         self.has_ck = True
+        self.plain: list[str] = []  # regular atomic columns needing no normalize(), in row order
         self.values: list[tuple[str, Any, bool, bool, bool]] = []  # name, type, normalize, multi, static
+        # (one of ``plain``/``values`` is empty, so cells keep the row's column order)
         self.simple = True  # no static or multi-cell column
         self.perm: tuple[str, ...] | None = None  # regular cells in row_entries order (CDC direct path)
 
@@ -295,6 +306,8 @@ def _shape(  # noqa: PLR0917
             sh.perm = tuple(sorted(regular, key=rank.__getitem__))
         else:
             sh.simple = False
+    if sh.simple and not any(v[2] for v in sh.values):  # regular, atomic, no normalize(): all plain
+        sh.plain, sh.values = [v[0] for v in sh.values], []
     return sh
 
 
@@ -377,6 +390,13 @@ def _load(  # noqa: PLR0917
             cells: dict[str, Any] = {}
             static: dict[str, Any] | None = None
             has_dead = False
+            for c in sh.plain:  # regular atomic columns whose values need no normalize()
+                v = row[c]
+                if v is None:
+                    cells[c] = AtomicCell(ts, None, False)
+                    has_dead = True
+                else:
+                    cells[c] = AtomicCell(ts, v, True, ttl)
             for c, t, norm, multi, is_static in sh.values:
                 v = normalize(row[c], t) if norm else row[c]
                 if multi:

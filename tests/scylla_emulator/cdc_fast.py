@@ -41,6 +41,7 @@ __all__ = [
     "log_key",
     "log_row",
     "make_timeuuid",
+    "row_shape",
     "timeuuid_int",
 ]
 
@@ -291,6 +292,7 @@ def log_row(  # noqa: PLR0917
     now_us: int | None = None,
     names: tuple[str, ...] = (),
     live: tuple[bool, ...] | None = None,
+    build: Callable[..., dict[str, Any]] | None = None,
 ) -> tuple[bytes, int, dict[str, Any]]:
     """(stream, ``cdc$time`` as a 128-bit int, cells) of the single log row of one change:
     an upsert (``cells``: the base row's cells, ``names``: their names in ``row_entries`` order,
@@ -298,7 +300,8 @@ def log_row(  # noqa: PLR0917
     TTL or 0), a row delete (``cells`` None, ``ck`` set) or a partition delete (both None). Draws
     the ``cdc$time`` random bits and reads the clock like ``cdc._Builder``; may raise like
     ``Generations.stream_for``. ``now_us``: one reading of the clock that both the generations and
-    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs)."""
+    ``cdc.now_us`` use (saves reading it twice; the general path's two readings may differ by µs).
+    ``build``: ``plan.builder(key)`` of this change's shape when the caller already has it."""
     opts = plan.opts
     if now_us is None:
         stream = router.stream_for(token, ts)
@@ -322,13 +325,24 @@ def log_row(  # noqa: PLR0917
         )
         exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
-    if cells is None:
-        key: tuple[Any, ...] = (False, None, None, False, 0 if ck is None else len(ck))
-    else:
-        assert ck is not None
-        key = (True, names, live, bool(ttl), len(ck))
-    out = plan.builder(key)(pk, ck, cells, op, ttl, ts, cttl, exp)
+    if build is None:
+        build = plan.builder(row_shape(ck, cells, names, live, ttl))
+    out = build(pk, ck, cells, op, ttl, ts, cttl, exp)
     return stream, value, out
+
+
+def row_shape(
+    ck: tuple[Any, ...] | None,
+    cells: dict[str, Any] | None,
+    names: tuple[str, ...],
+    live: tuple[bool, ...] | None,
+    ttl: int,
+) -> tuple[Any, ...]:
+    """The ``TablePlan.builder`` key of a log row (see ``log_row``'s arguments)."""
+    if cells is None:
+        return (False, None, None, False, 0 if ck is None else len(ck))
+    assert ck is not None
+    return (True, names, live, bool(ttl), len(ck))
 
 
 def log_key(value: int) -> tuple[tuple[int, int], int]:
