@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,13 +57,13 @@ from cdcd.sinks.ch_sql import (
     read_sql,
     table_ddl,
 )
+from cdcd.sinks.ch_wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
 from cdcd.sinks.pg_types import JSON_ENCODER, json_value
 
 __all__ = ["ClickHouseSink"]
 
 _READ_FORMATS = {"Tuple": "tuple"}  # Strings: str, or bytes for blob columns (codec.read_formats)
 _MAX_KEYS_PER_READ = 5000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class _Table:
@@ -84,48 +82,6 @@ class _Table:
         self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
         self.cache = RowCache(cache_rows) if cache_rows > 0 else None
-
-
-class _Block:
-    """One insert: a physical table, its columns (names, types, column-oriented data) and, per
-    row, the indexes of the batch events that produced it."""
-
-    def __init__(
-        self, part: str, table: str, types: dict[str, str], data: list[list[Any]], events: list[list[int]]
-    ) -> None:
-        self.part = part
-        self.table = table
-        self.names = list(types)
-        self.types = [types[n] for n in self.names]
-        self.data = data
-        self.events = events
-        self.records: list[dict[str, Any]] | None = None  # row dicts, when built from records
-
-    @classmethod
-    def from_records(
-        cls,
-        part: str,
-        table: str,
-        types: dict[str, str],
-        records: list[dict[str, Any]],
-        events: list[list[int]],
-    ) -> _Block:
-        block = cls(part, table, types, [[r[n] for r in records] for n in types], events)
-        block.records = records
-        return block
-
-    @property
-    def nrows(self) -> int:
-        return len(self.events)
-
-    def columns(self, rows: Sequence[int] | None = None) -> list[list[Any]]:
-        if rows is None:
-            return self.data
-        return [[col[i] for i in rows] for col in self.data]
-
-
-def _micros_to_dt(us: int | None) -> dt.datetime | None:
-    return None if us is None else _EPOCH + dt.timedelta(microseconds=us)
 
 
 class ClickHouseSink:
@@ -302,7 +258,7 @@ class ClickHouseSink:
                     f"ALTER TABLE {ident(database)}.{ident(name)} ADD COLUMN IF NOT EXISTS {ident(col)} {typ}"
                 )
                 await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
-            elif _norm_type(got) != _norm_type(typ):
+            elif norm_type(got) != norm_type(typ):
                 raise SchemaMismatch(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
 
     # -- write -------------------------------------------------------------------------------
@@ -322,7 +278,7 @@ class ClickHouseSink:
         if fresh is not None:  # only full-row INSERTs of distinct keys: nothing to read or fold
             data = [fresh[n] for n in table.main_types]
             owners = [[i] for i in range(len(events))]
-            blocks = [_Block("main", table.main.name, table.main_types, data, owners)]
+            blocks = [Block("main", table.main.name, table.main_types, data, owners)]
             applied, skipped = len(events), 0
         else:
             state = BatchState(table.codec, mapping.delete)
@@ -332,7 +288,7 @@ class ClickHouseSink:
                 state.apply(p)
             blocks = self._blocks(table, state, events)
             applied, skipped = state.applied, state.skipped
-        token = _batch_token(mapping, events)
+        token = batch_token(mapping, events)
         try:
             for block in blocks:
                 await self._insert(block, f"{token}:{block.part}:{block.nrows}")
@@ -396,9 +352,9 @@ class ClickHouseSink:
         params: dict[str, Any] = {}
         types = layout.key_types()
         if keys:
-            params["keys"] = _param(keys, types)
+            params["keys"] = key_param(keys, types)
         if parts:
-            params["parts"] = _param(parts, types[: layout.partition_width])
+            params["parts"] = key_param(parts, types[: layout.partition_width])
         names = layout.all_columns()
         formats = {c: f for c, f in read_formats.items() if c in names}
         res = await self._call(
@@ -406,7 +362,7 @@ class ClickHouseSink:
         )
         return res.result_rows
 
-    def _blocks(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> list[_Block]:
+    def _blocks(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> list[Block]:
         blocks = []
         for part, static, layout in (("main", False, table.main), ("static", True, table.static)):
             if layout is None:
@@ -416,11 +372,11 @@ class ClickHouseSink:
                 continue
             records = []
             for _, rec in out:
-                rec[DELETED_AT] = _micros_to_dt(rec[DELETED_AT])
+                rec[DELETED_AT] = micros_to_dt(rec[DELETED_AT])
                 records.append(rec)
             types = table.static_types if static else table.main_types
             blocks.append(
-                _Block.from_records(part, layout.name, types, records, [row.events for row, _ in out])
+                Block.from_records(part, layout.name, types, records, [row.events for row, _ in out])
             )
         if table.mapping.delete == "tombstone":
             hist = self._history(table, state, events)
@@ -428,7 +384,7 @@ class ClickHouseSink:
                 blocks.append(hist)
         return blocks
 
-    def _history(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> _Block | None:
+    def _history(self, table: _Table, state: BatchState, events: Sequence[ChangeEvent]) -> Block | None:
         codec = table.codec
         keys = [c.name for c in table.schema.primary_key]
         width = len(table.schema.partition_key)
@@ -443,7 +399,7 @@ class ClickHouseSink:
                 "_cdc_batch_seq": ev.batch_seq,
                 "_cdc_op": ev.op.name.lower(),
                 "_cdc_write_time": ev.write_time_us,
-                DELETED_AT: _micros_to_dt(ev.write_time_us),
+                DELETED_AT: micros_to_dt(ev.write_time_us),
             }
             for j, k in enumerate(keys):
                 if k in ev.key:
@@ -464,9 +420,9 @@ class ClickHouseSink:
             owners.append([i])
         if not records:
             return None
-        return _Block.from_records("history", table.history, table.history_types, records, owners)
+        return Block.from_records("history", table.history, table.history_types, records, owners)
 
-    async def _insert(self, block: _Block, token: str | None, rows: Sequence[int] | None = None) -> None:
+    async def _insert(self, block: Block, token: str | None, rows: Sequence[int] | None = None) -> None:
         settings = {"insert_deduplication_token": token} if token else None
         await self._call(
             lambda c: c.insert(
@@ -480,7 +436,7 @@ class ClickHouseSink:
         )
 
     # -- bad rows ----------------------------------------------------------------------------
-    async def _find_bad(self, table: _Table, blocks: list[_Block], exc: BaseException) -> dict[int, str]:
+    async def _find_bad(self, table: _Table, blocks: list[Block], exc: BaseException) -> dict[int, str]:
         """Bisect every block against a ``Null``-engine twin (stores nothing) to name the events
         whose rows ClickHouse refuses."""
         found: dict[int, str] = {}
@@ -493,7 +449,7 @@ class ClickHouseSink:
             )
             try:
                 types = dict(zip(block.names, block.types, strict=True))
-                probe_block = _Block(block.part, probe, types, block.data, block.events)
+                probe_block = Block(block.part, probe, types, block.data, block.events)
                 for row, reason in (await self._bisect(probe_block, list(range(block.nrows)), exc)).items():
                     for i in block.events[row]:
                         found.setdefault(i, reason)
@@ -501,7 +457,7 @@ class ClickHouseSink:
                 await self._call(lambda c, p=probe: c.command(f"DROP TABLE IF EXISTS {p}"))
         return found or {0: f"{type(exc).__name__}: {exc}"}
 
-    async def _bisect(self, block: _Block, rows: list[int], exc: BaseException) -> dict[int, str]:
+    async def _bisect(self, block: Block, rows: list[int], exc: BaseException) -> dict[int, str]:
         try:
             await self._insert(block, None, rows)
             return {}
@@ -511,7 +467,7 @@ class ClickHouseSink:
             if classify(err) is not Action.BAD_DATA:
                 raise
             if len(rows) == 1:
-                return {rows[0]: _reason(err)}
+                return {rows[0]: error_reason(err)}
         half = len(rows) // 2
         out = await self._bisect(block, rows[:half], exc)
         out.update(await self._bisect(block, rows[half:], exc))
@@ -529,7 +485,7 @@ def _cached(cache: RowCache, static: bool, wanted: dict[Any, tuple[Any, ...]]) -
     return hits
 
 
-def _remember(table: _Table, blocks: list[_Block]) -> None:
+def _remember(table: _Table, blocks: list[Block]) -> None:
     """Cache the rows just inserted (main and static tables) as the stored state of their keys."""
     cache = table.cache
     assert cache is not None
@@ -546,64 +502,3 @@ def _remember(table: _Table, blocks: list[_Block]) -> None:
         key_names = layout.key_names
         for rec in records:
             cache.put(static, codec.hkey(tuple([rec[k] for k in key_names])), rec)
-
-
-class _Bound:
-    """A server-side parameter value already in ClickHouse's text form: clickhouse-connect sends
-    ``str(value)`` for types it does not know, and the server parses it as the declared type."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-_ESCAPE = str.maketrans({c: "\\" + c for c in ("\\", "'", "`", "\t", "\n")})  # as clickhouse-connect
-
-
-def _lit(v: Any) -> str:
-    t = type(v)
-    if t is int:
-        return str(v)
-    if t is str:
-        return "'" + str.translate(v, _ESCAPE) + "'"
-    if t is uuid.UUID:
-        return f"'{v}'"
-    raise TypeError  # anything else: clickhouse-connect's own formatter
-
-
-def _param(keys: list[tuple[Any, ...]], types: Sequence[str]) -> Any:
-    """A key list as a server-side parameter value. Integer, text and UUID keys are written in
-    ClickHouse's text form directly (clickhouse-connect's generic formatter escapes strings char by
-    char: ~10-20 µs per key); other key types (timestamps, blobs, tuples, ...) go through it."""
-    try:
-        if len(types) == 1:
-            return _Bound("[" + ",".join([_lit(k[0]) for k in keys]) + "]")
-        return _Bound("[" + ",".join(["(" + ",".join(map(_lit, k)) + ")" for k in keys]) + "]")
-    except TypeError:
-        return [k[0] for k in keys] if len(types) == 1 else keys
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).split("(version", 1)[0].strip()
-    return f"{type(exc).__name__}: {text[:500]}"
-
-
-def _norm_type(t: str) -> str:
-    return t.replace("`", "").replace(" ", "")
-
-
-def _batch_token(mapping: TableMapping, events: Sequence[ChangeEvent]) -> str:
-    """Deterministic id of a batch: its source and target, event count and every CDC position
-    (stream id, cdc$time, batch_seq), so the same batch retried gets the same token."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{mapping.source}\0{mapping.target}\0{len(events)}\0".encode())
-    for ev in events:
-        h.update(ev.pos.stream_id)
-        h.update(ev.pos.time.bytes)
-        h.update(ev.batch_seq.to_bytes(4, "big", signed=True))
-    first, last = events[0], events[-1]
-    return f"cdcd:{first.pos.stream_id.hex()}:{first.pos.time}:{last.pos.time}:{len(events)}:{h.hexdigest()}"

@@ -471,7 +471,7 @@ async def test_a_resent_batch_is_not_stored_twice(sink: ClickHouseSink, ch: Any,
     for p in prepare(table.codec, batch)[0]:
         state.apply(p)
     blocks = sink._blocks(table, state, batch)
-    from cdcd.sinks.clickhouse import _batch_token
+    from cdcd.sinks.ch_wire import batch_token as _batch_token
 
     token = _batch_token(m, batch)
     for block in blocks:

@@ -15,7 +15,8 @@ from cdcd.sinks import TableMapping
 from cdcd.sinks.ch_cache import RowCache
 from cdcd.sinks.ch_classify import Action, classify, error_code
 from cdcd.sinks.ch_sql import layouts_for, read_sql, table_ddl
-from cdcd.sinks.clickhouse import _batch_token, _param
+from cdcd.sinks.ch_wire import batch_token as _batch_token
+from cdcd.sinks.ch_wire import key_param as _param
 
 
 @pytest.mark.parametrize(
