@@ -124,7 +124,9 @@ class PostgresSink:
                 max_size=int(getattr(self.config, "pool_size", 4)),
                 timeout=float(getattr(self.config, "connect_timeout", 10.0)),
                 command_timeout=float(getattr(self.config, "command_timeout", 60.0)),
-                init=self._init_connection,
+                init=self._new_connection,
+                # Keep sessions (and their staging tables) instead of cycling idle ones every 5 min.
+                max_inactive_connection_lifetime=0,
                 reset=_keep_session,
             )
         except Exception as exc:
@@ -133,6 +135,12 @@ class PostgresSink:
             raise SinkUnavailable(f"{self.name}: cannot connect to PostgreSQL: {type(exc).__name__}") from exc
 
     _init_connection = staticmethod(init_connection)
+
+    async def _new_connection(self, conn: asyncpg.Connection) -> None:
+        """Pool ``init``: codecs, and forget staging tables of an earlier session with this pid."""
+        await init_connection(conn)
+        pid = conn.get_server_pid()
+        self._staged = {k for k in self._staged if k[0] != pid}
 
     async def healthcheck(self) -> None:
         """One round trip; raises ``SinkUnavailable`` when PostgreSQL does not answer."""
