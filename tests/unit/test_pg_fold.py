@@ -190,3 +190,21 @@ def test_unknown_udt_field_is_a_bad_row() -> None:
     c = codec(("pk", "int", "partition_key"), ("u", "ut", "regular"))
     _, bad = fold(c, [ev(Op.UPDATE, {"pk": 1}, deleted_elements={"u": ["zz"]})])
     assert "no field(s) ['zz']" in bad[0]
+
+
+def test_rows_scylla_removed_itself_are_deletes() -> None:
+    """ops -3/-4 (per-row TTL expiry) remove rows like user deletes."""
+    segments, bad = fold(SIMPLE, [ev(Op.SERVICE_ROW_DELETE, K), ev(Op.SERVICE_PARTITION_DELETE, {"pk": 2})])
+    assert bad == {}
+    assert segments[0].plans[(False, (1, 1))].delete
+    assert (segments[0].breaker, segments[0].deletes) == (1, [0, 1])
+
+
+def test_soft_deletes_keep_rows_the_batch_wrote() -> None:
+    batch = [ev(Op.INSERT, K, values={"v": "a"}), ev(Op.ROW_DELETE, K), ev(Op.ROW_DELETE, {"pk": 1, "ck": 2})]
+    (seg,), _ = fold(SIMPLE, batch, soft=True)
+    kept, gone = seg.plans[(False, (1, 1))], seg.plans[(False, (1, 2))]
+    assert (kept.delete, kept.keep, kept.sets, kept.marker) == (True, True, {"v": "a"}, True)
+    assert (gone.delete, gone.keep) == (True, False)
+    (seg,), _ = fold(SIMPLE, batch)  # hard/tombstone: nothing to keep
+    assert not seg.plans[(False, (1, 1))].keep and seg.plans[(False, (1, 1))].sets == {}
