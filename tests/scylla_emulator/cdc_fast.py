@@ -310,19 +310,16 @@ def log_row(  # noqa: PLR0917
     else:
         stream = router.stream_at(token, ts, now_us // 1000)
         ticks = ts * 10 + _UUID_EPOCH  # timeuuid_int, inlined
+        lsb = (cdc.rng.getrandbits(64) & _LSB_CLEAR) | _LSB_VARIANT
         value = (
             (
-                (
-                    ((ticks & 0xFFFFFFFF) << 32)
-                    | (((ticks >> 32) & 0xFFFF) << 16)
-                    | 0x1000
-                    | ((ticks >> 48) & 0x0FFF)
-                )
-                << 64
+                ((ticks & 0xFFFFFFFF) << 32)
+                | (((ticks >> 32) & 0xFFFF) << 16)
+                | 0x1000
+                | ((ticks >> 48) & 0x0FFF)
             )
-            | (cdc.rng.getrandbits(64) & _LSB_CLEAR)
-            | _LSB_VARIANT
-        )
+            << 64
+        ) | lsb
         exp = now_us + opts.ttl * 1_000_000 if opts.ttl else None
     cttl = opts.ttl or None
     if build is None:
