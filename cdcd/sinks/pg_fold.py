@@ -46,6 +46,7 @@ __all__ = ["Collection", "ColumnCodec", "RowPlan", "Segment", "TableCodec", "fol
 _UPSERTS = (Op.INSERT, Op.UPDATE)
 _ROW_DELETES = (Op.ROW_DELETE, Op.SERVICE_ROW_DELETE)
 _WIDE_DELETES = (Op.PARTITION_DELETE, Op.SERVICE_PARTITION_DELETE, Op.RANGE_DELETE)
+_PLAIN, _TEXT, _NESTED, _MULTICELL = range(4)  # how fold handles a value (TableCodec.fast)
 NUL_REASON = "text contains NUL (U+0000), which PostgreSQL cannot store"
 
 
@@ -58,20 +59,26 @@ class Collection:
     ops: list[tuple[str, Any]] = field(default_factory=list)  # ("add", pg cells) / ("rm", pg keys)
 
 
-@dataclass(slots=True)
 class RowPlan:
-    layout: TargetLayout
-    key: tuple[Any, ...]  # PostgreSQL values of layout.key
-    write_time: int
-    seq: int = 0  # batch_seq of the last folded event: breaks write-time ties inside one CDC group
-    delete: bool = False
-    keep: bool = False  # soft delete of a row this batch wrote: upsert its cells, flagged deleted
-    replace: bool = False  # the row was deleted earlier in this batch: unset columns are NULL
-    marker: bool = False  # an INSERT wrote the row marker
-    nulled: bool = False  # some column was nulled/emptied: the row may have vanished (no marker)
-    sets: dict[str, Any] = field(default_factory=dict)  # physical column -> PostgreSQL value
-    colls: dict[str, Collection] = field(default_factory=dict)
-    events: int = 0  # number of batch events folded into this plan
+    """The folded effect of a batch's events on one row (a plain slotted class: one is built per
+    distinct row of every batch)."""
+
+    __slots__ = ("colls", "delete", "events", "keep", "key", "layout", "marker", "nulled", "replace", "seq",
+                 "sets", "write_time")  # fmt: skip
+
+    def __init__(self, layout: TargetLayout, key: tuple[Any, ...], write_time: int, seq: int = 0) -> None:
+        self.layout = layout
+        self.key = key  # PostgreSQL values of layout.key
+        self.write_time = write_time
+        self.seq = seq  # batch_seq of the last folded event: breaks write-time ties in one CDC group
+        self.delete = False
+        self.keep = False  # soft delete of a row this batch wrote: upsert its cells, flagged deleted
+        self.replace = False  # the row was deleted earlier in this batch: unset columns are NULL
+        self.marker = False  # an INSERT wrote the row marker
+        self.nulled = False  # some column was nulled/emptied: the row may have vanished (no marker)
+        self.sets: dict[str, Any] = {}  # physical column -> PostgreSQL value
+        self.colls: dict[str, Collection] = {}
+        self.events = 0  # number of batch events folded into this plan
 
 
 @dataclass
@@ -119,6 +126,16 @@ class TableCodec:
                 text=text,
                 nul=None if text else nul_check(c.type),
             )
+        # name -> (static, kind, converter): the per-value hot path of fold reads one tuple.
+        self.fast: dict[str, tuple[bool, int, Converter | None]] = {}
+        for cc in self.cols.values():
+            if cc.multicell:
+                kind = _MULTICELL
+            elif cc.text:
+                kind = _TEXT
+            else:
+                kind = _NESTED if cc.nul is not None else _PLAIN
+            self.fast[cc.name] = (cc.static, kind, cc.conv)
         self.elem: dict[str, Converter] = {}
         for c in columns:
             t = c.type
@@ -287,14 +304,13 @@ class _Folder:
         self.segments = [Segment()]
 
     def plan(self, static: bool, key: tuple[Any, ...], ev: ChangeEvent) -> RowPlan:
-        seg = self.segments[-1]
+        plans = self.segments[-1].plans
         index = (static, row_key(key) if self.codec.nested_keys else key)
-        plan = seg.plans.get(index)
+        plan = plans.get(index)
         if plan is None:
             layout = self.codec.static if static else self.codec.main
             assert layout is not None
-            plan = RowPlan(layout=layout, key=key, write_time=ev.write_time_us, seq=ev.batch_seq)
-            seg.plans[index] = plan
+            plan = plans[index] = RowPlan(layout, key, ev.write_time_us, ev.batch_seq)
         plan.events += 1
         return plan
 
@@ -363,24 +379,31 @@ class _Folder:
                 plan.sets[name] = None
                 plan.nulled = True
         sets = plan.sets
+        fast = codec.fast
         for name, value in ev.values.items():
-            cc = cols.get(name)
-            if cc is None:
+            info = fast.get(name)
+            if info is None:
                 raise ValueError(f"column {name!r} is not in the target table")
-            if cc.static is not static:
+            col_static, kind, conv = info
+            if col_static is not static:
                 other = True
-                continue
-            if value is not None and (
-                ("\x00" in value) if cc.text else (cc.nul is not None and cc.nul(value))
-            ):
-                raise ValueError(f"column {name!r}: {NUL_REASON}")
-            if cc.multicell:
-                coll = plan.colls.get(name)
-                if coll is None:
-                    coll = plan.colls[name] = Collection(cleared=plan.replace)
-                coll.ops.append(("add", codec.added(name, value)))
+            elif kind == _PLAIN:
+                sets[name] = value if conv is None else conv(value)
+            elif kind == _TEXT:
+                if value is not None and "\x00" in value:
+                    raise ValueError(f"column {name!r}: {NUL_REASON}")
+                sets[name] = value
             else:
-                sets[name] = value if cc.conv is None else cc.conv(value)
+                nul = cols[name].nul
+                if value is not None and nul is not None and nul(value):
+                    raise ValueError(f"column {name!r}: {NUL_REASON}")
+                if kind == _NESTED:
+                    sets[name] = value if conv is None else conv(value)
+                else:
+                    coll = plan.colls.get(name)
+                    if coll is None:
+                        coll = plan.colls[name] = Collection(cleared=plan.replace)
+                    coll.ops.append(("add", codec.added(name, value)))
         for name, keys in ev.deleted_elements.items():
             cc = cols.get(name)
             if cc is None:
@@ -397,7 +420,7 @@ class _Folder:
                 coll = plan.colls[name] = Collection(cleared=plan.replace)
             coll.ops.append(("rm", codec.removed(name, keys)))
             plan.nulled = True
-        if ev.op == Op.INSERT and not static:
+        if ev.op is Op.INSERT and not static:
             plan.marker = True
         plan.write_time, plan.seq = ev.write_time_us, ev.batch_seq
         return other
