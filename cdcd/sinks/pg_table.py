@@ -57,6 +57,8 @@ def _date_dec(t: tuple[int]) -> dt.date:
 
 
 def _ts_enc(v: dt.datetime) -> tuple[int]:
+    if v.tzinfo is None:  # the canonical form is aware UTC; a naive value means UTC too
+        v = v.replace(tzinfo=dt.UTC)
     delta = v - _PG_EPOCH
     return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds,)
 

@@ -187,3 +187,11 @@ async def test_key_types_address_their_rows(sink: PostgresSink, conn: asyncpg.Co
     back = from_pg(sch.column("pk").type)
     rows = [(back(r["pk"]), r["v"]) for r in await conn.fetch('SELECT pk, v FROM "ks"."t"')]
     assert len(rows) == 1 and same(rows[0][0], keys[0]) and rows[0][1] == 10
+
+
+async def test_naive_timestamps_are_taken_as_utc(sink: PostgresSink, conn: asyncpg.Connection) -> None:
+    m = await setup(sink, schema([("pk", "int", "partition_key"), ("ts", "timestamp", "regular")]))
+    await sink.write(m, [ev(Op.INSERT, {"pk": 1}, values={"ts": dt.datetime(2024, 5, 6, 7, 8, 9, 10000)})])
+    assert await conn.fetchval('SELECT ts FROM "ks"."t"') == dt.datetime(
+        2024, 5, 6, 7, 8, 9, 10000, tzinfo=dt.UTC
+    )
