@@ -106,9 +106,18 @@ class ColumnCodec:
 class TableCodec:
     """Per-table converters from canonical event values to PostgreSQL values."""
 
-    def __init__(self, columns: Sequence[Column], main: TargetLayout, static: TargetLayout | None) -> None:
+    def __init__(
+        self,
+        columns: Sequence[Column],
+        main: TargetLayout,
+        static: TargetLayout | None,
+        *,
+        keys_only: bool = False,
+    ) -> None:
         self.main = main
         self.static = static
+        # cdc delta 'keys': delta rows carry no values; each change takes its row from its postimage.
+        self.keys_only = keys_only
         self.types: dict[str, CqlType] = {c.name: c.type for c in columns}
         self.conv: dict[str, Converter] = {c.name: to_pg(c.type) for c in columns}
         self.cols: dict[str, ColumnCodec] = {}
@@ -321,6 +330,9 @@ class _Folder:
             static = ev.static
             if static and codec.static is None:
                 raise ValueError("static-row change, but the table has no static columns")
+            if codec.keys_only:
+                self.from_image(self.plan(static, codec.key_of(static, ev.key), ev), ev, static)
+                return
             if self.upsert(self.plan(static, codec.key_of(static, ev.key), ev), ev, static):
                 # A clustered change that also wrote static cells (Scylla logs them as two rows;
                 # be lenient if a producer did not split them): those go to the side table.
@@ -354,6 +366,30 @@ class _Folder:
             self.segments[-1].deletes.append(i)
             return
         raise ValueError(f"operation {op.name} cannot be applied (images are not events)")
+
+    def from_image(self, plan: RowPlan, ev: ChangeEvent, static: bool) -> None:
+        """A change of a ``delta: 'keys'`` table: the postimage is the whole row after it."""
+        image = ev.postimage
+        if image is None:
+            raise ValueError("the table logs keys only (cdc delta 'keys') and this change has no postimage")
+        plan.delete = plan.keep = plan.nulled = False
+        plan.colls.clear()
+        layout = plan.layout
+        for c in layout.values:
+            value = image.get(c.name)
+            cc = self.codec.cols[c.name]
+            if value is None:
+                plan.sets[c.name] = None
+                plan.nulled = True
+            elif (cc.text and "\x00" in value) or (cc.nul is not None and cc.nul(value)):
+                raise ValueError(f"column {c.name!r}: {NUL_REASON}")
+            else:
+                plan.sets[c.name] = value if cc.conv is None else cc.conv(value)
+            if c.name in layout.list_keys:
+                plan.sets[LIST_KEYS_PREFIX + c.name] = None  # images carry no cell keys
+        if ev.op is Op.INSERT and not static:
+            plan.marker = True
+        plan.write_time, plan.seq = ev.write_time_us, ev.batch_seq
 
     def upsert(self, plan: RowPlan, ev: ChangeEvent, static: bool) -> bool:
         """Fold the cells of ``ev`` stored in ``plan``'s table; True when ``ev`` also has cells of

@@ -74,7 +74,13 @@ class PgTable:
         self.mapping = mapping
         self.schema = schema
         self.main, self.static = layouts_for(schema, mapping.target_schema, mapping.target_table)
-        self.codec = TableCodec(schema.columns, self.main, self.static)
+        keys_only = schema.cdc.delta == "keys"
+        if keys_only and not schema.cdc.postimage:
+            raise SchemaMismatch(
+                f"{schema.qualified} has cdc delta 'keys' without postimage: its CDC log holds no "
+                "values to replicate (enable postimage, or delta 'full')"
+            )
+        self.codec = TableCodec(schema.columns, self.main, self.static, keys_only=keys_only)
         self.soft = mapping.delete == "soft"
         self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
         self._sql: dict[Any, str] = {}

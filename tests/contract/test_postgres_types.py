@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
+from cdcd.errors import BadRows, SchemaMismatch
 from cdcd.events import CqlDuration, Op, timeuuid_sort_key
-from cdcd.schema import UdtDef, parse_cql_type
+from cdcd.schema import CdcOptions, UdtDef, parse_cql_type
+from cdcd.sinks import TableMapping
 from cdcd.sinks.pg_types import from_pg, pg_type
 from cdcd.sinks.postgres import PostgresSink
 from tests.contract.test_postgres_sink import Config, ev, schema, setup
@@ -195,3 +198,25 @@ async def test_naive_timestamps_are_taken_as_utc(sink: PostgresSink, conn: async
     assert await conn.fetchval('SELECT ts FROM "ks"."t"') == dt.datetime(
         2024, 5, 6, 7, 8, 9, 10000, tzinfo=dt.UTC
     )
+
+
+async def test_keys_only_tables_take_rows_from_postimages(
+    sink: PostgresSink, conn: asyncpg.Connection
+) -> None:
+    sch = schema([("pk", "int", "partition_key"), ("v", "text", "regular"), ("l", "list<int>", "regular"),
+                  ("m", "map<int, text>", "regular")])  # fmt: skip
+    m = TableMapping(source="ks.t", target_schema="ks", target_table="t")
+    with pytest.raises(SchemaMismatch, match="delta 'keys' without postimage"):
+        await sink.ensure_table(m, msgspec.structs.replace(sch, cdc=CdcOptions(enabled=True, delta="keys")))
+    sch = msgspec.structs.replace(sch, cdc=CdcOptions(enabled=True, delta="keys", postimage=True))
+    await sink.ensure_table(m, sch)
+    full = {"pk": 1, "v": "a", "l": [3, 1], "m": {1: "x"}}
+    await sink.write(m, [
+        ev(Op.INSERT, {"pk": 1}, postimage=full),
+        ev(Op.UPDATE, {"pk": 2}, postimage={"pk": 2, "v": "b", "l": None, "m": None}),
+    ])  # fmt: skip
+    await sink.write(m, [ev(Op.UPDATE, {"pk": 1}, postimage=full | {"v": None, "l": [1]})])
+    got = [(r["pk"], r["v"], r["l"], r["m"]) for r in await conn.fetch('SELECT * FROM "ks"."t" ORDER BY pk')]
+    assert got == [(1, None, [1], {"1": "x"}), (2, "b", None, None)]
+    with pytest.raises(BadRows, match="no postimage"):
+        await sink.write(m, [ev(Op.UPDATE, {"pk": 3})])

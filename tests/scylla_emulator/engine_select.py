@@ -619,7 +619,15 @@ def run_select(plan: Plan, now: int, page_size: int | None, paging_state: bytes 
     more = False
     produced = total
     scan = None
-    if USE_SCAN and fast is not None and not filters and limit is None and ppl is None and simple and not plan.distinct:
+    if (
+        USE_SCAN
+        and fast is not None
+        and not filters
+        and limit is None
+        and ppl is None
+        and simple
+        and not plan.distinct
+    ):
         regular = {key for code, key, _ in fetch if code == 2}
         all_cells = regular == set(rt.regulars) and not any(rt.types[c].multicell for c in rt.regulars)
         scan = _compile_scan(fetch, all_cells)
