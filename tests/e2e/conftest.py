@@ -31,13 +31,16 @@ def cql(emulator: Any) -> Iterator[Any]:
 def make_cdcd(
     tmp_path: Path, emulator: Any, redis_url: str, redis_prefix: str, pg_dsn: str
 ) -> Iterator[MakeCdcd]:
-    """``make_cdcd(tables, options=None)`` writes a config and returns a (not started) CdcdProcess.
+    """``make_cdcd(tables, options=None, env=None)`` writes a config and returns a (not started)
+    CdcdProcess; ``env`` adds environment variables (secrets of extra destinations).
 
     Every process is stopped at teardown; its log tail is printed (pytest shows it on failure).
     """
     made: list[CdcdProcess] = []
 
-    def make(tables: Sequence[TableSpec], options: ConfigOptions | None = None) -> CdcdProcess:
+    def make(
+        tables: Sequence[TableSpec], options: ConfigOptions | None = None, env: dict[str, str] | None = None
+    ) -> CdcdProcess:
         port = free_port()
         cfg = write_config(
             tmp_path / f"cdcd-{len(made)}.toml",
@@ -48,7 +51,7 @@ def make_cdcd(
             http_port=port,
             options=options,
         )
-        proc = CdcdProcess(cfg, http_port=port, pg_dsn=pg_dsn)
+        proc = CdcdProcess(cfg, http_port=port, pg_dsn=pg_dsn, env=env)
         made.append(proc)
         return proc
 

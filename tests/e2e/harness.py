@@ -63,11 +63,13 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One ``[[tables]]`` entry replicated into the ``pg`` destination."""
+    """One ``[[tables]]`` entry, replicated into the ``pg`` destination unless ``destinations``
+    names others (declared with ``ConfigOptions.extra["destinations"]``)."""
 
     source: str  # "ks.table"
-    target: str  # "schema.table" in PostgreSQL
+    target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
+    destinations: tuple[str, ...] = ("pg",)
 
 
 @dataclass
@@ -83,7 +85,9 @@ class ConfigOptions:
     batch_max_rows: int = 1000
     batch_max_wait: str = "100ms"
     log_level: str = "info"
-    extra: dict[str, str] = field(default_factory=dict)  # section -> raw TOML lines appended
+    # section -> raw TOML lines appended: "source", "pipeline", and "destinations" (whole
+    # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB).
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 def write_config(
@@ -142,9 +146,11 @@ format = "json"
 type = "postgres"
 dsn = "${{{PG_ENV}}}"
 pool_size = 2
+{o.extra.get("destinations", "")}
 """
     for t in tables:
-        text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = ["pg"]\n'
+        dests = ", ".join(json.dumps(d) for d in t.destinations)
+        text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
     path.write_text(text)
     return path
@@ -153,11 +159,20 @@ pool_size = 2
 class CdcdProcess:
     """One ``cdcd run`` process at a time for a config; ``start()`` again after a stop/kill."""
 
-    def __init__(self, config: Path, *, http_port: int, pg_dsn: str, python_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        http_port: int,
+        pg_dsn: str,
+        python_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.python_args = list(python_args)  # e.g. ["-m", "cProfile", "-o", "cdcd.prof"]
         self.http_port = http_port
-        self.env = {**os.environ, PG_ENV: pg_dsn}
+        # secrets of other destinations (e.g. ${TS_DSN}) go in ``env``, like the PostgreSQL DSN
+        self.env = {**os.environ, PG_ENV: pg_dsn, **(env or {})}
         self.log_path = config.parent / "cdcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
