@@ -15,12 +15,12 @@ newest version of every live row; metadata columns:
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import msgspec
+from typing import ClassVar
 
 from cdcd.schema import Column, TableSchema
 from cdcd.sinks.ch_types import LIST_KEYS_PREFIX, column_type, nullable_ok
 from cdcd.sinks.ch_types import quote_ident as ident
+from cdcd.sinks.layout import Layout
 
 __all__ = [
     "DELETED",
@@ -54,36 +54,17 @@ _META_TYPES = {
 _TABLE_SETTINGS = "non_replicated_deduplication_window = 1000"
 
 
-class ChLayout(msgspec.Struct, frozen=True, kw_only=True):
-    """One physical destination table and how source columns map onto it."""
+class ChLayout(Layout, frozen=True, kw_only=True):
+    """One ClickHouse table (``Layout``) in ``database``; ``key`` is its ORDER BY."""
+
+    meta_columns: ClassVar[tuple[str, ...]] = META_COLUMNS
 
     database: str
-    table: str
-    key: tuple[Column, ...]  # ORDER BY: primary key (main) or partition key (static)
     partition_width: int  # leading key columns forming the partition key
-    clustering_order: tuple[str, ...]  # "asc"/"desc" of the clustering part of ``key``
-    values: tuple[Column, ...]  # non-key source columns stored here
-    list_keys: tuple[str, ...]  # non-frozen list columns (each has a LIST_KEYS_PREFIX companion)
 
     @property
     def name(self) -> str:
         return f"{ident(self.database)}.{ident(self.table)}"
-
-    @property
-    def key_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.key)
-
-    def value_columns(self) -> list[str]:
-        """Physical non-key, non-metadata columns, in table order."""
-        out = []
-        for c in self.values:
-            out.append(c.name)
-            if c.name in self.list_keys:
-                out.append(LIST_KEYS_PREFIX + c.name)
-        return out
-
-    def all_columns(self) -> list[str]:
-        return [*self.key_names, *self.value_columns(), *META_COLUMNS]
 
     def column_types(self) -> dict[str, str]:
         """Physical column -> ClickHouse type, in table order."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from cdcd.events import CqlDuration, timeuuid_sort_key
 from cdcd.schema import CqlType
+from cdcd.sinks.layout import LIST_KEYS_PREFIX
 
 __all__ = [
     "LIST_KEYS_PREFIX",
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 Converter = Callable[[Any], Any]
-
-LIST_KEYS_PREFIX = "_cdc_keys_"  # companion Array(UUID): the cell timeuuids of a non-frozen list
 
 _SCALAR = {
     "ascii": "String",

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-
-import msgspec
+from typing import ClassVar
 
 from cdcd.errors import SchemaMismatch
 from cdcd.schema import Column, TableSchema
+from cdcd.sinks.layout import Layout
 from cdcd.sinks.pg_types import LIST_KEYS_PREFIX, pg_type
 
 __all__ = [
@@ -62,35 +62,16 @@ def qualified(schema: str, table: str) -> str:
     return f"{ident(schema)}.{ident(table)}"
 
 
-class TargetLayout(msgspec.Struct, frozen=True, kw_only=True):
-    """One physical destination table and how source columns map onto it."""
+class TargetLayout(Layout, frozen=True, kw_only=True):
+    """One PostgreSQL table (``Layout``) in ``schema``; ``key`` is its conflict target."""
+
+    meta_columns: ClassVar[tuple[str, ...]] = META_COLUMNS
 
     schema: str
-    table: str
-    key: tuple[Column, ...]  # conflict target: primary key (main) or partition key (static)
-    clustering_order: tuple[str, ...]  # "asc"/"desc" of the clustering part of ``key``
-    values: tuple[Column, ...]  # non-key source columns stored here
-    list_keys: tuple[str, ...]  # non-frozen list columns (each has a LIST_KEYS_PREFIX companion)
 
     @property
     def name(self) -> str:
         return qualified(self.schema, self.table)
-
-    @property
-    def key_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.key)
-
-    def value_columns(self) -> list[str]:
-        """Physical non-key, non-metadata columns, in table order."""
-        out = []
-        for c in self.values:
-            out.append(c.name)
-            if c.name in self.list_keys:
-                out.append(LIST_KEYS_PREFIX + c.name)
-        return out
-
-    def all_columns(self) -> list[str]:
-        return [*self.key_names, *self.value_columns(), *META_COLUMNS]
 
     def staging_name(self) -> str:
         """Name of this layout's TEMP staging table (changes when the columns change)."""

@@ -23,6 +23,7 @@ import msgspec
 
 from cdcd.events import CqlDuration, timeuuid_sort_key
 from cdcd.schema import CqlType
+from cdcd.sinks.layout import LIST_KEYS_PREFIX
 
 __all__ = [
     "JSON_DECODER",
@@ -45,8 +46,6 @@ __all__ = [
 ]
 
 Converter = Callable[[Any], Any]
-
-LIST_KEYS_PREFIX = "_cdc_keys_"  # companion uuid[] column holding a non-frozen list's cell timeuuids
 
 _SCALAR = {
     "ascii": "text",
