@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -30,7 +31,7 @@ from cdcd.errors import ConfigError
 from cdcd.events import ChangeEvent
 from cdcd.schema import TableSchema
 
-__all__ = ["Sink", "TableMapping", "WriteOutcome", "create_sink", "sink_types"]
+__all__ = ["Sink", "TableMapping", "WriteOutcome", "config_secret", "create_sink", "sink_types"]
 
 DeleteStrategy = Literal["hard", "soft", "tombstone"]
 
@@ -119,3 +120,16 @@ def create_sink(name: str, config: Any) -> Sink:
     module, _, cls = _REGISTRY[kind].partition(":")
     sink: Sink = getattr(importlib.import_module(module), cls)(name, config)
     return sink
+
+
+def config_secret(config: Any, name: str) -> str | None:
+    """The destination secret ``name`` of ``config``: its ``Secret`` (the config loader has already
+    read ``<name>_file`` into it), else, for a config built without the loader (tests, embedding),
+    the file named by ``<name>_file`` (trailing newline ignored, as the loader does)."""
+    value = getattr(config, name, None)
+    if value:
+        return str(value.get() if hasattr(value, "get") else value)
+    path = getattr(config, f"{name}_file", None)
+    if path:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    return None

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,7 +34,7 @@ import clickhouse_connect
 from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
-from cdcd.sinks import TableMapping, WriteOutcome
+from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.ch_cache import RowCache
 from cdcd.sinks.ch_classify import Action, classify, error_code
 from cdcd.sinks.ch_fold import (
@@ -100,15 +99,6 @@ class ClickHouseSink:
         self._ddl_lock = asyncio.Lock()  # ensure_table of several tables at once: one at a time
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _password(self) -> str:
-        pw = getattr(self.config, "password", None)
-        if pw:
-            return str(pw.get() if hasattr(pw, "get") else pw)
-        path = getattr(self.config, "password_file", None)
-        if path:
-            return Path(path).read_text().rstrip("\n")
-        return ""
-
     async def connect(self) -> None:
         if self._client is not None:
             return
@@ -122,7 +112,7 @@ class ClickHouseSink:
             "host": url.hostname,
             "port": url.port or (8443 if secure else 8123),
             "username": str(getattr(self.config, "username", "default")),
-            "password": self._password(),
+            "password": config_secret(self.config, "password") or "",
             "secure": secure,
             "verify": bool(getattr(self.config, "verify_tls", True)),
             "connect_timeout": float(getattr(self.config, "connect_timeout", 10.0)),

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -43,7 +42,7 @@ import msgspec
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
-from cdcd.sinks import TableMapping, WriteOutcome
+from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
 from cdcd.sinks.pg_fold import RowPlan, Segment, fold, resolve
 from cdcd.sinks.pg_sql import (
@@ -104,12 +103,9 @@ class PostgresSink:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _dsn(self) -> str:
-        dsn = getattr(self.config, "dsn", None)
+        dsn = config_secret(self.config, "dsn")
         if dsn:
-            return str(dsn.get() if hasattr(dsn, "get") else dsn)
-        path = getattr(self.config, "dsn_file", None)
-        if path:
-            return Path(path).read_text().strip()
+            return dsn
         raise SchemaMismatch(f"destination {self.name!r}: no dsn configured")
 
     async def connect(self) -> None:
