@@ -82,6 +82,11 @@ class TableCodec:
         # Key tuples holding lists/dicts (frozen collections in the key) are frozen for hashing.
         self.hash_keys = any(_holds_collection(c.type) for c in schema.primary_key)
         self.multicell = {n for n, t in self.types.items() if t.is_multicell}
+        # Non-key frozen collections: an empty one is a value (``_cdc_empty`` records it).
+        self.frozen_collections = frozenset(
+            n for n, t in self.types.items()
+            if t.name in ("list", "set", "map") and not t.is_multicell and n not in keys
+        )  # fmt: skip
         self.main_key_names: tuple[str, ...] | None = main.key_names
         self.static_key_names = static.key_names if static else None
         self.main_cols = {c.name for c in main.values}

@@ -25,7 +25,7 @@ from typing import Any
 from cdcd.events import Op
 from cdcd.sinks.ch_codec import TableCodec, is_empty, merge_into
 from cdcd.sinks.ch_prepare import Prepared, blind_keys, bulk_columns, fresh_columns, prepare
-from cdcd.sinks.ch_sql import DELETED, DELETED_AT, IS_DELETED, MARKER, VERSION, ChLayout
+from cdcd.sinks.ch_sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION, ChLayout
 from cdcd.sinks.ch_types import (
     LIST_KEYS_PREFIX,
     Converter,
@@ -53,6 +53,7 @@ class Row:
     values: dict[str, Any]
     version: int = 0
     marker: bool = False
+    empty: set[str] = field(default_factory=set)  # frozen collections holding an empty value
     live: bool = False
     stored_live: bool = False  # a live row in ClickHouse before this batch
     stored_soft: bool = False  # a soft-deleted row in ClickHouse before this batch
@@ -84,13 +85,14 @@ class BatchState:
         nkey = len(layout.key)
         values = [(c, pos[c]) for c in layout.value_columns()]
         i_ver, i_del, i_soft, i_mark = pos[VERSION], pos[IS_DELETED], pos[DELETED], pos[MARKER]
+        i_empty = pos[EMPTY]
         for raw in rows:
             vals = list(raw)
             for i, r in readers:
                 vals[i] = r(vals[i])
             self._stored(
                 static, layout, tuple(vals[:nkey]), {c: vals[i] for c, i in values},
-                vals[i_ver], vals[i_del], vals[i_soft], vals[i_mark],
+                vals[i_ver], vals[i_del], vals[i_soft], vals[i_mark], vals[i_empty],
             )  # fmt: skip
 
     def load_records(self, static: bool, layout: ChLayout, records: Iterable[dict[str, Any]]) -> None:
@@ -100,7 +102,7 @@ class BatchState:
         for rec in records:
             self._stored(
                 static, layout, tuple([rec[k] for k in key_names]), {c: rec[c] for c in value_cols},
-                rec[VERSION], rec[IS_DELETED], rec[DELETED], rec[MARKER],
+                rec[VERSION], rec[IS_DELETED], rec[DELETED], rec[MARKER], rec.get(EMPTY),
             )  # fmt: skip
 
     def _stored(  # noqa: PLR0917
@@ -113,6 +115,7 @@ class BatchState:
         is_deleted: Any,
         soft: Any,
         marker: Any,
+        empty: Any,
     ) -> None:
         live = not is_deleted and not soft
         row = Row(
@@ -120,6 +123,7 @@ class BatchState:
             values=values,
             version=int(version),
             marker=bool(marker),
+            empty=set(empty or ()),
             live=live,
             stored_live=live,
             stored_soft=bool(soft) and not is_deleted,
@@ -214,10 +218,14 @@ class BatchState:
         if not row.live:  # deleted (or never existed): the row starts empty
             vals.clear()
             row.marker = False
+            row.empty.clear()
         for col in p.cleared:
             vals.pop(col, None)
             vals.pop(LIST_KEYS_PREFIX + col, None)
         vals.update(p.sets)
+        if codec.frozen_collections and (row.empty or p.empty):
+            row.empty.difference_update(p.sets.keys(), p.cleared)
+            row.empty.update(p.empty)
         for col, adds in p.adds.items():
             merge_into(codec, vals, col, codec.types[col], adds, add=True)
         for col, rms in p.removes.items():
@@ -230,7 +238,7 @@ class BatchState:
         row.deleted_at = None
         layout = codec.layout_of(ev.static)
         assert layout is not None
-        if not row.marker and all(is_empty(vals.get(c)) for c in layout.value_columns()):
+        if not row.marker and not row.empty and all(is_empty(vals.get(c)) for c in layout.value_columns()):
             row.live = False  # no row marker and no live cell: the row no longer exists
             row.deleted_at = wt
 
@@ -257,15 +265,18 @@ class BatchState:
                         DELETED: 0,
                         DELETED_AT: None,
                         MARKER: int(row.marker),
+                        EMPTY: sorted(row.empty),
                     }
                 )
             elif self.soft and (row.stored_live or row.stored_soft or row.blind):
                 rec.update({c: row.values.get(c, empty[c]) for c in value_cols})
                 rec.update({VERSION: row.version, IS_DELETED: 0, DELETED: 1, DELETED_AT: row.deleted_at,
-                            MARKER: int(row.marker)})  # fmt: skip
+                            MARKER: int(row.marker), EMPTY: sorted(row.empty)})  # fmt: skip
             elif not self.soft and (row.stored_live or row.blind):
                 rec.update({c: empty[c] for c in value_cols})
-                rec.update({VERSION: row.version, IS_DELETED: 1, DELETED: 0, DELETED_AT: None, MARKER: 0})
+                rec.update(
+                    {VERSION: row.version, IS_DELETED: 1, DELETED: 0, DELETED_AT: None, MARKER: 0, EMPTY: []}
+                )
             else:
                 continue
             out.append((row, rec))

@@ -15,7 +15,7 @@ from typing import Any
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import CqlType
 from cdcd.sinks.ch_codec import TableCodec, merge_into
-from cdcd.sinks.ch_sql import DELETED, DELETED_AT, IS_DELETED, MARKER, VERSION
+from cdcd.sinks.ch_sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION
 
 __all__ = ["Prepared", "blind_keys", "bulk_columns", "fresh_columns", "prepare"]
 
@@ -40,6 +40,7 @@ class Prepared:
     start: tuple[Any, ...] = ()
     end: tuple[Any, ...] = ()
     full: bool = False  # a main-table INSERT setting or clearing every column: the whole row
+    empty: list[str] = field(default_factory=list)  # frozen collections set to an empty value
 
 
 def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
@@ -102,12 +103,16 @@ def _prepare_one(codec: TableCodec, i: int, ev: ChangeEvent) -> Prepared:
                 removes[col] = _removes(codec, col, t, keys)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"column {col!r} ({t.cql()}) removed elements: {exc}") from None
+    empty = _NONE_L
+    if codec.frozen_collections:
+        values = ev.values
+        empty = [c for c in codec.frozen_collections & sets.keys() if values[c] is not None and not values[c]]
     full = (
         op is Op.INSERT
         and not static
         and (len(sets) == len(codec.main_cols) or codec.main_cols <= (sets.keys() | cleared))
     )
-    return Prepared(i, ev, key, sets, cleared, adds, removes, full=full)
+    return Prepared(i, ev, key, sets, cleared, adds, removes, full=full, empty=empty)
 
 
 def _other_layout(codec: TableCodec, static: bool, cols: set[str]) -> str:
@@ -225,6 +230,8 @@ def bulk_columns(codec: TableCodec, events: Sequence[ChangeEvent]) -> dict[str, 
     out[DELETED] = [0] * n
     out[DELETED_AT] = [None] * n
     out[MARKER] = [1] * n
+    frozen = sorted(codec.frozen_collections)
+    out[EMPTY] = [[c for c in frozen if ev.values[c] is not None and not ev.values[c]] for ev in events]
     return out
 
 
@@ -262,4 +269,5 @@ def fresh_columns(codec: TableCodec, prepared: Sequence[Prepared]) -> dict[str, 
     out[DELETED] = [0] * n
     out[DELETED_AT] = [None] * n
     out[MARKER] = [1] * n
+    out[EMPTY] = [sorted(p.empty) for p in prepared]
     return out

@@ -9,7 +9,10 @@ newest version of every live row; metadata columns:
 * ``_cdc_version UInt64``: write time (µs) of the change that produced the row version;
 * ``_cdc_is_deleted UInt8``: 1 on delete markers (hard deletes), hidden by ``FINAL``;
 * ``_cdc_deleted UInt8`` + ``_cdc_deleted_at``: soft deletes (row kept, flagged);
-* ``_cdc_row_marker UInt8``: the row was INSERTed (survives all its columns becoming null).
+* ``_cdc_row_marker UInt8``: the row was INSERTed (survives all its columns becoming null);
+* ``_cdc_empty Array(String)``: frozen collection columns holding an *empty value* (not null):
+  ``Array``/``Map`` cannot be ``Nullable``, so an empty frozen collection and null would look the
+  same, and a row kept alive only by one would vanish.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from cdcd.sinks.layout import Layout
 __all__ = [
     "DELETED",
     "DELETED_AT",
+    "EMPTY",
     "IS_DELETED",
     "MARKER",
     "META_COLUMNS",
@@ -43,13 +47,15 @@ IS_DELETED = "_cdc_is_deleted"
 DELETED = "_cdc_deleted"
 DELETED_AT = "_cdc_deleted_at"
 MARKER = "_cdc_row_marker"
-META_COLUMNS = (VERSION, IS_DELETED, DELETED, DELETED_AT, MARKER)
+EMPTY = "_cdc_empty"
+META_COLUMNS = (VERSION, IS_DELETED, DELETED, DELETED_AT, MARKER, EMPTY)
 _META_TYPES = {
     VERSION: "UInt64",
     IS_DELETED: "UInt8",
     DELETED: "UInt8",
     DELETED_AT: "Nullable(DateTime64(6, 'UTC'))",
     MARKER: "UInt8",
+    EMPTY: "Array(String)",
 }
 _TABLE_SETTINGS = "non_replicated_deduplication_window = 1000"
 

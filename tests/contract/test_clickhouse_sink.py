@@ -258,6 +258,34 @@ async def test_row_created_by_update_vanishes_when_its_columns_become_null(
     assert [(r["pk"], r["v1"]) for r in await rows(ch, ch_database)] == [(2, None)]
 
 
+async def test_a_frozen_empty_collection_keeps_a_row_alive(
+    sink: ClickHouseSink, ch: Any, ch_database: str
+) -> None:
+    """An empty frozen collection is a value in CQL (a live cell), unlike null: a row created by
+    UPDATEs that holds only one must survive its other columns becoming null, across batches
+    (read back from ClickHouse, where ``Array`` cannot be null: ``_cdc_empty`` tells them apart)."""
+    sch = schema([("pk", "int", "partition_key"), ("ck", "int", "clustering"), ("v", "text", "regular"),
+                  ("fl", "frozen<list<text>>", "regular"), ("fm", "frozen<map<int, int>>", "regular")])  # fmt: skip
+    m = await setup(sink, ch_database, sch)
+    k1, k2 = {"pk": 1, "ck": 1}, {"pk": 2, "ck": 1}
+    await sink.write(
+        m, [ev(Op.UPDATE, k1, values={"v": "a", "fl": []}), ev(Op.UPDATE, k2, values={"v": "b"})]
+    )
+    await sink.write(
+        m, [ev(Op.UPDATE, k1, deleted=frozenset({"v"})), ev(Op.UPDATE, k2, deleted=frozenset({"v"}))]
+    )
+    got = await rows(ch, ch_database)
+    assert [(r["pk"], r["v"], r["fl"], r["_cdc_empty"]) for r in got] == [(1, None, [], ["fl"])]
+    # Replacing the empty value by null (or a row delete) ends the row; in one batch too.
+    await sink.write(m, [ev(Op.UPDATE, k2, values={"fm": {}}), ev(Op.UPDATE, k1, deleted=frozenset({"fl"}))])
+    got = await rows(ch, ch_database)
+    assert [(r["pk"], r["fm"], r["_cdc_empty"]) for r in got] == [(2, {}, ["fm"])]
+    await sink.write(
+        m, [ev(Op.UPDATE, k2, values={"fm": {1: 2}}), ev(Op.UPDATE, k2, deleted=frozenset({"fm"}))]
+    )
+    assert await rows(ch, ch_database) == []
+
+
 async def test_collection_deltas_are_applied_exactly(sink: ClickHouseSink, ch: Any, ch_database: str) -> None:
     sch = schema([("pk", "int", "partition_key"), ("l", "list<int>", "regular"), ("s", "set<text>", "regular"),
                   ("mp", "map<int, text>", "regular"), ("u", "ut", "regular")])  # fmt: skip

@@ -12,6 +12,7 @@ so no model of the expected state is needed.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ OPS: list[tuple[str, int]] = [
     ("partition_delete", 1),
 ]  # fmt: skip
 
+TIME_CK_BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # ck of index 0 with ``time_ck``
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "日本", "", "ü"]
 
 
@@ -52,9 +54,20 @@ class Workload:
     """Random changes to one table ``ks.table``; see the module docstring."""
 
     def __init__(
-        self, session: Any, table: str, *, seed: int, partitions: int = 40, rows_per_partition: int = 40
+        self,
+        session: Any,
+        table: str,
+        *,
+        seed: int,
+        partitions: int = 40,
+        rows_per_partition: int = 40,
+        time_ck: dt.timedelta | None = None,
     ) -> None:
+        """``time_ck``: the clustering column ``ck`` is a ``timestamp`` (clustering index ``i`` is
+        ``2024-01-01 + i * time_ck``, e.g. for a TimescaleDB hypertable), not an ``int``; the
+        random sequence is the same either way."""
         self.session = session
+        self.time_ck = time_ck
         self.table = table
         self.keyspace, _, self.name = table.partition(".")
         self.rng = random.Random(seed)
@@ -73,9 +86,10 @@ class Workload:
                 "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
             )
         s.execute(f"CREATE TYPE IF NOT EXISTS {self.keyspace}.wl_udt (a int, b text)")
+        ck_type = "timestamp" if self.time_ck else "int"
         s.execute(
             f"""CREATE TABLE {self.table} (
-                pk int, ck int, s text static, sn int static,
+                pk int, ck {ck_type}, s text static, sn int static,
                 v text, n bigint, d double, l list<int>, st set<text>, m map<text, int>,
                 u wl_udt, fl frozen<list<text>>,
                 PRIMARY KEY (pk, ck)
@@ -90,8 +104,12 @@ class Workload:
             self._prepared[cql] = stmt
         return stmt
 
-    def _key(self) -> tuple[int, int]:
-        return self.rng.randrange(self.partitions), self.rng.randrange(self.rows)
+    def _ck(self, i: int) -> Any:
+        """The clustering value of clustering index ``i``."""
+        return i if self.time_ck is None else TIME_CK_BASE + i * self.time_ck
+
+    def _key(self) -> tuple[int, Any]:
+        return self.rng.randrange(self.partitions), self._ck(self.rng.randrange(self.rows))
 
     def _word(self) -> str:
         return self.rng.choice(WORDS) + str(self.rng.randrange(1000))
@@ -184,7 +202,7 @@ class Workload:
         lo = r.randrange(self.rows)
         hi = min(self.rows, lo + r.randrange(1, 6))
         shape = r.choice(["ck > ? AND ck <= ?", "ck >= ? AND ck < ?", "ck >= ?", "ck < ?"])
-        vals = [lo, hi] if "AND" in shape else [lo if ">" in shape else hi]
+        vals = [self._ck(lo), self._ck(hi)] if "AND" in shape else [self._ck(lo if ">" in shape else hi)]
         return op, self._stmt(f"DELETE FROM {{t}} WHERE pk = ? AND {shape}"), [pk, *vals]
 
     def changes(self, n: int) -> Iterator[tuple[str, Any, list[Any]]]:

@@ -1,0 +1,120 @@
+"""One ``cdcd run`` replicating one random workload into PostgreSQL, ClickHouse and TimescaleDB
+at once, ``kill -9``-ed at random moments and restarted each time: afterwards every destination
+equals the source field by field (R-04, R-11, R-12, R-13). The source table's clustering column
+is a timestamp, so TimescaleDB stores it as a real hypertable spanning many chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import pytest
+
+from tests.e2e.compare import pg_connect, source_schema, wait_converged
+from tests.e2e.compare_ch import wait_ch_converged
+from tests.e2e.conftest import MakeCdcd
+from tests.e2e.harness import ConfigOptions, TableSpec
+from tests.e2e.workload import Workload
+
+CHANGES = 20_000
+MIN_KILLS = 3
+
+
+@pytest.mark.slow  # ~2-3 min; part of the default run
+async def test_three_destinations_survive_kill9_and_equal_the_source(  # noqa: PLR0917
+    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, ts_dsn: str, clickhouse_url: str, ch_database: str
+) -> None:
+    # ck = 2024-01-01 + i * 6 h: 40 rows per partition span 10 days, ~10 one-day chunks.
+    workload = Workload(
+        cql, "tri.t", seed=2026, partitions=40, rows_per_partition=40, time_ck=dt.timedelta(hours=6)
+    )
+    workload.create()
+    target = f"{ch_database}.t"  # PostgreSQL/TimescaleDB schema, ClickHouse database
+    destinations = f"""
+[destinations.ch]
+type = "clickhouse"
+url = "{clickhouse_url}"
+
+[destinations.ts]
+type = "timescaledb"
+dsn = "${{TS_DSN}}"
+pool_size = 2
+
+[destinations.ts.hypertables."tri.t"]
+time_column = "ck"
+chunk_interval = "1d"
+"""
+    cdcd = make_cdcd(
+        [TableSpec("tri.t", target, destinations=("pg", "ch", "ts"))],
+        ConfigOptions(
+            batch_max_rows=300,
+            checkpoint_every=500,
+            checkpoint_interval="300ms",
+            extra={"destinations": destinations},
+        ),
+        env={"TS_DSN": ts_dsn},
+    )
+    cdcd.start()
+    cdcd.wait_ready()
+
+    writer = asyncio.create_task(asyncio.to_thread(workload.run, CHANGES, chunk=500))
+    rng = random.Random(7)
+    kills = 0
+    resumes: list[float] = []
+    while not writer.done() or kills < MIN_KILLS:
+        await asyncio.wait({writer}, timeout=rng.uniform(2.0, 6.0))
+        cdcd.kill9()
+        kills += 1
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
+        cdcd.start()
+        started = time.monotonic()
+        await asyncio.to_thread(cdcd.wait_ready, 60)
+        resumes.append(round(time.monotonic() - started, 2))
+    result = await writer
+    assert result.changes + result.tolerated_errors == CHANGES
+
+    def alive() -> None:
+        assert cdcd.running(), f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}"
+
+    schema = source_schema(cql, "tri.t")
+    began = time.monotonic()
+    pg = await wait_converged(cql, schema, pg_dsn, target, timeout=150, alive=alive)
+    ts = await wait_converged(cql, schema, ts_dsn, target, timeout=150, alive=alive)
+    u = urlsplit(clickhouse_url)
+    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
+    try:
+        ch = await wait_ch_converged(cql, schema, client, target, timeout=150, alive=alive)
+    finally:
+        client.close()
+    converged = time.monotonic() - began
+    assert len(pg.rows) > 100 and len(pg.static) > 5
+    assert len(ts.rows) == len(pg.rows) == len(ch.rows)
+
+    # TimescaleDB really stores it as a hypertable on ck, over many chunks.
+    conn = await pg_connect(ts_dsn)
+    try:
+        dims = await conn.fetch(
+            "SELECT column_name FROM timescaledb_information.dimensions "
+            "WHERE hypertable_schema = $1 AND hypertable_name = 't'",
+            ch_database,
+        )
+        chunks = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = $1 AND hypertable_name = 't'",
+            ch_database,
+        )
+    finally:
+        await conn.close()
+    assert [r["column_name"] for r in dims] == ["ck"]
+    assert chunks > 3, chunks
+
+    assert cdcd.stop() == 0, cdcd.log_tail()
+    messages = cdcd.log_messages()
+    assert not [m for m in messages if "dead-letter" in m.get("message", "")], "events dead-lettered"
+    print(f"kills={kills} resume-to-ready s={resumes} converged after the writer in {converged:.1f}s "
+          f"rows={len(pg.rows)} chunks={chunks}")  # fmt: skip
