@@ -29,6 +29,7 @@ from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.flow import CircuitBreaker, Pipeline, SystemClock, is_retriable
 from cdcd.ops import emit, metrics, tracing
+from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
@@ -86,7 +87,12 @@ class Daemon:
         self.force_exit = False
         self.http: HttpServer | None = None
         self.local_metrics = CollectorRegistry()
-        self.local_metrics.register(metrics.PipelineCollector(self._statuses, emit.replica))
+        self.ttls: dict[str, int] = {}  # source table -> CDC log TTL (s), known once its schema is read
+        self.local_metrics.register(
+            metrics.PipelineCollector(self._statuses, emit.replica, lambda: self.ttls)
+        )
+        self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
+        self.horizon_every = 10.0  # seconds between data-loss checks
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: dict[str, asyncio.Task[Sink | None]] = {}
@@ -166,6 +172,7 @@ class Daemon:
             if schema is None:
                 return
             self.schemas[table.source] = schema
+            self.ttls[table.source] = schema.cdc.ttl
         self.state = "running"
 
     async def main_loop(self) -> None:
@@ -176,6 +183,7 @@ class Daemon:
                     asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
                 )
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         stop = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -374,6 +382,20 @@ class Daemon:
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
 
+    async def _watch_data_loss(self) -> None:
+        """R-43: warn (and later say "recovered") when a destination's time until data loss
+        drops below the threshold. Runs whatever scrapes /metrics."""
+        while not self.stopping:
+            lags = fold_lag(self._statuses())
+            now = time.monotonic()
+            for table in self.cfg.tables:
+                for dest in table.destinations:
+                    lag = lags.get((table.source, dest))
+                    obs = self.horizon.observe(table.source, dest, self.ttls.get(table.source, 0), lag, now)
+                    if obs is not None:
+                        emit.data_loss_horizon(obs)
+            await self._sleep(self.horizon_every)
+
     # ---------------------------------------------------------------------------- http views
     def _statuses(self) -> list[Any]:
         return [p.status() for p in list(self.pipelines.values())]
@@ -381,6 +403,7 @@ class Daemon:
     def status(self) -> Mapping[str, Any]:
         return build_status(
             self._statuses(),
+            ttls=self.ttls,
             version=__version__,
             replica=self.cfg.instance.replica,
             state=self.state,

@@ -20,6 +20,7 @@ from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
 from cdcd.ops import tracing
+from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
 
 __all__ = [
@@ -118,6 +119,21 @@ def table_ready(*, table: str, destination: str, ttl: int) -> None:
     """A source table's target is ensured in a destination; replication starts."""
     m.CDC_TTL.labels(table, _replica).set(ttl)
     log.info("table ready", table=table, destination=destination, cdc_ttl=ttl)
+
+
+def data_loss_horizon(obs: Observation) -> None:
+    """A destination's time until data loss crossed its threshold (R-43), or recovered."""
+    fields = {
+        "table": obs.table, "destination": obs.destination, "lag_seconds": round(obs.lag, 1),
+        "cdc_ttl": obs.ttl, "time_until_data_loss_seconds": round(obs.remaining, 1),
+        "threshold_seconds": round(obs.threshold, 1),
+    }  # fmt: skip
+    if obs.kind == "warning":
+        log.warning(
+            "destination lag approaches the CDC log TTL: changes expire before they are applied", **fields
+        )
+    else:
+        log.info("destination lag back below the data-loss threshold", **fields)
 
 
 # ------------------------------------------------------------------------------- stream groups

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from cdcd import __version__
 from cdcd.config import Secret
+from cdcd.ops.horizon import time_until_loss
 from cdcd.ops.logging import get_logger, scrub
 
 __all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app"]
@@ -55,10 +56,13 @@ def _response(body: Any, status: int = 200, headers: Mapping[str, str] | None = 
     )
 
 
-def build_status(statuses: Iterable[Any], **top: Any) -> dict[str, Any]:
+def build_status(
+    statuses: Iterable[Any], *, ttls: Mapping[str, int] | None = None, **top: Any
+) -> dict[str, Any]:
     """Fold pipeline statuses into ``{"tables": {table: {"destinations": {dest: {...,
     "groups": {group: status}}}}}}``, with per-destination totals (max lag, summed counters,
-    a state: the worst of its groups)."""
+    a state: the worst of its groups) and ``time_until_data_loss_seconds`` (the table's CDC log
+    TTL from ``ttls`` minus the lag; null when unknown or the log never expires)."""
     tables: dict[str, Any] = {}
     for st in statuses:
         raw = msgspec.to_builtins(st)
@@ -75,6 +79,11 @@ def build_status(statuses: Iterable[Any], **top: Any) -> dict[str, Any]:
             dest["lag_seconds"] = max(dest["lag_seconds"] or 0.0, st.lag_seconds)
         if _RANK.get(st.state, 0) > _RANK.get(dest["state"], 0):
             dest["state"] = st.state
+    for table, entry in tables.items():
+        for dest in entry["destinations"].values():
+            dest["time_until_data_loss_seconds"] = time_until_loss(
+                (ttls or {}).get(table, 0), dest["lag_seconds"]
+            )
     return {**top, "tables": tables}
 
 

@@ -16,12 +16,14 @@ status snapshots, so a stalled pipeline shows a growing lag instead of a frozen 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cdcd.ops.horizon import time_until_loss
 
 __all__ = [
     "BATCH_SECONDS",
@@ -173,9 +175,15 @@ class PipelineCollector(Collector):
     ``lag_seconds``, ``queue_depth``, ``in_flight`` and ``last_commit_age_seconds``.
     """
 
-    def __init__(self, snapshot: Callable[[], Iterable[Any]], replica: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Iterable[Any]],
+        replica: Callable[[], str],
+        ttls: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.replica = replica
+        self.ttls = ttls  # source table -> CDC log TTL in seconds (for time until data loss)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # values are only known at scrape time
@@ -195,6 +203,13 @@ class PipelineCollector(Collector):
         groups = GaugeMetricFamily(
             "cdcd_pipelines", "Stream-group pipelines by state", labels=[*labels[:2], "state", "replica"]
         )
+        # CDC log TTL minus the lag (R-43); no series for tables whose log never expires.
+        horizon = GaugeMetricFamily(
+            "cdcd_time_until_data_loss_seconds",
+            "CDC log TTL minus replication lag: time before unapplied changes expire",
+            labels=labels,
+        )
+        ttls = self.ttls() if self.ttls is not None else {}
         folded: dict[tuple[str, str], dict[str, float]] = {}
         counts: dict[tuple[str, str, str], int] = {}
         for st in self.snapshot():
@@ -213,10 +228,13 @@ class PipelineCollector(Collector):
         for (table, dest), f in sorted(folded.items()):
             if f["lag"] >= 0:
                 lag.add_metric([table, dest, replica], f["lag"])
+                remaining = time_until_loss(ttls.get(table, 0), f["lag"])
+                if remaining is not None:
+                    horizon.add_metric([table, dest, replica], remaining)
             if f["age"] >= 0:
                 age.add_metric([table, dest, replica], f["age"])
             depth.add_metric([table, dest, replica], f["depth"])
             inflight.add_metric([table, dest, replica], f["inflight"])
         for (table, dest, state), n in sorted(counts.items()):
             groups.add_metric([table, dest, state, replica], n)
-        yield from (lag, age, depth, inflight, groups)
+        yield from (lag, age, depth, inflight, groups, horizon)

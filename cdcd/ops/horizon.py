@@ -1,0 +1,93 @@
+"""Time until data loss (R-43): how long a destination can stay as far behind as it is before the
+CDC log expires changes it has not applied yet.
+
+``time_until_loss = cdc log ttl - replication lag`` per (table, destination); the lag is the
+largest of its running stream groups' (the oldest unapplied change decides). A table whose log
+never expires (``ttl = 0``) has no horizon. A negative figure means log rows the destination
+still needed have already expired.
+
+``DataLossWatch`` turns the figures into log events: a warning when the time drops below the
+threshold (``[pipeline] data_loss_warning``, but at most half the table's TTL, so a short TTL
+does not warn forever), repeated every ``repeat`` seconds while it stays below, and one
+"recovered" event when it is back above. Pure: the daemon polls it, the metrics collector and
+``/status`` use ``fold_lag``/``time_until_loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["DataLossWatch", "Observation", "fold_lag", "threshold_for", "time_until_loss"]
+
+FINISHED = ("done", "closed", "terminated")
+
+
+def fold_lag(statuses: Iterable[Any]) -> dict[tuple[str, str], float]:
+    """(table, destination) -> the largest lag of its unfinished groups (those with a lag)."""
+    out: dict[tuple[str, str], float] = {}
+    for st in statuses:
+        if st.lag_seconds is None or st.state in FINISHED:
+            continue
+        key = (st.table, st.destination)
+        out[key] = max(out.get(key, 0.0), float(st.lag_seconds))
+    return out
+
+
+def time_until_loss(ttl_seconds: int, lag_seconds: float | None) -> float | None:
+    """CDC log TTL minus the lag; None when the log never expires or the lag is unknown."""
+    if ttl_seconds <= 0 or lag_seconds is None:
+        return None
+    return ttl_seconds - lag_seconds
+
+
+def threshold_for(configured: float, ttl_seconds: int) -> float:
+    """The warning threshold of a table: the configured one, at most half its TTL."""
+    return min(configured, ttl_seconds / 2)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What ``DataLossWatch.observe`` found worth logging."""
+
+    kind: Literal["warning", "recovered"]
+    table: str
+    destination: str
+    remaining: float
+    lag: float
+    ttl: int
+    threshold: float
+
+
+class DataLossWatch:
+    """Per (table, destination): below-threshold state and when it was last reported."""
+
+    def __init__(self, threshold: float, *, repeat: float = 300.0) -> None:
+        self.threshold = threshold  # 0 disables the warnings (the metric stays)
+        self.repeat = repeat
+        self._warned: dict[tuple[str, str], float] = {}  # key -> monotonic time of last warning
+
+    def observe(
+        self, table: str, destination: str, ttl: int, lag: float | None, now: float
+    ) -> Observation | None:
+        remaining = time_until_loss(ttl, lag)
+        key = (table, destination)
+        if remaining is None or self.threshold <= 0:
+            self._warned.pop(key, None)
+            return None
+        assert lag is not None
+        limit = threshold_for(self.threshold, ttl)
+        last = self._warned.get(key)
+        if remaining < limit:
+            if last is not None and now - last < self.repeat:
+                return None
+            self._warned[key] = now
+            return Observation("warning", table, destination, remaining, lag, ttl, limit)
+        if last is not None:
+            del self._warned[key]
+            return Observation("recovered", table, destination, remaining, lag, ttl, limit)
+        return None
+
+    def forget(self, table: str, destination: str) -> None:
+        self._warned.pop((table, destination), None)

@@ -1,0 +1,122 @@
+"""R-43 through the whole daemon: a destination that stops applying falls behind a table whose
+CDC log TTL is short; /metrics and /status show the time until data loss (TTL - lag), a warning
+is logged when it drops below the threshold, and an info line once the destination caught up."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from cdcd.config import Duration
+from cdcd.events import ChangeEvent
+from cdcd.ops.logging import configure
+from cdcd.scylla import ScyllaSession
+from tests.integration.test_http_daemon import (
+    MemorySink,
+    Outcome,
+    Running,
+    free_port,
+    get_json,
+    make_config,
+    scylla,  # noqa: F401 (the fixture creating ks.t)
+    until,
+)
+
+
+class GatedSink(MemorySink):
+    """A destination that stops applying while ``gate`` is clear (a slow or stuck warehouse)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+
+    async def write(self, mapping: Any, events: Sequence[ChangeEvent]) -> Outcome:
+        await self.gate.wait()
+        return await super().write(mapping, events)
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure(level="info", fmt="json", stream=stream)
+    yield stream
+    configure(level="warning", fmt="json")
+
+
+def records(stream: io.StringIO, message_start: str) -> list[dict[str, Any]]:
+    out = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    return [r for r in out if str(r.get("message", "")).startswith(message_start)]
+
+
+async def test_a_stuck_destination_warns_before_the_cdc_log_expires(
+    emulator: Any,
+    scylla: ScyllaSession,  # noqa: F811 (the fixture imported above)
+    redis_url: str,
+    redis_prefix: str,
+    lines: io.StringIO,
+) -> None:
+    # ks.h keeps its CDC log for 6 s: with the threshold capped at half the TTL, 3 s of lag warns.
+    await scylla.execute(
+        "CREATE TABLE ks.h (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true, 'ttl': 6}"
+    )
+    extra = '[destinations.slow]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
+    extra += '[[tables]]\nsource = "ks.h"\ndestinations = ["slow"]\n'
+    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
+    cfg = msgspec.structs.replace(
+        cfg, pipeline=msgspec.structs.replace(cfg.pipeline, data_loss_warning=Duration(3600))
+    )
+    slow = GatedSink("slow")
+    runner = Running(cfg, MemorySink("mem"), {"slow": slow})
+    runner.daemon.horizon_every = 0.2
+    async with runner as run:
+        await scylla.execute("INSERT INTO ks.h (pk, v) VALUES (1, 'late')")
+        await scylla.execute("INSERT INTO ks.t (pk, v) VALUES (1, 'fine')")
+
+        async def warned() -> bool:
+            return bool(records(lines, "destination lag approaches the CDC log TTL"))
+
+        await until(warned, limit=30)
+        (warning,) = records(lines, "destination lag approaches the CDC log TTL")
+        assert (
+            warning["level"] == "warning" and warning["table"] == "ks.h" and warning["destination"] == "slow"
+        )
+        assert warning["cdc_ttl"] == 6 and warning["threshold_seconds"] == 3.0
+        assert warning["time_until_data_loss_seconds"] == pytest.approx(6 - warning["lag_seconds"], abs=0.11)
+        assert warning["time_until_data_loss_seconds"] < 3.0
+
+        async with aiohttp.ClientSession() as http, http.get(run.url + "/metrics") as r:
+            text = await r.text()
+        series = {
+            line.split("{")[0] + "|" + line.split('destination="')[1].split('"')[0]: float(
+                line.rsplit(" ", 1)[1]
+            )
+            for line in text.splitlines()
+            if line.startswith(("cdcd_time_until_data_loss_seconds{", "cdcd_replication_lag_seconds{"))
+            and 'table="ks.h"' in line
+        }
+        assert series["cdcd_time_until_data_loss_seconds|slow"] == pytest.approx(
+            6 - series["cdcd_replication_lag_seconds|slow"], abs=1e-6
+        )
+        _, body = await get_json("/status", run.url)
+        dest = body["tables"]["ks.h"]["destinations"]["slow"]
+        assert dest["time_until_data_loss_seconds"] == pytest.approx(6 - dest["lag_seconds"], abs=1e-6)
+        ok = body["tables"]["ks.t"]["destinations"]["mem"]  # default TTL (24 h): far from any loss
+        assert ok["time_until_data_loss_seconds"] > 86_000
+
+        slow.gate.set()  # the destination recovers and catches up
+
+        async def recovered() -> bool:
+            return bool(records(lines, "destination lag back below the data-loss threshold"))
+
+        await until(recovered, limit=30)
+        assert slow.rows == {1: "late"}
+        assert not records(lines, "destination lag approaches the CDC log TTL")[1:], (
+            "warning repeated within 5 min"
+        )
