@@ -441,19 +441,22 @@ class Daemon:
         return checks
 
     async def flush_checkpoints(self) -> Mapping[str, Any]:
-        """Admin: save every running pipeline's applied positions now. Needs
-        ``Pipeline.commit_now()``; pipelines without it are counted as ``unsupported``."""
-        flushed = unsupported = 0
-        for p in list(self.pipelines.values()):
+        """Admin ``checkpoints/flush``: save every replicating pipeline's applied positions now
+        (``Pipeline.commit_now``), e.g. before maintenance. ``saved`` counts pipelines that had
+        something new to save; a failed save (Redis down, lease lost) is counted and named in
+        ``errors`` without stopping the others."""
+        flushed = saved = 0
+        errors: list[str] = []
+        for (dest, table, group), p in list(self.pipelines.items()):
             if p.state not in ("running", "retrying", "circuit-open"):
                 continue
-            commit_now = getattr(p, "commit_now", None)
-            if commit_now is None:
-                unsupported += 1
-                continue
-            await commit_now()
             flushed += 1
-        return {"pipelines": flushed, "unsupported": unsupported}
+            try:
+                if await p.commit_now():
+                    saved += 1
+            except Exception as exc:
+                errors.append(scrub(f"{dest} {table} {group}: {type(exc).__name__}: {exc}"))
+        return {"pipelines": flushed, "saved": saved, "failed": len(errors), "errors": errors[:20]}
 
     def _http_app(self) -> Any:
         return make_app(

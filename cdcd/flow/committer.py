@@ -7,10 +7,15 @@ resolved events, whichever comes first, and always on ``commit(force=True)`` (dr
 A failed periodic save (Redis down: ``StateUnavailable``) is reported and retried later with
 backoff; replication carries on, since writes are idempotent and a later save covers everything.
 ``LeaseLost`` and non-retriable errors propagate: the pipeline must stop.
+
+Saves are serialized (one at a time per committer): besides the writer task, an operator may ask
+for a save at any moment (``Pipeline.commit_now``, ``POST /admin/checkpoints/flush``), and two
+overlapping saves could otherwise land in Redis out of order and move a checkpoint backwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Protocol
 
 import msgspec
@@ -41,7 +46,8 @@ class CheckpointSaver(Protocol):
 
 
 class Committer:
-    """Decides and performs checkpoint saves for one pipeline. One writer task calls it."""
+    """Decides and performs checkpoint saves for one pipeline. The writer task drives it;
+    ``commit()`` may also be called from other tasks (saves never overlap)."""
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class Committer:
         self._resolved = 0
         self._failures = 0
         self._retry_at: float | None = None
+        self._lock = asyncio.Lock()
 
     def note_resolved(self, count: int) -> None:
         """``count`` events were resolved (written, rejected or filtered)."""
@@ -108,15 +115,17 @@ class Committer:
             return False
 
     async def commit(self) -> bool:
-        """Save pending positions now (errors propagate). True if anything was saved."""
-        todo = self.pending()
-        if not todo:
-            return False
-        await self.store.save(self.destination, self.group, todo)
-        self.saved.update(todo)
-        self.last_save = self._since = self.clock.monotonic()
-        self._resolved = 0
-        self._failures = 0
-        self._retry_at = None
+        """Save pending positions now (errors propagate). True if anything was saved. Waits for a
+        save already under way, then saves what is pending after it."""
+        async with self._lock:
+            todo = self.pending()
+            if not todo:
+                return False
+            await self.store.save(self.destination, self.group, todo)
+            self.saved.update(todo)
+            self.last_save = self._since = self.clock.monotonic()
+            self._resolved = 0
+            self._failures = 0
+            self._retry_at = None
         self.events.committed(self.pid, todo)
         return True

@@ -21,7 +21,8 @@ Shape (style.md §7.4)::
 * Lifecycle: ``run()`` until the source ends (generation done: final commit + done marker) or
   ``close()``; ``close()`` stops reading, drains, commits, all under ``shutdown_timeout``;
   ``terminate()`` abandons at once and commits nothing more. ``LeaseLost`` from a save stops
-  the pipeline without further commits and is raised from ``run()``.
+  the pipeline without further commits and is raised from ``run()``. ``commit_now()`` saves the
+  applied positions at once, outside the commit policy (operator checkpoint flush).
 """
 
 from __future__ import annotations
@@ -266,6 +267,19 @@ class Pipeline:
                 task.cancel()
         if self._reader is None:  # run() has not started its tasks yet
             self._finished.set()
+
+    async def commit_now(self) -> bool:
+        """Save the applied positions (the contiguous watermark) now, without waiting for the
+        commit policy (operator ``POST /admin/checkpoints/flush``). May be called from any task
+        while ``run()`` is going on; it waits for a save already under way. Returns True if
+        something was saved, False when nothing moved since the last save or the pipeline is
+        not replicating (not started yet, finished, closing or terminated: those save on their
+        own or, once terminated, never again). Raises what the save raises: ``StateUnavailable``
+        (Redis down; the writer keeps its own schedule) or ``LeaseLost``."""
+        committer = self._committer
+        if committer is None or self._terminated or self._closing or self._finished.is_set():
+            return False
+        return await committer.commit()
 
     def status(self) -> PipelineStatus:
         """A plain snapshot for /status."""

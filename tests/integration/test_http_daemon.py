@@ -8,6 +8,8 @@ import asyncio
 import os
 import signal
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,8 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from cdcd.app import Daemon
-from cdcd.config import Config, Destination, TableConfig, loads
-from cdcd.events import ChangeEvent, Op
+from cdcd.config import Config, Destination, Duration, TableConfig, loads
+from cdcd.events import ChangeEvent, Op, Position, timeuuid_to_micros
 from cdcd.ops import metrics
 from cdcd.schema import TableSchema
 from cdcd.scylla import ScyllaSession
@@ -374,3 +376,53 @@ async def test_a_destination_that_is_down_does_not_hold_back_the_others(
         assert ready["checks"]["destination:down"]["ok"] is False
         assert ready["checks"]["destination:mem"]["ok"] is True
         assert down.rows == {}
+
+
+async def test_admin_flush_saves_checkpoints_to_redis_now(
+    emulator: Any, scylla: ScyllaSession, redis_url: str, redis_prefix: str
+) -> None:
+    """With periodic saves practically off, nothing is in Redis until POST /admin/checkpoints/flush;
+    then every group's applied positions are there, past the rows just applied."""
+    cfg = make_config(emulator, redis_url, redis_prefix, free_port())
+    state = msgspec.structs.replace(cfg.state, checkpoint_interval=Duration(3600), checkpoint_every=10**6)
+    cfg = msgspec.structs.replace(cfg, state=state)
+    sink = MemorySink("mem")
+    client = aioredis.Redis.from_url(redis_url)
+    pattern = f"{redis_prefix}:ckpt:mem:ks.t:*"
+    try:
+        async with Running(cfg, sink) as run, aiohttp.ClientSession() as http:
+            for i in range(5):
+                await scylla.execute(f"INSERT INTO ks.t (pk, v) VALUES ({i}, 'f{i}')")
+
+            async def applied() -> bool:
+                return sink.rows == {i: f"f{i}" for i in range(5)}
+
+            await until(applied)
+            written_us = int(time.time() * 1e6)  # after the rows' write times
+
+            async def past_the_rows() -> bool:
+                return all(
+                    st.positions
+                    and all(timeuuid_to_micros(uuid.UUID(t)) > written_us for t in st.positions.values())
+                    for st in run.daemon._statuses()
+                )
+
+            await until(past_the_rows)
+            assert await client.keys(pattern) == []  # the policy saved nothing by itself
+
+            headers = {"Authorization": "Bearer tok"}
+            async with http.post(run.url + "/admin/checkpoints/flush", headers=headers) as r:
+                assert r.status == 200
+                result = (await r.json())["result"]
+            groups = len(run.daemon.pipelines)
+            assert result == {"pipelines": groups, "saved": groups, "failed": 0, "errors": []}
+
+            saved: dict[str, str] = {}
+            for key in await client.keys(pattern):
+                for stream, blob in (await client.hgetall(key)).items():
+                    saved[stream.hex()] = str(msgspec.msgpack.decode(blob, type=Position).time)
+            expected = {s: t for st in run.daemon._statuses() for s, t in st.checkpoint.items()}
+            assert saved == expected and len(saved) == sum(len(g.positions) for g in run.daemon._statuses())
+            assert all(timeuuid_to_micros(uuid.UUID(t)) > written_us for t in saved.values())
+    finally:
+        await client.aclose()
