@@ -329,6 +329,7 @@ class Daemon:
                            streams=len(group.streams), end=group.end)  # fmt: skip
         while not self.stopping:
             pipeline = self._pipeline(table, dest, group, floor)
+            self._forget_cached_rows(dest, pipeline.mapping)
             self.pipelines[(dest, table.source, group.key)] = pipeline
             try:
                 await pipeline.run()
@@ -343,6 +344,15 @@ class Daemon:
             emit.group_finished(table=table.source, destination=dest, group=group.key, state=pipeline.state)
             return pipeline.state == "done"
         return False
+
+    def _forget_cached_rows(self, dest: str, mapping: Any) -> None:
+        """A group (re)starts for ``mapping``: while it was not ours (another replica held it,
+        or its pipeline stopped on an error) someone else may have written its keys, so a sink that
+        caches the rows it wrote (ClickHouse ``row_cache_rows``, ``cdcd.sinks.ch_cache``) must
+        not trust them any more. Sinks without ``forget`` keep nothing to drop."""
+        forget = getattr(self.deps.sinks.get(dest), "forget", None)
+        if callable(forget):
+            forget(mapping)
 
     def _pipeline(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Pipeline:
         assert self.deps.scylla is not None

@@ -213,6 +213,9 @@ class ClickHouseDestination(_Destination, frozen=True, kw_only=True, tag="clickh
     ca_file: str | None = None  # CA bundle for https (default: the system store)
     connect_timeout: Duration = Duration(10.0)  # connect timeout
     send_receive_timeout: Duration = Duration(300.0)  # per-request timeout
+    # rows per table kept in memory after writing them, so hot keys' partial changes skip the
+    # read-back query (cdcd.sinks.ch_cache); 0 = off. Only sound while cdcd is the table's only writer
+    row_cache_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 Destination = PostgresDestination | TimescaleDestination | ClickHouseDestination

@@ -426,3 +426,27 @@ async def test_admin_flush_saves_checkpoints_to_redis_now(
             assert all(timeuuid_to_micros(uuid.UUID(t)) > written_us for t in saved.values())
     finally:
         await client.aclose()
+
+
+class ForgettingSink(MemorySink):
+    """Has a row cache to drop, like the ClickHouse sink with ``row_cache_rows``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.forgotten: list[Any] = []
+
+    def forget(self, mapping: Any = None) -> None:
+        self.forgotten.append(mapping)
+
+
+async def test_sink_row_cache_is_dropped_when_a_group_starts(
+    emulator: Any, scylla: ScyllaSession, redis_url: str, redis_prefix: str
+) -> None:
+    sink = ForgettingSink("mem")
+    async with Running(make_config(emulator, redis_url, redis_prefix, free_port()), sink) as run:
+
+        async def all_started() -> bool:
+            return len(sink.forgotten) == len(run.daemon.pipelines)
+
+        await until(all_started)
+        assert set(sink.forgotten) == {Mapping(source="ks.t", target="analytics.t", delete="hard")}
