@@ -97,9 +97,15 @@ chunk_interval = "1d"
     assert len(pg.rows) > 100 and len(pg.static) > 5
     assert len(ts.rows) == len(pg.rows) == len(ch.rows)
 
-    # TimescaleDB really stores it as a hypertable on ck, over many chunks.
+    # TimescaleDB really stores it as a hypertable on ck, its live rows spread over many chunks.
     conn = await pg_connect(ts_dsn)
     try:
+        hypertables = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.hypertables "
+            "WHERE hypertable_schema = $1 AND hypertable_name = 't'",
+            ch_database,
+        )
+        row_chunks = await conn.fetchval(f'SELECT count(DISTINCT tableoid) FROM "{ch_database}".t')
         dims = await conn.fetch(
             "SELECT column_name FROM timescaledb_information.dimensions "
             "WHERE hypertable_schema = $1 AND hypertable_name = 't'",
@@ -112,11 +118,13 @@ chunk_interval = "1d"
         )
     finally:
         await conn.close()
+    assert hypertables == 1, f"{ch_database}.t is not a hypertable"
     assert [r["column_name"] for r in dims] == ["ck"]
     assert chunks > 3, chunks
+    assert row_chunks > 3, f"the rows lie in {row_chunks} chunk(s) of {chunks}"
 
     assert cdcd.stop() == 0, cdcd.log_tail()
     messages = cdcd.log_messages()
     assert not [m for m in messages if "dead-letter" in m.get("message", "")], "events dead-lettered"
     print(f"kills={kills} (mid-stream {mid_stream}) resume-to-ready s={resumes} converged after the writer in {converged:.1f}s "
-          f"rows={len(pg.rows)} chunks={chunks}")  # fmt: skip
+          f"rows={len(pg.rows)} chunks={chunks} (holding rows: {row_chunks})")  # fmt: skip
