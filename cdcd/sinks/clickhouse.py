@@ -97,11 +97,19 @@ class ClickHouseSink:
         self._client: Any = None
         self._tables: dict[tuple[str, str], _Table] = {}
         self._ddl_lock = asyncio.Lock()  # ensure_table of several tables at once: one at a time
+        self._connect_lock = asyncio.Lock()  # one client, however many callers connect at once
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def connect(self) -> None:
+        """Create the HTTP client once (concurrent callers, e.g. /readyz and a supervisor, share
+        it). Raises ``SinkUnavailable`` when ClickHouse cannot be reached."""
         if self._client is not None:
             return
+        async with self._connect_lock:
+            if self._client is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         url = urlsplit(str(getattr(self.config, "url", "http://127.0.0.1:8123")))
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(

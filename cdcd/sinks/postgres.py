@@ -100,6 +100,7 @@ class PostgresSink:
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[tuple[str, str], PgTable] = {}
         self._staged: set[tuple[int, str]] = set()  # (backend pid, staging table) created
+        self._connect_lock = asyncio.Lock()  # one pool, however many callers connect at once
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _dsn(self) -> str:
@@ -110,9 +111,14 @@ class PostgresSink:
 
     async def connect(self) -> None:
         """Open the connection pool. Raises ``SinkUnavailable`` when PostgreSQL cannot be reached
-        (the caller retries with backoff)."""
+        (the caller retries with backoff). Concurrent callers share one pool."""
         if self._pool is not None:
             return
+        async with self._connect_lock:
+            if self._pool is None:
+                await self._connect()
+
+    async def _connect(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn(),
