@@ -289,7 +289,11 @@ class ClickHouseSink:
         token = batch_token(mapping, events)
         try:
             for block in blocks:
-                await self._insert(block, f"{token}:{block.part}:{block.nrows}")
+                # One token per (batch, table), not per block shape: the retry of a batch whose
+                # answer was lost folds against the rows it already stored, so its blocks can be
+                # smaller (read-back keys are now stale, blind keys come again); they hold nothing
+                # the first insert did not store, and ClickHouse must drop them.
+                await self._insert(block, f"{token}:{block.part}")
         except BaseException as exc:
             if table.cache is not None:
                 table.cache.clear()  # what is stored now is unknown
