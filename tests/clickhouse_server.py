@@ -68,8 +68,13 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     if enc == "lz4":
         import lz4.frame
 
-        out: bytes = lz4.frame.decompress(body)
-        return out
+        # one frame per Native block (clickhouse-connect): lz4.frame.decompress reads only the first
+        parts = []
+        while body:
+            frame = lz4.frame.LZ4FrameDecompressor()
+            parts.append(frame.decompress(body))
+            body = frame.unused_data
+        return b"".join(parts)
     if enc == "zstd":
         from backports import zstd  # shipped with clickhouse-connect
 
