@@ -27,9 +27,10 @@ from cdcd.app.deps import (
 )
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
+from cdcd.events import timeuuid_to_micros
 from cdcd.flow import CircuitBreaker, Pipeline, SystemClock, is_retriable
 from cdcd.ops import emit, metrics, tracing
-from cdcd.ops.horizon import DataLossWatch, fold_lag
+from cdcd.ops.horizon import DataLossWatch, fold_lag, time_until_loss
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
@@ -88,8 +89,12 @@ class Daemon:
         self.http: HttpServer | None = None
         self.local_metrics = CollectorRegistry()
         self.ttls: dict[str, int] = {}  # source table -> CDC log TTL (s), known once its schema is read
+        # (table, destination) -> lag estimated from Redis while no pipeline runs (destination down)
+        self.stored_lags: dict[tuple[str, str], float] = {}
         self.local_metrics.register(
-            metrics.PipelineCollector(self._statuses, emit.replica, lambda: self.ttls)
+            metrics.PipelineCollector(
+                self._statuses, emit.replica, lambda: self.ttls, stored_lags=lambda: self.stored_lags
+            )
         )
         self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
         self.horizon_every = 10.0  # seconds between data-loss checks
@@ -383,6 +388,37 @@ class Daemon:
             events=self.telemetry,
         )
 
+    async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:
+        """Lag of a (table, destination) whose pipelines are not running, from what Redis holds:
+        now minus the oldest applied position of the oldest unfinished generation (streams
+        without a checkpoint count from the start floor). None when nothing is known."""
+        if self.deps.redis is None:  # (the loop starts after start-up: checkpoints, discovery exist)
+            return None
+        try:
+            stored = await self.deps.redis.get(f"{self.cfg.state.key_prefix}:start:{dest}:{table.source}")
+            if stored is None:
+                return None  # never started: nothing to lose yet
+            floor = int(stored)
+            ttl = self.ttls.get(table.source, 0)
+            for group_list in _by_generation(
+                await self.discovery.groups(table.source, since_ms=floor, ttl_s=ttl)
+            ):
+                oldest: float | None = None
+                for g in group_list:
+                    if await self.checkpoints.is_done(dest, g):
+                        continue
+                    positions = await self.checkpoints.load(dest, g)
+                    times = [timeuuid_to_micros(p.time) / 1e6 for p in positions.values()]
+                    if len(positions) < len(g.streams):
+                        times.append(max(floor, g.generation) / 1000)
+                    if times:
+                        oldest = min(times) if oldest is None else min(oldest, *times)
+                if oldest is not None:
+                    return max(0.0, time.time() - oldest)
+        except Exception as exc:  # an estimate only: Redis or Scylla trouble is reported elsewhere
+            log.debug("stored lag unknown", table=table.source, destination=dest, error=scrub(repr(exc)))
+        return None
+
     async def _refresh_dlq_sizes(self) -> None:
         while not self.stopping:
             with contextlib.suppress(Exception):
@@ -394,13 +430,21 @@ class Daemon:
 
     async def _watch_data_loss(self) -> None:
         """R-43: warn (and later say "recovered") when a destination's time until data loss
-        drops below the threshold. Runs whatever scrapes /metrics."""
+        drops below the threshold. Runs whatever scrapes /metrics. A (table, destination) with no
+        running pipeline (its destination has been down since start-up) has its lag estimated
+        from the checkpoints in Redis (``stored_lags``, also shown by /metrics and /status)."""
         while not self.stopping:
             lags = fold_lag(self._statuses())
             now = time.monotonic()
             for table in self.cfg.tables:
                 for dest in table.destinations:
                     lag = lags.get((table.source, dest))
+                    if lag is None and (table.source, dest) not in self._active:
+                        lag = await self._stored_lag(table, dest)
+                        if lag is None:
+                            self.stored_lags.pop((table.source, dest), None)
+                        else:
+                            self.stored_lags[(table.source, dest)] = lag
                     obs = self.horizon.observe(table.source, dest, self.ttls.get(table.source, 0), lag, now)
                     if obs is not None:
                         emit.data_loss_horizon(obs)
@@ -411,7 +455,7 @@ class Daemon:
         return [p.status() for p in list(self.pipelines.values())]
 
     def status(self) -> Mapping[str, Any]:
-        return build_status(
+        body = build_status(
             self._statuses(),
             ttls=self.ttls,
             version=__version__,
@@ -419,6 +463,20 @@ class Daemon:
             state=self.state,
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
         )
+        for (table, dest), lag in list(self.stored_lags.items()):
+            # no pipeline runs (the destination has been down since start-up): lag from Redis
+            entry = body["tables"].setdefault(table, {"destinations": {}})["destinations"]
+            if dest not in entry:
+                entry[dest] = {
+                    "state": "waiting",
+                    "lag_seconds": lag,
+                    "lag_source": "checkpoints",
+                    "time_until_data_loss_seconds": time_until_loss(self.ttls.get(table, 0), lag),
+                    "events_applied": 0,
+                    "queue_depth": 0,
+                    "groups": {},
+                }
+        return body
 
     async def ready(self) -> Mapping[str, CheckResult]:
         """/readyz: Redis, Scylla and every destination answer, and every (table, destination)
@@ -476,3 +534,11 @@ class Daemon:
             admin_token=self.cfg.http.admin_token,
             admin_actions={"checkpoints/flush": self.flush_checkpoints},
         )
+
+
+def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:
+    """Groups split by generation, oldest generation first."""
+    out: dict[int, list[StreamGroup]] = {}
+    for g in groups:
+        out.setdefault(g.generation, []).append(g)
+    return [out[k] for k in sorted(out)]

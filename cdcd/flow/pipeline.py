@@ -287,8 +287,11 @@ class Pipeline:
         stats = self._writer_policy.stats
         applied = self._tracker.committed()
         lag = None
-        if applied:
-            oldest = min(timeuuid_to_micros(p.time) for p in applied.values())
+        # A stream whose first change is still being written has no applied position yet: its
+        # lag runs from that change (else a stuck destination would look caught up).
+        waiting = [p for s, p in self._tracker.oldest_unresolved().items() if s not in applied]
+        if applied or waiting:
+            oldest = min(timeuuid_to_micros(p.time) for p in (*applied.values(), *waiting))
             lag = max(0.0, now - oldest / 1e6)
         saved = self._committer.saved if self._committer is not None else {}
         last_save = self._committer.last_save if self._committer is not None else None

@@ -114,6 +114,10 @@ class WatermarkTracker:
         """Per stream, the highest position with nothing unresolved at or before it."""
         return dict(self._committed)
 
+    def oldest_unresolved(self) -> dict[bytes, Position]:
+        """Per stream with unresolved work, its oldest unresolved position."""
+        return {stream: queue[0].position for stream, queue in self._pending.items() if queue}
+
     def last_tracked(self) -> dict[bytes, Position]:
         """Per stream, the newest tracked position (where a re-opened reader resumes)."""
         return dict(self._last)

@@ -180,10 +180,14 @@ class PipelineCollector(Collector):
         snapshot: Callable[[], Iterable[Any]],
         replica: Callable[[], str],
         ttls: Callable[[], Mapping[str, int]] | None = None,
+        *,
+        stored_lags: Callable[[], Mapping[tuple[str, str], float]] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.replica = replica
         self.ttls = ttls  # source table -> CDC log TTL in seconds (for time until data loss)
+        # (table, destination) -> lag estimated from checkpoints while no pipeline runs
+        self.stored_lags = stored_lags
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # values are only known at scrape time
@@ -225,6 +229,9 @@ class PipelineCollector(Collector):
             counts[(st.table, st.destination, st.state)] = (
                 counts.get((st.table, st.destination, st.state), 0) + 1
             )
+        for key, stored in (self.stored_lags() if self.stored_lags is not None else {}).items():
+            if key not in folded:  # no pipeline runs (destination down since start-up)
+                folded[key] = {"lag": stored, "age": -1.0, "depth": 0.0, "inflight": 0.0}
         for (table, dest), f in sorted(folded.items()):
             if f["lag"] >= 0:
                 lag.add_metric([table, dest, replica], f["lag"])

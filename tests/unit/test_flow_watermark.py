@@ -101,3 +101,14 @@ async def test_track_blocks_past_the_cap_until_something_resolves() -> None:
     assert tracker.in_flight == 50
     huge.resolve()
     assert tracker.committed() == {S1: pos(S1, 3)}
+
+
+async def test_oldest_unresolved_names_each_stream_held_back() -> None:
+    """What a lag figure needs for a stream with nothing applied yet (its first batch is stuck)."""
+    tracker = WatermarkTracker(start={S2: pos(S2, 1)})
+    a = await tracker.track({S1: pos(S1, 5)})
+    await tracker.track({S1: pos(S1, 7), S2: pos(S2, 8)})
+    assert tracker.committed() == {S2: pos(S2, 1)}
+    assert tracker.oldest_unresolved() == {S1: pos(S1, 5), S2: pos(S2, 8)}
+    a.resolve()
+    assert tracker.oldest_unresolved() == {S1: pos(S1, 7), S2: pos(S2, 8)}
