@@ -43,8 +43,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,9 +58,11 @@ KS = "bench"
 
 
 # ------------------------------------------------------------------------------ emulator child
-def serve_emulator(vnodes: int) -> int:
+def serve_emulator(vnodes: int, commands: Mapping[str, Callable[[Any, list[str]], str]] | None = None) -> int:
     """Child mode: run an emulator; stdin lines ``load <ks.table> <rows> <partitions>`` bulk-load
-    INSERTs (answer ``loaded <rows> <seconds>``); ``quit`` (or EOF) stops it."""
+    INSERTs (answer ``loaded <rows> <seconds>``); ``quit`` (or EOF) stops it. ``commands``: more
+    line commands (name -> handler(server, arguments) returning the answer line), for other
+    benchmarks that run this loop as their own child."""
     from tests.scylla_emulator.bulk import bulk_load
     from tests.scylla_emulator.server import EmulatorServer
 
@@ -71,6 +74,9 @@ def serve_emulator(vnodes: int) -> int:
             cmd = line.split()
             if not cmd or cmd[0] == "quit":
                 break
+            if commands and cmd[0] in commands:
+                print(commands[cmd[0]](server, cmd[1:]), flush=True)
+                continue
             if cmd[0] != "load":
                 print(f"error unknown command {cmd[0]}", flush=True)
                 continue
@@ -98,10 +104,13 @@ def serve_emulator(vnodes: int) -> int:
 
 
 class EmulatorChild:
-    def __init__(self, vnodes: int, log: Path) -> None:
+    """``script --serve-emulator --vnodes N`` in a child process (``script``: this file, or another
+    benchmark whose child mode calls ``serve_emulator`` with more commands)."""
+
+    def __init__(self, vnodes: int, log: Path, script: str | Path = __file__) -> None:
         self.log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-emulator", "--vnodes", str(vnodes)],
+            [sys.executable, str(script), "--serve-emulator", "--vnodes", str(vnodes)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
         )  # fmt: skip
         line = self._line()
@@ -117,11 +126,15 @@ class EmulatorChild:
             raise RuntimeError(f"emulator child exited ({self.proc.wait()})")
         return line
 
-    def load(self, table: str, rows: int, partitions: int) -> float:
+    def command(self, line: str) -> str:
+        """Send one command line, return the answer line."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"load {table} {rows} {partitions}\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        line = self._line()
+        return self._line()
+
+    def load(self, table: str, rows: int, partitions: int) -> float:
+        line = self.command(f"load {table} {rows} {partitions}")
         if not line.startswith("loaded "):
             raise RuntimeError(f"bulk load failed: {line}")
         return float(line.split()[2])
@@ -322,30 +335,35 @@ async def latency(
     return [(seen[i] - sent[i]) / 1e6 for i in sorted(sent) if i in seen]
 
 
-async def raw_copy(dsn: str, rows: int, batch: int) -> dict[str, float]:
-    """COPY the replicated rows back into the same (truncated) table: once, and per batch."""
+async def raw_copy(
+    dsn: str, rows: int, batch: int, schema: str = "dst", table: str = "events"
+) -> dict[str, float]:
+    """COPY the replicated rows (``rows`` of them) back into the same (truncated) table: once,
+    and per batch (a TimescaleDB hypertable too)."""
+    qualified = f'"{schema}"."{table}"'
     conn = await asyncpg.connect(dsn)
     try:
         buf = io.BytesIO()
-        await conn.copy_from_table("events", schema_name="dst", output=buf, format="binary")
-        records = await conn.fetch("SELECT * FROM dst.events")
+        # COPY (SELECT ..): a hypertable's own COPY TO holds only its (empty) parent table
+        await conn.copy_from_query(f"SELECT * FROM {qualified}", output=buf, format="binary")
+        records = await conn.fetch(f"SELECT * FROM {qualified}")
         columns = list(records[0].keys())
-        await conn.execute("TRUNCATE dst.events")
+        await conn.execute(f"TRUNCATE {qualified}")
         buf.seek(0)
         t = time.perf_counter()
-        await conn.copy_to_table("events", schema_name="dst", source=buf, format="binary")
+        await conn.copy_to_table(table, schema_name=schema, source=buf, format="binary")
         one = time.perf_counter() - t
-        assert await conn.fetchval("SELECT count(*) FROM dst.events") == rows
-        await conn.execute("TRUNCATE dst.events")
+        assert await conn.fetchval(f"SELECT count(*) FROM {qualified}") == rows
+        await conn.execute(f"TRUNCATE {qualified}")
         tuples = [tuple(r) for r in records]
         t = time.perf_counter()
         for i in range(0, len(tuples), batch):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "events", schema_name="dst", records=tuples[i : i + batch], columns=columns
+                    table, schema_name=schema, records=tuples[i : i + batch], columns=columns
                 )
         batched = time.perf_counter() - t
-        assert await conn.fetchval("SELECT count(*) FROM dst.events") == rows
+        assert await conn.fetchval(f"SELECT count(*) FROM {qualified}") == rows
     finally:
         await conn.close()
     return {"copy_one_rps": rows / one, "copy_batched_rps": rows / batched}
