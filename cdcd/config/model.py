@@ -127,7 +127,8 @@ class PipelineConfig(_Section, frozen=True, kw_only=True):
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)  # per-destination breaker
     shutdown_timeout: Duration = Duration(30.0)  # SIGTERM: drain and checkpoint within this, then exit
     # warn when a destination's time until data loss (CDC log TTL - lag) drops below this (at most
-    # half the table's TTL); "0" turns the warning off (the metric stays)
+    # half the table's TTL); "0" turns the warning off (the metric, and the error logged once the
+    # lag passes the TTL, stay)
     data_loss_warning: Duration = Duration(6 * 3600.0)
 
 

@@ -122,7 +122,8 @@ def table_ready(*, table: str, destination: str, ttl: int) -> None:
 
 
 def data_loss_horizon(obs: Observation) -> None:
-    """A destination's time until data loss crossed its threshold (R-43), or recovered."""
+    """A destination's time until data loss crossed its threshold (R-43), reached zero (the lag
+    passed the TTL), or recovered."""
     fields = {
         "table": obs.table, "destination": obs.destination, "lag_seconds": round(obs.lag, 1),
         "cdc_ttl": obs.ttl, "time_until_data_loss_seconds": round(obs.remaining, 1),
@@ -131,6 +132,11 @@ def data_loss_horizon(obs: Observation) -> None:
     if obs.kind == "warning":
         log.warning(
             "destination lag approaches the CDC log TTL: changes expire before they are applied", **fields
+        )
+    elif obs.kind == "expired":  # data at risk now: an operator must check the destination
+        log.error(
+            "destination lag exceeds the CDC log TTL: changes may have expired before they were applied",
+            **fields,
         )
     else:
         log.info("destination lag back below the data-loss threshold", **fields)

@@ -8,8 +8,10 @@ still needed have already expired.
 
 ``DataLossWatch`` turns the figures into log events: a warning when the time drops below the
 threshold (``[pipeline] data_loss_warning``, but at most half the table's TTL, so a short TTL
-does not warn forever), repeated every ``repeat`` seconds while it stays below, and one
-"recovered" event when it is back above. Pure: the daemon polls it, the metrics collector and
+does not warn forever), an error once it reaches zero (the lag passed the TTL: changes may have
+expired unapplied; reported even with the warning turned off, and at once even when a warning
+was just logged), each repeated every ``repeat`` seconds while it lasts, and one "recovered"
+event when it is back above the threshold. Pure: the daemon polls it, the metrics collector and
 ``/status`` use ``fold_lag``/``time_until_loss``.
 """
 
@@ -51,7 +53,7 @@ def threshold_for(configured: float, ttl_seconds: int) -> float:
 class Observation:
     """What ``DataLossWatch.observe`` found worth logging."""
 
-    kind: Literal["warning", "recovered"]
+    kind: Literal["warning", "expired", "recovered"]
     table: str
     destination: str
     remaining: float
@@ -61,33 +63,40 @@ class Observation:
 
 
 class DataLossWatch:
-    """Per (table, destination): below-threshold state and when it was last reported."""
+    """Per (table, destination): what was last reported (warning or expired) and when."""
 
     def __init__(self, threshold: float, *, repeat: float = 300.0) -> None:
-        self.threshold = threshold  # 0 disables the warnings (the metric stays)
+        self.threshold = threshold  # 0 disables the warnings (the metric and the errors stay)
         self.repeat = repeat
-        self._warned: dict[tuple[str, str], float] = {}  # key -> monotonic time of last warning
+        # key -> (monotonic time of the last report, its kind)
+        self._reported: dict[tuple[str, str], tuple[float, str]] = {}
 
     def observe(
         self, table: str, destination: str, ttl: int, lag: float | None, now: float
     ) -> Observation | None:
         remaining = time_until_loss(ttl, lag)
         key = (table, destination)
-        if remaining is None or self.threshold <= 0:
-            self._warned.pop(key, None)
+        if remaining is None:
+            self._reported.pop(key, None)
             return None
         assert lag is not None
-        limit = threshold_for(self.threshold, ttl)
-        last = self._warned.get(key)
-        if remaining < limit:
-            if last is not None and now - last < self.repeat:
+        limit = threshold_for(max(self.threshold, 0.0), ttl)
+        last = self._reported.get(key)
+        kind: Literal["warning", "expired"] | None = None
+        if remaining <= 0:
+            kind = "expired"
+        elif remaining < limit:
+            kind = "warning"
+        if kind is not None:
+            escalated = last is not None and last[1] == "warning" and kind == "expired"
+            if last is not None and not escalated and now - last[0] < self.repeat:
                 return None
-            self._warned[key] = now
-            return Observation("warning", table, destination, remaining, lag, ttl, limit)
+            self._reported[key] = (now, kind)
+            return Observation(kind, table, destination, remaining, lag, ttl, limit)
         if last is not None:
-            del self._warned[key]
+            del self._reported[key]
             return Observation("recovered", table, destination, remaining, lag, ttl, limit)
         return None
 
     def forget(self, table: str, destination: str) -> None:
-        self._warned.pop((table, destination), None)
+        self._reported.pop((table, destination), None)
