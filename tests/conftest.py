@@ -75,9 +75,12 @@ class _PgCluster:
         if self._as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run([initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-        libdir = subprocess.run(
-            [str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=False
-        ).stdout.strip() or "/usr/lib/postgresql/15/lib"
+        libdir = (
+            subprocess.run(
+                [str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            or "/usr/lib/postgresql/15/lib"
+        )
         self.timescaledb = Path(libdir, "timescaledb.so").exists()
         opts = (
             f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
@@ -123,17 +126,24 @@ def pg_server_dsn() -> Iterator[str]:
         cluster.stop()
 
 
-@pytest.fixture
-def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
-    """DSN of a fresh, empty database for this test (dropped afterwards)."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    _psql(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    base, _, _ = pg_server_dsn.rpartition("/")
+@contextlib.contextmanager
+def fresh_database(server_dsn: str, prefix: str = "t") -> Iterator[str]:
+    """A new empty database on ``server_dsn``'s server (its DSN), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    _psql(server_dsn, f'CREATE DATABASE "{name}"')
+    base, _, _ = server_dsn.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
         with contextlib.suppress(Exception):
-            _psql(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _psql(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """DSN of a fresh, empty database for this test (dropped afterwards)."""
+    with fresh_database(pg_server_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

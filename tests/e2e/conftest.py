@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from cassandra.cluster import Cluster
 
-from tests.conftest import _psql
+from tests.conftest import fresh_database
 from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, free_port, write_config
 
 MakeCdcd = Callable[..., CdcdProcess]
@@ -70,11 +69,5 @@ def ts_dsn(pg_server_dsn: str, timescaledb_available: bool) -> Iterator[str]:
     """DSN of a second fresh database on the session PostgreSQL server, for a TimescaleDB
     destination next to the ``pg`` one (cdcd creates the extension); dropped afterwards."""
     assert timescaledb_available, "the timescaledb extension is not installed: run deploy/install.sh"
-    name = f"ts_{uuid.uuid4().hex[:16]}"
-    _psql(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    base, _, _ = pg_server_dsn.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with contextlib.suppress(Exception):
-            _psql(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(pg_server_dsn, "ts") as dsn:
+        yield dsn

@@ -9,18 +9,14 @@ import io
 from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 
-from cdcd.config import Duration
 from cdcd.scylla import ScyllaSession
-from tests.integration.test_data_loss_horizon import GatedSink, lines, records  # noqa: F401
+from tests.integration.test_data_loss_horizon import GatedSink, lines, records, short_ttl_config  # noqa: F401
 from tests.integration.test_http_daemon import (
     MemorySink,
     Running,
-    free_port,
     get_json,
-    make_config,
     scylla,  # noqa: F401 (the fixture creating ks.t)
     until,
 )
@@ -38,15 +34,7 @@ async def test_a_destination_stuck_past_the_ttl_logs_an_error(
     lines: io.StringIO,  # noqa: F811 (the fixture imported above)
 ) -> None:
     # ks.e keeps its CDC log for 4 s: warning from 2 s of lag (half the TTL), error from 4 s.
-    await scylla.execute(
-        "CREATE TABLE ks.e (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true, 'ttl': 4}"
-    )
-    extra = '[destinations.slow]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
-    extra += '[[tables]]\nsource = "ks.e"\ndestinations = ["slow"]\n'
-    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
-    cfg = msgspec.structs.replace(
-        cfg, pipeline=msgspec.structs.replace(cfg.pipeline, data_loss_warning=Duration(3600))
-    )
+    cfg = await short_ttl_config(scylla, emulator, redis_url, redis_prefix, "ks.e", ttl=4)
     slow = GatedSink("slow")
     runner = Running(cfg, MemorySink("mem"), {"slow": slow})
     runner.daemon.horizon_every = 0.2

@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from cdcd.config import Duration
+from cdcd.config import Config, Duration
 from cdcd.events import ChangeEvent
 from cdcd.ops.logging import configure
 from cdcd.scylla import ScyllaSession
@@ -56,6 +56,23 @@ def records(stream: io.StringIO, message_start: str) -> list[dict[str, Any]]:
     return [r for r in out if str(r.get("message", "")).startswith(message_start)]
 
 
+async def short_ttl_config(
+    session: ScyllaSession, emulator: Any, redis_url: str, redis_prefix: str, table: str, *, ttl: int
+) -> Config:
+    """Creates ``table`` with a ``ttl``-second CDC log and returns the daemon config replicating
+    ks.t into "mem" and ``table`` into "slow", with a data-loss threshold (1 h) that the cap of
+    half the TTL decides."""
+    await session.execute(
+        f"CREATE TABLE {table} (pk int PRIMARY KEY, v text) WITH cdc = {{'enabled': true, 'ttl': {ttl}}}"
+    )
+    extra = '[destinations.slow]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
+    extra += f'[[tables]]\nsource = "{table}"\ndestinations = ["slow"]\n'
+    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
+    return msgspec.structs.replace(
+        cfg, pipeline=msgspec.structs.replace(cfg.pipeline, data_loss_warning=Duration(3600))
+    )
+
+
 async def test_a_stuck_destination_warns_before_the_cdc_log_expires(
     emulator: Any,
     scylla: ScyllaSession,  # noqa: F811 (the fixture imported above)
@@ -64,15 +81,7 @@ async def test_a_stuck_destination_warns_before_the_cdc_log_expires(
     lines: io.StringIO,
 ) -> None:
     # ks.h keeps its CDC log for 6 s: with the threshold capped at half the TTL, 3 s of lag warns.
-    await scylla.execute(
-        "CREATE TABLE ks.h (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true, 'ttl': 6}"
-    )
-    extra = '[destinations.slow]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
-    extra += '[[tables]]\nsource = "ks.h"\ndestinations = ["slow"]\n'
-    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
-    cfg = msgspec.structs.replace(
-        cfg, pipeline=msgspec.structs.replace(cfg.pipeline, data_loss_warning=Duration(3600))
-    )
+    cfg = await short_ttl_config(scylla, emulator, redis_url, redis_prefix, "ks.h", ttl=6)
     slow = GatedSink("slow")
     runner = Running(cfg, MemorySink("mem"), {"slow": slow})
     runner.daemon.horizon_every = 0.2
@@ -137,15 +146,7 @@ async def test_a_destination_down_since_start_up_is_judged_by_its_checkpoints(
 ) -> None:
     """No pipeline runs for a destination that never connected, so there is no live lag: cdcd
     estimates it from the checkpoints and start position in Redis, and still warns (R-43)."""
-    await scylla.execute(
-        "CREATE TABLE ks.h (pk int PRIMARY KEY, v text) WITH cdc = {'enabled': true, 'ttl': 6}"
-    )
-    extra = '[destinations.slow]\ntype = "postgres"\ndsn = "postgresql://unused@127.0.0.1/y"\n'
-    extra += '[[tables]]\nsource = "ks.h"\ndestinations = ["slow"]\n'
-    cfg = make_config(emulator, redis_url, redis_prefix, free_port(), extra)
-    cfg = msgspec.structs.replace(
-        cfg, pipeline=msgspec.structs.replace(cfg.pipeline, data_loss_warning=Duration(3600))
-    )
+    cfg = await short_ttl_config(scylla, emulator, redis_url, redis_prefix, "ks.h", ttl=6)
     first = MemorySink("slow")
     async with Running(cfg, MemorySink("mem"), {"slow": first}) as run:  # replicates, checkpoints
         await scylla.execute("INSERT INTO ks.h (pk, v) VALUES (1, 'one')")
