@@ -6,6 +6,11 @@ following the ClickHouse type map (docs/type-map-clickhouse.md), written indepen
 frozen collection named in the row's ``_cdc_empty`` (an empty *value*, as in CQL). Durations keep
 their nanoseconds (``Tuple(months, days, nanoseconds)`` is exact; PostgreSQL's ``interval`` is not).
 
+Two forms differ from PostgreSQL's, as documented for ClickHouse: a ``set<uuid>`` column is kept in
+CQL's uuid order (version, then time for version 1, then signed bytes), not by 128-bit value; and a
+collection-typed field of a tuple or UDT is a plain ``Array``/``Map`` (not ``Nullable``), so a null
+field and an empty one cannot be told apart: both compare as null, on both sides.
+
 IPv4 addresses come back IPv4-mapped (``IPv6``) and compare as the IPv4 address. Replica rows are
 ``SELECT .. FINAL`` (delete markers hidden by ``FINAL``), soft-deleted rows skipped.
 ``wait_ch_converged`` polls until the replica equals the source, or fails with the diff.
@@ -36,13 +41,47 @@ _EMPTY = "_cdc_empty"
 _INTS = ("tinyint", "smallint", "int", "bigint", "counter", "varint")
 
 
+def _uuid_order(u: uuid.UUID) -> tuple[Any, ...]:
+    """CQL's order of ``uuid`` values: version, then the timestamp of version-1 uuids, then the 16
+    bytes compared as signed bytes."""
+    version = u.bytes[6] >> 4
+    return (version, u.time if version == 1 else 0, tuple(b - 256 if b > 127 else b for b in u.bytes))
+
+
+def _nested_empty_is_null(t: CqlType, v: Any) -> Any:
+    """A comparable value with every empty collection-typed tuple/UDT field made null (ClickHouse
+    cannot store null there, see the module docstring); a non-frozen UDT left without fields is null."""
+    if v is None:
+        return None
+    n = t.name
+    if n in ("list", "set"):
+        return tuple(_nested_empty_is_null(t.params[0], x) for x in v)
+    if n == "map":
+        kt, vt = t.params
+        return tuple((_nested_empty_is_null(kt, k), _nested_empty_is_null(vt, x)) for k, x in v)
+    if n == "tuple":
+        return tuple(_field(p, x) for p, x in zip(t.params, v, strict=True))
+    if n == "udt":
+        assert t.udt is not None
+        out = tuple((name, _field(ft, x)) for (name, x), ft in zip(v, t.udt.field_types, strict=True))
+        return None if t.is_multicell and all(x is None for _, x in out) else out
+    return v
+
+
+def _field(t: CqlType, v: Any) -> Any:
+    v = _nested_empty_is_null(t, v)
+    return None if t.name in _COLLECTIONS and v == () else v
+
+
 def _src(t: CqlType, v: Any) -> Any:
     """Driver value -> comparable form as ClickHouse stores it."""
     if v is None:
         return None
     if t.name == "duration":
         return (int(v.months), int(v.days), int(v.nanoseconds))
-    return src_value(t, v)
+    if t.name == "set" and _is_array(t) and t.params[0].name == "uuid":
+        return tuple(uuid.UUID(str(x)) for x in sorted(v, key=_uuid_order))
+    return _nested_empty_is_null(t, src_value(t, v))
 
 
 def ch_value(t: CqlType, v: Any, *, json: bool = False) -> Any:
@@ -146,7 +185,7 @@ def ch_snapshot(client: Any, schema: TableSchema, target: str, *, soft: bool = F
             for c, cell in zip(cols, cells, strict=True):
                 # an empty Array/Map is null unless _cdc_empty names it (a frozen empty value)
                 null = c.type.name in _COLLECTIONS and not cell and c.name not in empty
-                values[c.name] = None if null else ch_value(c.type, cell)
+                values[c.name] = None if null else _nested_empty_is_null(c.type, ch_value(c.type, cell))
             if static and all(v is None for v in values.values()):
                 continue  # a partition without static cells
             assert key not in out, f"FINAL returned {key} twice in {db}.{name}"
