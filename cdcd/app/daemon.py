@@ -492,13 +492,15 @@ class Daemon:
                 detail=f"{self.state}; replicating {active} of {pairs} table destinations",
             ),
         }
+        probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:
-            checks["redis"] = await timed(self.deps.redis.ping(), 5.0)
+            probes["redis"] = self.deps.redis.ping()
         if self.deps.scylla is not None:
-            probe = self.deps.scylla.execute("SELECT release_version FROM system.local")
-            checks["scylla"] = await timed(probe, 5.0)
+            probes["scylla"] = self.deps.scylla.execute("SELECT release_version FROM system.local")
         for name, sink in list(self.deps.sinks.items()):
-            checks[f"destination:{name}"] = await timed(sink.healthcheck(), 5.0)
+            probes[f"destination:{name}"] = sink.healthcheck()
+        results = await asyncio.gather(*(timed(p, 5.0) for p in probes.values()))
+        checks.update(zip(probes, results, strict=True))
         for dep, result in checks.items():
             if dep == "daemon":
                 continue
