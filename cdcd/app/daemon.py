@@ -30,7 +30,7 @@ from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import CircuitBreaker, Pipeline, SystemClock, is_retriable
 from cdcd.ops import emit, metrics, tracing
-from cdcd.ops.horizon import DataLossWatch, fold_lag, time_until_loss
+from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
@@ -438,13 +438,15 @@ class Daemon:
             now = time.monotonic()
             for table in self.cfg.tables:
                 for dest in table.destinations:
-                    lag = lags.get((table.source, dest))
-                    if lag is None and (table.source, dest) not in self._active:
-                        lag = await self._stored_lag(table, dest)
-                        if lag is None:
-                            self.stored_lags.pop((table.source, dest), None)
-                        else:
-                            self.stored_lags[(table.source, dest)] = lag
+                    key = (table.source, dest)
+                    lag = lags.get(key)
+                    estimate = None
+                    if lag is None and key not in self._active:
+                        lag = estimate = await self._stored_lag(table, dest)
+                    if estimate is None:
+                        self.stored_lags.pop(key, None)
+                    else:
+                        self.stored_lags[key] = estimate
                     obs = self.horizon.observe(table.source, dest, self.ttls.get(table.source, 0), lag, now)
                     if obs is not None:
                         emit.data_loss_horizon(obs)
@@ -455,28 +457,15 @@ class Daemon:
         return [p.status() for p in list(self.pipelines.values())]
 
     def status(self) -> Mapping[str, Any]:
-        body = build_status(
+        return build_status(
             self._statuses(),
             ttls=self.ttls,
+            stored_lags=self.stored_lags,
             version=__version__,
             replica=self.cfg.instance.replica,
             state=self.state,
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
         )
-        for (table, dest), lag in list(self.stored_lags.items()):
-            # no pipeline runs (the destination has been down since start-up): lag from Redis
-            entry = body["tables"].setdefault(table, {"destinations": {}})["destinations"]
-            if dest not in entry:
-                entry[dest] = {
-                    "state": "waiting",
-                    "lag_seconds": lag,
-                    "lag_source": "checkpoints",
-                    "time_until_data_loss_seconds": time_until_loss(self.ttls.get(table, 0), lag),
-                    "events_applied": 0,
-                    "queue_depth": 0,
-                    "groups": {},
-                }
-        return body
 
     async def ready(self) -> Mapping[str, CheckResult]:
         """/readyz: Redis, Scylla and every destination answer, and every (table, destination)

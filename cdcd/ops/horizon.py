@@ -17,7 +17,7 @@ event when it is back above the threshold. Pure: the daemon polls it, the metric
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,14 +26,23 @@ __all__ = ["DataLossWatch", "Observation", "fold_lag", "threshold_for", "time_un
 FINISHED = ("done", "closed", "terminated")
 
 
-def fold_lag(statuses: Iterable[Any]) -> dict[tuple[str, str], float]:
-    """(table, destination) -> the largest lag of its unfinished groups (those with a lag)."""
+def fold_lag(
+    statuses: Iterable[Any], stored: Mapping[tuple[str, str], float] | None = None
+) -> dict[tuple[str, str], float]:
+    """(table, destination) -> the largest lag of its unfinished groups (those with a lag); a
+    (table, destination) without any status takes its ``stored`` lag (estimated from the
+    checkpoints while no pipeline runs: its destination has been down since start-up)."""
     out: dict[tuple[str, str], float] = {}
+    seen: set[tuple[str, str]] = set()
     for st in statuses:
+        key = (st.table, st.destination)
+        seen.add(key)
         if st.lag_seconds is None or st.state in FINISHED:
             continue
-        key = (st.table, st.destination)
         out[key] = max(out.get(key, 0.0), float(st.lag_seconds))
+    for key, lag in (stored or {}).items():
+        if key not in seen:
+            out[key] = lag
     return out
 
 

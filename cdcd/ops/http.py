@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from cdcd import __version__
 from cdcd.config import Secret
-from cdcd.ops.horizon import time_until_loss
+from cdcd.ops.horizon import fold_lag, time_until_loss
 from cdcd.ops.logging import get_logger, scrub
 
 __all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app"]
@@ -57,12 +57,20 @@ def _response(body: Any, status: int = 200, headers: Mapping[str, str] | None = 
 
 
 def build_status(
-    statuses: Iterable[Any], *, ttls: Mapping[str, int] | None = None, **top: Any
+    statuses: Iterable[Any],
+    *,
+    ttls: Mapping[str, int] | None = None,
+    stored_lags: Mapping[tuple[str, str], float] | None = None,
+    **top: Any,
 ) -> dict[str, Any]:
     """Fold pipeline statuses into ``{"tables": {table: {"destinations": {dest: {...,
     "groups": {group: status}}}}}}``, with per-destination totals (max lag, summed counters,
     a state: the worst of its groups) and ``time_until_data_loss_seconds`` (the table's CDC log
-    TTL from ``ttls`` minus the lag; null when unknown or the log never expires)."""
+    TTL from ``ttls`` minus the lag; null when unknown or the log never expires). A (table,
+    destination) with no pipeline but a lag in ``stored_lags`` (estimated from the checkpoints:
+    its destination has been down since start-up) is shown in state ``waiting``."""
+    statuses = list(statuses)
+    lags = fold_lag(statuses, stored_lags)
     tables: dict[str, Any] = {}
     for st in statuses:
         raw = msgspec.to_builtins(st)
@@ -75,10 +83,14 @@ def build_status(
         dest["groups"][st.group] = raw
         dest["events_applied"] += st.events_applied
         dest["queue_depth"] += st.queue_depth
-        if st.lag_seconds is not None and st.state not in ("done", "closed", "terminated"):
-            dest["lag_seconds"] = max(dest["lag_seconds"] or 0.0, st.lag_seconds)
         if _RANK.get(st.state, 0) > _RANK.get(dest["state"], 0):
             dest["state"] = st.state
+    for (table, name), lag in lags.items():
+        dests = tables.setdefault(table, {"destinations": {}})["destinations"]
+        if name not in dests:  # no pipeline runs: the lag is the stored estimate
+            dests[name] = {"state": "waiting", "lag_source": "checkpoints", "events_applied": 0,
+                           "queue_depth": 0, "groups": {}}  # fmt: skip
+        dests[name]["lag_seconds"] = lag
     for table, entry in tables.items():
         for dest in entry["destinations"].values():
             dest["time_until_data_loss_seconds"] = time_until_loss(

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cdcd.ops.horizon import time_until_loss
+from cdcd.ops.horizon import fold_lag, time_until_loss
 
 __all__ = [
     "BATCH_SECONDS",
@@ -214,28 +214,26 @@ class PipelineCollector(Collector):
             labels=labels,
         )
         ttls = self.ttls() if self.ttls is not None else {}
-        folded: dict[tuple[str, str], dict[str, float]] = {}
+        statuses = list(self.snapshot())
+        lags = fold_lag(statuses, self.stored_lags() if self.stored_lags is not None else None)
+        folded: dict[tuple[str, str], dict[str, float]] = {
+            key: {"age": -1.0, "depth": 0.0, "inflight": 0.0} for key in lags
+        }
         counts: dict[tuple[str, str, str], int] = {}
-        for st in self.snapshot():
+        for st in statuses:
             key = (st.table, st.destination)
-            f = folded.setdefault(key, {"lag": -1.0, "age": -1.0, "depth": 0.0, "inflight": 0.0})
-            if st.state not in ("done", "closed", "terminated"):
-                if st.lag_seconds is not None:
-                    f["lag"] = max(f["lag"], st.lag_seconds)
-                if st.last_commit_age_seconds is not None:
-                    f["age"] = max(f["age"], st.last_commit_age_seconds)
+            f = folded.setdefault(key, {"age": -1.0, "depth": 0.0, "inflight": 0.0})
+            if st.state not in ("done", "closed", "terminated") and st.last_commit_age_seconds is not None:
+                f["age"] = max(f["age"], st.last_commit_age_seconds)
             f["depth"] += st.queue_depth
             f["inflight"] += st.in_flight
             counts[(st.table, st.destination, st.state)] = (
                 counts.get((st.table, st.destination, st.state), 0) + 1
             )
-        for key, stored in (self.stored_lags() if self.stored_lags is not None else {}).items():
-            if key not in folded:  # no pipeline runs (destination down since start-up)
-                folded[key] = {"lag": stored, "age": -1.0, "depth": 0.0, "inflight": 0.0}
         for (table, dest), f in sorted(folded.items()):
-            if f["lag"] >= 0:
-                lag.add_metric([table, dest, replica], f["lag"])
-                remaining = time_until_loss(ttls.get(table, 0), f["lag"])
+            if (table, dest) in lags:
+                lag.add_metric([table, dest, replica], lags[(table, dest)])
+                remaining = time_until_loss(ttls.get(table, 0), lags[(table, dest)])
                 if remaining is not None:
                     horizon.add_metric([table, dest, replica], remaining)
             if f["age"] >= 0:
