@@ -19,50 +19,19 @@ import clickhouse_connect
 import pytest
 
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
-from cdcd.events import ChangeEvent, CqlDuration, Op, Position, RangeBound
-from cdcd.schema import CdcOptions, Column, TableSchema, UdtDef, parse_cql_type
+from cdcd.events import ChangeEvent, CqlDuration, Op, RangeBound
+from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
 from cdcd.sinks.clickhouse import ClickHouseSink
-
-UT = UdtDef("ks", "ut", ("a", "b"), (parse_cql_type("int"), parse_cql_type("text")))
-STREAM = b"\x01" * 16
-_clock = itertools.count(1_700_000_000_000_000, 1000)
-
-
-def _t(text: str) -> Any:
-    return parse_cql_type(text, lambda name: UT)
-
-
-def schema(cols: list[tuple[str, str, str]], order: tuple[str, ...] = ()) -> TableSchema:
-    pos = {"partition_key": 0, "clustering": 0}
-    out = []
-    for name, typ, kind in cols:
-        p = pos.get(kind, 0)
-        out.append(Column(name, _t(typ), kind, p))  # type: ignore[arg-type]
-        if kind in pos:
-            pos[kind] += 1
-    if not order:
-        order = tuple("asc" for c in out if c.kind == "clustering")
-    return TableSchema(
-        keyspace="ks", name="t", columns=tuple(out), clustering_order=order, cdc=CdcOptions(enabled=True)
-    )
-
+from tests.contract import builders
+from tests.contract.builders import schema
 
 _seq = itertools.count()
 
 
-def ev(op: Op, key: dict[str, Any], *, wt: int | None = None, **kw: Any) -> ChangeEvent:
-    wt = wt if wt is not None else next(_clock)
-    t = uuid.UUID(int=(wt << 64) | 0x8000000000000000 | next(_seq))
-    return ChangeEvent(
-        table="ks.t",
-        pos=Position(generation=0, stream_id=STREAM, time=t),
-        batch_seq=0,
-        op=op,
-        write_time_us=wt,
-        key=key,
-        **kw,
-    )
+def ev(op: Op, key: dict[str, Any], **kw: Any) -> ChangeEvent:
+    """``builders.ev`` with a distinct position per event (even at equal write times)."""
+    return builders.ev(op, key, low=next(_seq), **kw)
 
 
 class Config:

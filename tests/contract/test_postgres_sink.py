@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import ipaddress
-import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,48 +13,12 @@ import asyncpg
 import pytest
 
 from cdcd.errors import BadRows, SchemaMismatch
-from cdcd.events import ChangeEvent, CqlDuration, Op, Position, RangeBound
-from cdcd.schema import CdcOptions, Column, TableSchema, UdtDef, parse_cql_type
+from cdcd.events import CqlDuration, Op, RangeBound
+from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
 from cdcd.sinks.pg_types import JSON_DECODER
 from cdcd.sinks.postgres import PostgresSink
-
-UT = UdtDef("ks", "ut", ("a", "b"), (parse_cql_type("int"), parse_cql_type("text")))
-STREAM = b"\x01" * 16
-_clock = itertools.count(1_700_000_000_000_000, 1000)
-
-
-def _t(text: str) -> Any:
-    return parse_cql_type(text, lambda name: UT)
-
-
-def schema(cols: list[tuple[str, str, str]], order: tuple[str, ...] = ()) -> TableSchema:
-    pos = {"partition_key": 0, "clustering": 0}
-    out = []
-    for name, typ, kind in cols:
-        p = pos.get(kind, 0)
-        out.append(Column(name, _t(typ), kind, p))  # type: ignore[arg-type]
-        if kind in pos:
-            pos[kind] += 1
-    if not order:
-        order = tuple("asc" for c in out if c.kind == "clustering")
-    return TableSchema(
-        keyspace="ks", name="t", columns=tuple(out), clustering_order=order, cdc=CdcOptions(enabled=True)
-    )
-
-
-def ev(op: Op, key: dict[str, Any], *, wt: int | None = None, **kw: Any) -> ChangeEvent:
-    wt = wt if wt is not None else next(_clock)
-    t = uuid.UUID(int=(wt << 64) | 0x8000000000000000)
-    return ChangeEvent(
-        table="ks.t",
-        pos=Position(generation=0, stream_id=STREAM, time=t),
-        batch_seq=0,
-        op=op,
-        write_time_us=wt,
-        key=key,
-        **kw,
-    )
+from tests.contract.builders import ev, schema
 
 
 class Config:

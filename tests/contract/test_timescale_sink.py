@@ -4,7 +4,6 @@ hypertables and what ends up in them after write()."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,16 +13,15 @@ import pytest
 
 from cdcd.config import Duration, HypertableConfig, Secret, TimescaleDestination
 from cdcd.errors import ConfigError, SchemaMismatch
-from cdcd.events import ChangeEvent, Op, Position, RangeBound
-from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
+from cdcd.events import ChangeEvent, Op, RangeBound
+from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
 from cdcd.sinks.postgres import PostgresSink
 from cdcd.sinks.timescale import TimescaleSink
+from tests.contract import builders
 
 DAY = 86400.0
 T0 = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
-STREAM = b"\x02" * 16
-_clock = itertools.count(1_700_000_000_000_000, 1000)
 
 # Readings per device (partition key) and time (clustering key); a static column per device.
 METRICS = [
@@ -41,28 +39,11 @@ def _timescaledb(timescaledb_available: bool) -> None:
 
 
 def schema(cols: list[tuple[str, str, str]], name: str = "m") -> TableSchema:
-    pos = {"partition_key": 0, "clustering": 0}
-    out = []
-    for col, typ, kind in cols:
-        out.append(Column(col, parse_cql_type(typ), kind, pos.get(kind, 0)))  # type: ignore[arg-type]
-        if kind in pos:
-            pos[kind] += 1
-    order = tuple("asc" for c in out if c.kind == "clustering")
-    return TableSchema(keyspace="ks", name=name, columns=tuple(out), clustering_order=order,  # type: ignore[arg-type]
-                       cdc=CdcOptions(enabled=True))  # fmt: skip
+    return builders.schema(cols, name=name)
 
 
-def ev(op: Op, key: dict[str, Any], *, wt: int | None = None, **kw: Any) -> ChangeEvent:
-    wt = wt if wt is not None else next(_clock)
-    return ChangeEvent(
-        table="ks.m",
-        pos=Position(generation=0, stream_id=STREAM, time=uuid.UUID(int=(wt << 64) | 0x8000000000000000)),
-        batch_seq=0,
-        op=op,
-        write_time_us=wt,
-        key=key,
-        **kw,
-    )
+def ev(op: Op, key: dict[str, Any], **kw: Any) -> ChangeEvent:
+    return builders.ev(op, key, table="ks.m", **kw)
 
 
 def at(days: float) -> dt.datetime:
@@ -179,7 +160,7 @@ async def test_writes_land_across_chunks(make_sink: MakeSink, pg_dsn: str, conn:
     assert await chunks_of(conn) == 5
     assert len(await table_rows(conn)) == 10
 
-    w = next(_clock)
+    w = builders.next_wt()
     changes = [
         ev(Op.UPDATE, {"device": "a", "ts": at(0)}, values={"value": 10.0}),  # partial: note kept
         ev(Op.UPDATE, {"device": "a", "ts": at(4)}, deleted=frozenset({"note"})),
