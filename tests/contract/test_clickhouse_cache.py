@@ -7,9 +7,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 import pytest
 
 from cdcd.errors import BadRows
@@ -32,14 +30,6 @@ class CachedConfig(Config):
     def __init__(self, url: str, rows: int) -> None:
         super().__init__(url)
         self.row_cache_rows = rows
-
-
-@pytest.fixture
-async def ch(clickhouse_url: str) -> AsyncIterator[Any]:
-    u = urlsplit(clickhouse_url)
-    c = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
-    yield c
-    await c.close()
 
 
 @pytest.fixture

@@ -9,22 +9,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 import pytest
 
 from cdcd.scylla import ScyllaSession
 from tests.contract.test_clickhouse_e2e import DDL, _replica, _source, _tail, _workload
 from tests.e2e.harness import CdcdProcess, TableSpec, free_port, write_config
-
-
-@pytest.fixture
-async def ch(clickhouse_url: str) -> AsyncIterator[Any]:
-    u = urlsplit(clickhouse_url)
-    c = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
-    yield c
-    await c.close()
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 import pytest
 from cassandra.util import Duration
 
@@ -80,14 +78,6 @@ async def scylla(emulator: Any) -> AsyncIterator[ScyllaSession]:
         yield session
     finally:
         await session.aclose()
-
-
-@pytest.fixture
-async def ch(clickhouse_url: str) -> AsyncIterator[Any]:
-    u = urlsplit(clickhouse_url)
-    c = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
-    yield c
-    await c.close()
 
 
 async def _workload(s: ScyllaSession, seed: int, n: int) -> None:

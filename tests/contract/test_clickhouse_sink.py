@@ -13,9 +13,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 import pytest
 
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
@@ -40,14 +38,6 @@ class Config:
         self.url = url
         self.username = "default"
         self.password = None
-
-
-@pytest.fixture
-async def ch(clickhouse_url: str) -> AsyncIterator[Any]:
-    u = urlsplit(clickhouse_url)
-    c = await clickhouse_connect.get_async_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
-    yield c
-    await c.close()
 
 
 @pytest.fixture

@@ -41,14 +41,6 @@ async def sink(pg_dsn: str) -> AsyncIterator[PostgresSink]:
     await s.aclose()
 
 
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(pg_dsn)
-    await PostgresSink._init_connection(c)
-    yield c
-    await c.close()
-
-
 def in_range(
     row: tuple[int, int], rng: tuple[tuple[int, ...], bool, tuple[int, ...], bool], desc: tuple[bool, ...]
 ) -> bool:

@@ -25,14 +25,6 @@ async def sink(pg_dsn: str) -> AsyncIterator[PostgresSink]:
     await s.aclose()
 
 
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(pg_dsn)
-    await PostgresSink._init_connection(c)
-    yield c
-    await c.close()
-
-
 async def test_bad_rows_are_named_before_any_round_trip(sink: PostgresSink, conn: asyncpg.Connection) -> None:
     sch = schema(
         [("pk", "text", "partition_key"), ("m", "map<text, int>", "regular"), ("v", "int", "regular")]

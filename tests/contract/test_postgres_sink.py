@@ -29,14 +29,6 @@ class Config:
 
 
 @pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(pg_dsn)
-    await PostgresSink._init_connection(c)
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 async def sink(pg_dsn: str) -> AsyncIterator[PostgresSink]:
     s = create_sink("pg", Config(pg_dsn))
     assert isinstance(s, PostgresSink)

@@ -131,14 +131,6 @@ async def sink(pg_dsn: str) -> AsyncIterator[PostgresSink]:
     await s.aclose()
 
 
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(pg_dsn)
-    await PostgresSink._init_connection(c)
-    yield c
-    await c.close()
-
-
 async def test_every_cql_type_round_trips_field_by_field(
     sink: PostgresSink, conn: asyncpg.Connection
 ) -> None:

@@ -16,7 +16,6 @@ from cdcd.errors import ConfigError, SchemaMismatch
 from cdcd.events import ChangeEvent, Op, RangeBound
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
-from cdcd.sinks.postgres import PostgresSink
 from cdcd.sinks.timescale import TimescaleSink
 from tests.contract import builders
 
@@ -84,14 +83,6 @@ async def make_sink() -> AsyncIterator[MakeSink]:
     yield make
     for s in sinks:
         await s.aclose()
-
-
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(pg_dsn)
-    await PostgresSink._init_connection(c)
-    yield c
-    await c.close()
 
 
 async def hypertables(conn: asyncpg.Connection) -> dict[str, list[tuple[str, str, Any]]]:
