@@ -3,6 +3,7 @@ unreachable server reported as retriable, and ensure_table refusing what it cann
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -100,14 +101,22 @@ async def test_server_going_away_mid_flight_is_retriable(sink: PostgresSink, pg_
     await sink.write(m, [ev(Op.INSERT, {"pk": 1, "ck": 1}, values={"v1": "a"})])
     admin = await asyncpg.connect(pg_dsn)
     try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        # Hold the write inside PostgreSQL (it waits for the table lock), then end its session.
+        async with admin.transaction():
+            await admin.execute('LOCK TABLE "ks"."t" IN ACCESS EXCLUSIVE MODE')
+            write = asyncio.create_task(
+                sink.write(m, [ev(Op.INSERT, {"pk": 1, "ck": 2}, values={"v1": "b"})])
+            )
+            waiting = "FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            for _ in range(500):
+                if await admin.fetchval(f"SELECT count(*) {waiting}"):
+                    break
+                await asyncio.sleep(0.02)
+            assert await admin.fetchval(f"SELECT count(pg_terminate_backend(pid, 10000)) {waiting}") == 1
+        with pytest.raises(SinkUnavailable):
+            await write
     finally:
         await admin.close()
-    with pytest.raises(SinkUnavailable):
-        await sink.write(m, [ev(Op.INSERT, {"pk": 1, "ck": 2}, values={"v1": "b"})])
     # The pool replaces the dead connection; the next attempt succeeds.
     assert (await sink.write(m, [ev(Op.INSERT, {"pk": 1, "ck": 2}, values={"v1": "b"})])).applied == 1
 
