@@ -51,3 +51,17 @@ def test_clickhouse_replacing_merge_tree_final(clickhouse_url: str, ch_database:
                   column_names=["k", "v", "ver", "del"])  # fmt: skip
     assert client.query("SELECT k, v FROM t FINAL ORDER BY k").result_rows == [(1, "b")]
     client.close()
+
+
+def test_clickhouse_stores_every_block_of_a_large_compressed_insert(
+    clickhouse_url: str, ch_database: str
+) -> None:
+    """clickhouse-connect sends a large insert as several Native blocks (131,072 rows each here),
+    each its own lz4 frame; every frame must reach the engine (only the first one did)."""
+    host, port = clickhouse_url.removeprefix("http://").split(":")
+    client = clickhouse_connect.get_client(host=host, port=int(port), database=ch_database, compress="lz4")
+    client.command("CREATE TABLE big (k UInt64, s String) ENGINE = MergeTree ORDER BY k")
+    n = 300_000
+    client.insert("big", [[i, "row"] for i in range(n)], column_names=["k", "s"])
+    assert client.query("SELECT count(), sum(k) FROM big").result_rows == [(n, (n - 1) * n // 2)]
+    client.close()
