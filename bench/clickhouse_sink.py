@@ -38,8 +38,8 @@ import clickhouse_connect
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
 from cdcd.sinks import TableMapping
-from cdcd.sinks.ch_fold import BatchState, prepare
 from cdcd.sinks.clickhouse import ClickHouseSink
+from cdcd.sinks.clickhouse.fold import BatchState, prepare
 
 COLUMNS = [
     ("pk", "bigint", "partition_key"),

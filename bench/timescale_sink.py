@@ -17,7 +17,7 @@ chunks and the run spans ~N/24000 chunks. Prints events/s and the ratios. No ass
 
 Measured (2 CPUs, TimescaleDB 2.19.3 Apache build, PostgreSQL 15, 200k events, batch 1000):
 raw COPY 81k events/s, TimescaleSink 14.1k events/s (17 % of raw), plain-table sink 15.5k events/s
-(hypertable / plain 91 %). The sink is bound by client CPU in pg_fold (cProfile: ~2/3 of its time).
+(hypertable / plain 91 %). The sink is bound by client CPU in postgres/fold.py (cProfile: ~2/3 of its time).
 """
 
 from __future__ import annotations

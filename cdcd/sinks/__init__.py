@@ -1,5 +1,10 @@
-"""Destinations. ``postgres.py`` is the reference sink: copy its shape (config, connect/healthcheck,
-ensure_table, write, classify) when adding one.
+"""Destinations. ``postgres/sink.py`` is the reference sink: copy its shape (config,
+connect/healthcheck, ensure_table, write, classify) when adding one.
+
+Layout: one sub-package per destination (``postgres/``, ``clickhouse/``: ``sink.py`` plus its
+type map, SQL, fold and helpers); ``timescale.py`` builds on the PostgreSQL sink. Shared here:
+this protocol and registry, ``classify.py`` (PostgreSQL-family exception -> action, whose
+``Action`` ClickHouse reuses) and ``layout.py`` (what both table layouts share).
 
 Contract of a sink (style.md §7.3):
 
@@ -97,9 +102,9 @@ class Sink(Protocol):
 
 # type name -> "module:Class"; imported lazily so a missing optional client does not break the rest.
 _REGISTRY = {
-    "postgres": "cdcd.sinks.postgres:PostgresSink",
+    "postgres": "cdcd.sinks.postgres.sink:PostgresSink",
     "timescaledb": "cdcd.sinks.timescale:TimescaleSink",
-    "clickhouse": "cdcd.sinks.clickhouse:ClickHouseSink",
+    "clickhouse": "cdcd.sinks.clickhouse.sink:ClickHouseSink",
 }
 
 

@@ -50,8 +50,8 @@ from cdcd.errors import ConfigError, SchemaMismatch
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
 from cdcd.sinks.classify import Action, classify
-from cdcd.sinks.pg_sql import ident, layouts_for
-from cdcd.sinks.postgres import PostgresSink
+from cdcd.sinks.postgres.sink import PostgresSink
+from cdcd.sinks.postgres.sql import ident, layouts_for
 
 __all__ = ["Features", "HypertablePlan", "TimescaleSink", "compression_sql", "plan_hypertable"]
 

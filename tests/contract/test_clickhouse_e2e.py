@@ -4,7 +4,7 @@ ClickHouseSink, then ``SELECT * FROM ks.t`` (driver) equals ``SELECT * FROM t FI
 A seeded random workload covers every CQL type, partial INSERTs/UPDATEs, every collection and UDT
 delta, static columns, column/row/range/partition deletes, for each delete strategy. The comparison
 normalises both sides guided by the column's CQL type, following docs/type-map-clickhouse.md
-(written independently of cdcd/sinks/ch_types.py).
+(written independently of cdcd/sinks/clickhouse/types.py).
 """
 
 from __future__ import annotations

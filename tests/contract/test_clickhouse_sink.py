@@ -451,14 +451,14 @@ async def test_a_resent_batch_is_not_stored_twice(sink: ClickHouseSink, ch: Any,
     assert (await count(ch, ch_database), await count(ch, ch_database, "t_history")) == physical
     # Even when the version guard is bypassed (the retry of an insert whose answer was lost),
     # the same block with the same insert_deduplication_token is dropped by ClickHouse.
-    from cdcd.sinks.ch_fold import BatchState, prepare
+    from cdcd.sinks.clickhouse.fold import BatchState, prepare
 
     table = sink._tables[(m.source, m.target)]
     state = BatchState(table.codec, m.delete)
     for p in prepare(table.codec, batch)[0]:
         state.apply(p)
     blocks = sink._blocks(table, state, batch)
-    from cdcd.sinks.ch_wire import batch_token as _batch_token
+    from cdcd.sinks.clickhouse.wire import batch_token as _batch_token
 
     token = _batch_token(m, batch)
     for block in blocks:

@@ -16,8 +16,8 @@ from cdcd.errors import BadRows, SchemaMismatch
 from cdcd.events import CqlDuration, Op, RangeBound
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
-from cdcd.sinks.pg_types import JSON_DECODER
 from cdcd.sinks.postgres import PostgresSink
+from cdcd.sinks.postgres.types import JSON_DECODER
 from tests.contract.builders import ev, schema
 
 

@@ -1,7 +1,7 @@
 """Every CQL type through the PostgreSQL sink and back, field by field (R-01, R-05).
 
 Each value is a canonical ``ChangeEvent`` value (cdcd/events.py); it is written by the sink, read
-back with the sink's codecs and turned back into a canonical value with ``pg_types.from_pg``.
+back with the sink's codecs and turned back into a canonical value with ``postgres.types.from_pg``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from cdcd.errors import BadRows, SchemaMismatch
 from cdcd.events import CqlDuration, Op, timeuuid_sort_key
 from cdcd.schema import CdcOptions, UdtDef, parse_cql_type
 from cdcd.sinks import TableMapping
-from cdcd.sinks.pg_types import from_pg, pg_type
 from cdcd.sinks.postgres import PostgresSink
+from cdcd.sinks.postgres.types import from_pg, pg_type
 from tests.contract.test_postgres_sink import Config, ev, schema, setup
 
 UT = UdtDef("ks", "ut", ("a", "b"), (parse_cql_type("int"), parse_cql_type("text")))

@@ -1,7 +1,7 @@
 """Compare a Scylla (emulator) table with its PostgreSQL replica, field by field.
 
 Both sides are normalised, guided by the column's CQL type, into one *comparable* form following
-the documented type map (docs/type-map.md), written independently of ``cdcd/sinks/pg_types.py``:
+the documented type map (docs/type-map.md), written independently of ``cdcd/sinks/postgres/types.py``:
 
 =================  =============================================================================
 CQL type           comparable value (source: driver value; PostgreSQL: asyncpg value / JSON)

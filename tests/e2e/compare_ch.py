@@ -2,7 +2,7 @@
 
 The comparable form is ``tests/e2e/compare.py``'s (so its ``Snapshot`` and ``diff`` apply),
 following the ClickHouse type map (docs/type-map-clickhouse.md), written independently of
-``cdcd/sinks/ch_*.py``. ``Array``/``Map`` cannot be ``Nullable``: an empty one is null, except a
+``cdcd/sinks/clickhouse/``. ``Array``/``Map`` cannot be ``Nullable``: an empty one is null, except a
 frozen collection named in the row's ``_cdc_empty`` (an empty *value*, as in CQL). Durations keep
 their nanoseconds (``Tuple(months, days, nanoseconds)`` is exact; PostgreSQL's ``interval`` is not).
 

@@ -1,4 +1,4 @@
-"""ch_fold: a batch of events folded into full rows in memory (no server): version guard, partial
+"""clickhouse/fold.py: a batch of events folded into full rows in memory (no server): version guard, partial
 updates, deletes of every kind, blind full-row INSERTs, and the bulk path equal to the general one."""
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from hypothesis import strategies as st
 
 from cdcd.events import ChangeEvent, Op, Position, RangeBound
 from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
-from cdcd.sinks.ch_fold import BatchState, TableCodec, blind_keys, bulk_columns, fresh_columns, prepare
-from cdcd.sinks.ch_sql import DELETED, IS_DELETED, MARKER, VERSION, layouts_for
+from cdcd.sinks.clickhouse.fold import (
+    BatchState,
+    TableCodec,
+    blind_keys,
+    bulk_columns,
+    fresh_columns,
+    prepare,
+)
+from cdcd.sinks.clickhouse.sql import DELETED, IS_DELETED, MARKER, VERSION, layouts_for
 
 _seq = itertools.count()
 

@@ -12,11 +12,11 @@ from clickhouse_connect.driver import exceptions as ch_exc
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.schema import CdcOptions, Column, TableSchema, parse_cql_type
 from cdcd.sinks import TableMapping
-from cdcd.sinks.ch_cache import RowCache
-from cdcd.sinks.ch_classify import Action, classify, error_code
-from cdcd.sinks.ch_sql import layouts_for, read_sql, table_ddl
-from cdcd.sinks.ch_wire import batch_token as _batch_token
-from cdcd.sinks.ch_wire import key_param as _param
+from cdcd.sinks.clickhouse.cache import RowCache
+from cdcd.sinks.clickhouse.classify import Action, classify, error_code
+from cdcd.sinks.clickhouse.sql import layouts_for, read_sql, table_ddl
+from cdcd.sinks.clickhouse.wire import batch_token as _batch_token
+from cdcd.sinks.clickhouse.wire import key_param as _param
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""ch_types: the CQL -> ClickHouse type map, value conversion (with its errors), read-back
+"""clickhouse/types.py: the CQL -> ClickHouse type map, value conversion (with its errors), read-back
 normalisation and CQL order. Pure: no server."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from cdcd.events import CqlDuration
 from cdcd.schema import UdtDef, parse_cql_type
-from cdcd.sinks.ch_types import (
+from cdcd.sinks.clickhouse.types import (
     ch_type,
     column_type,
     from_read,

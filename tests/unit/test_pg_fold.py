@@ -1,4 +1,4 @@
-"""pg_fold: a batch of change events -> per-row plans and segments (pure; no PostgreSQL)."""
+"""postgres/fold.py: a batch of change events -> per-row plans and segments (pure; no PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from cdcd.events import ChangeEvent, Op, Position, RangeBound
 from cdcd.schema import Column, TableSchema, UdtDef, parse_cql_type
-from cdcd.sinks.pg_fold import TableCodec, fold, resolve
-from cdcd.sinks.pg_sql import layouts_for
+from cdcd.sinks.postgres.fold import TableCodec, fold, resolve
+from cdcd.sinks.postgres.sql import layouts_for
 
 UT = UdtDef("ks", "ut", ("a", "b"), (parse_cql_type("int"), parse_cql_type("text")))
 _clock = itertools.count(1_700_000_000_000_000, 10)

@@ -1,4 +1,4 @@
-"""pg_sql identifiers and statement shapes, and classify (pure; no PostgreSQL)."""
+"""postgres/sql.py identifiers and statement shapes, and classify (pure; no PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cdcd.errors import ConfigError, SchemaMismatch
 from cdcd.schema import Column, TableSchema, parse_cql_type
 from cdcd.sinks import create_sink, sink_types
 from cdcd.sinks.classify import Action, classify
-from cdcd.sinks.pg_sql import ident, layouts_for, lexicographic, qualified, table_ddl, upsert_sql
+from cdcd.sinks.postgres.sql import ident, layouts_for, lexicographic, qualified, table_ddl, upsert_sql
 
 
 def schema(*names: str) -> TableSchema:

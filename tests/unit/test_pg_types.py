@@ -1,4 +1,4 @@
-"""pg_types: the CQL -> PostgreSQL type map and value conversion (pure)."""
+"""postgres/types.py: the CQL -> PostgreSQL type map and value conversion (pure)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from cdcd.events import CqlDuration
 from cdcd.schema import UdtDef, parse_cql_type
-from cdcd.sinks.pg_types import (
+from cdcd.sinks.postgres.types import (
     JSON_DECODER,
     JSON_ENCODER,
     contains_nul,

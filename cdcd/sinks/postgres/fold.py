@@ -8,7 +8,7 @@ delete. Partition and range deletes touch rows the batch may not name, so they c
 
 Non-frozen collection/UDT changes are kept as operations (clear, add, remove) and resolved against
 the current value read back from PostgreSQL (``resolve``), in PostgreSQL value space
-(``pg_types.to_pg``), which makes them exact and idempotent: replaying an already applied delta
+(``types.to_pg``), which makes them exact and idempotent: replaying an already applied delta
 re-adds the same cells (list cells are keyed by their timeuuid).
 
 ``fold`` also finds the events PostgreSQL could never store (text with U+0000, a column the target
@@ -24,8 +24,8 @@ from typing import Any
 
 from cdcd.events import ChangeEvent, Op, RangeBound, timeuuid_sort_key
 from cdcd.schema import Column, CqlType
-from cdcd.sinks.pg_sql import TargetLayout
-from cdcd.sinks.pg_types import (
+from cdcd.sinks.postgres.sql import TargetLayout
+from cdcd.sinks.postgres.types import (
     JSON_ENCODER,
     LIST_KEYS_PREFIX,
     Converter,
@@ -177,7 +177,7 @@ class TableCodec:
     def range_matcher(self, rng: RangeBound) -> Callable[[Sequence[Any]], bool]:
         """Predicate over a row's clustering values as PostgreSQL returns them: is the row inside
         ``rng`` in CQL clustering order (DESC columns reversed)? For clustering types PostgreSQL
-        does not sort as CQL does (pg_sql.SQL_ORDERED)."""
+        does not sort as CQL does (sql.SQL_ORDERED)."""
         n = max(len(rng.start), len(rng.end))
         back = [from_pg(self.types[c]) for c in self.ck_names[:n]]
         keys = [cql_order_key(self.types[c]) for c in self.ck_names[:n]]

@@ -3,7 +3,7 @@
 ClickHouse has no partial updates: every change is a new version of the whole row. So a batch is
 applied in memory, in order, on the current rows read back from ClickHouse (``BatchState.load``):
 
-1. ``prepare`` converts every event to ClickHouse value space first (ch_types), so bad values are
+1. ``prepare`` converts every event to ClickHouse value space first (types.py), so bad values are
    bad rows before anything is read or written.
 2. ``BatchState.apply`` replays the events: the version guard skips an event whose write time is
    not newer than the row (a delete wins a tie); partial updates keep the other columns; deleted
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcd.events import Op
-from cdcd.sinks.ch_codec import TableCodec, is_empty, merge_into
-from cdcd.sinks.ch_prepare import Prepared, blind_keys, bulk_columns, fresh_columns, prepare
-from cdcd.sinks.ch_sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION, ChLayout
-from cdcd.sinks.ch_types import (
+from cdcd.sinks.clickhouse.codec import TableCodec, is_empty, merge_into
+from cdcd.sinks.clickhouse.prepare import Prepared, blind_keys, bulk_columns, fresh_columns, prepare
+from cdcd.sinks.clickhouse.sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION, ChLayout
+from cdcd.sinks.clickhouse.types import (
     LIST_KEYS_PREFIX,
     Converter,
     as_list,
@@ -77,7 +77,7 @@ class BatchState:
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, static: bool, layout: ChLayout, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows read back with ``ch_sql.read_sql`` (columns = ``layout.all_columns()``, Strings
+        """Rows read back with ``sql.read_sql`` (columns = ``layout.all_columns()``, Strings
         read as ``codec.read_formats`` says)."""
         names = layout.all_columns()
         pos = {n: i for i, n in enumerate(names)}
@@ -96,7 +96,7 @@ class BatchState:
             )  # fmt: skip
 
     def load_records(self, static: bool, layout: ChLayout, records: Iterable[dict[str, Any]]) -> None:
-        """Rows as this sink inserted them (``output`` records; see ch_cache)."""
+        """Rows as this sink inserted them (``output`` records; see cache.py)."""
         key_names = layout.key_names
         value_cols = layout.value_columns()
         for rec in records:

@@ -14,8 +14,8 @@ from typing import Any
 
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import CqlType
-from cdcd.sinks.ch_codec import TableCodec, merge_into
-from cdcd.sinks.ch_sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION
+from cdcd.sinks.clickhouse.codec import TableCodec, merge_into
+from cdcd.sinks.clickhouse.sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION
 
 __all__ = ["Prepared", "blind_keys", "bulk_columns", "fresh_columns", "prepare"]
 
@@ -201,7 +201,7 @@ def blind_keys(codec: TableCodec, prepared: Iterable[Prepared]) -> set[Any]:
 
 def bulk_columns(codec: TableCodec, events: Sequence[ChangeEvent]) -> dict[str, list[Any]] | None:
     """``fresh_columns(codec, prepare(codec, events))`` for the plainest bulk batch, converted
-    column by column (``ch_types.to_ch_column``) without a per-event step: only INSERTs of clustering
+    column by column (``types.to_ch_column``) without a per-event step: only INSERTs of clustering
     rows with distinct keys, each setting exactly every column, in a table without non-frozen
     collections/UDTs. None for any other batch or any bad value (the general path then names the
     bad rows)."""

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from cdcd.schema import Column, TableSchema
-from cdcd.sinks.ch_types import LIST_KEYS_PREFIX, column_type, nullable_ok
-from cdcd.sinks.ch_types import quote_ident as ident
+from cdcd.sinks.clickhouse.types import LIST_KEYS_PREFIX, column_type, nullable_ok
+from cdcd.sinks.clickhouse.types import quote_ident as ident
 from cdcd.sinks.layout import Layout
 
 __all__ = [

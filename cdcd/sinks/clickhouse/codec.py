@@ -8,8 +8,8 @@ from typing import Any
 
 from cdcd.events import timeuuid_sort_key
 from cdcd.schema import CqlType, TableSchema
-from cdcd.sinks.ch_sql import ChLayout
-from cdcd.sinks.ch_types import (
+from cdcd.sinks.clickhouse.sql import ChLayout
+from cdcd.sinks.clickhouse.types import (
     LIST_KEYS_PREFIX,
     Converter,
     freeze,

@@ -2,14 +2,14 @@
 
 Per ``write()``:
 
-1. every event is converted to ClickHouse values (ch_fold.prepare): bad values are ``BadRows``
+1. every event is converted to ClickHouse values (fold.prepare): bad values are ``BadRows``
    before anything is read or written. A batch of full-row INSERTs of distinct keys (the bulk
-   case) becomes columns directly (ch_fold.bulk_columns / fresh_columns) and skips 2-3;
+   case) becomes columns directly (fold.bulk_columns / fresh_columns) and skips 2-3;
 2. the newest stored version of every row the batch touches (delete markers included; whole
    partitions for partition/range deletes) is read back with server-side parameters, except keys
    whose first event is a full-row INSERT ("blind": ReplacingMergeTree keeps the newest version
-   anyway) and keys held by the optional row cache (ch_cache, ``row_cache_rows``);
-3. the batch is applied in memory on those rows (ch_fold.BatchState: version guard, partial
+   anyway) and keys held by the optional row cache (cache.py, ``row_cache_rows``);
+3. the batch is applied in memory on those rows (fold.BatchState: version guard, partial
    updates, exact collection deltas, deletes), giving ONE full row per touched key;
 4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
    ``<table>_history``), each with an ``insert_deduplication_token`` derived from the batch's CDC
@@ -35,9 +35,9 @@ from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
-from cdcd.sinks.ch_cache import RowCache
-from cdcd.sinks.ch_classify import Action, classify, error_code
-from cdcd.sinks.ch_fold import (
+from cdcd.sinks.clickhouse.cache import RowCache
+from cdcd.sinks.clickhouse.classify import Action, classify, error_code
+from cdcd.sinks.clickhouse.fold import (
     BatchState,
     Prepared,
     TableCodec,
@@ -46,7 +46,7 @@ from cdcd.sinks.ch_fold import (
     fresh_columns,
     prepare,
 )
-from cdcd.sinks.ch_sql import (
+from cdcd.sinks.clickhouse.sql import (
     DELETED_AT,
     ChLayout,
     history_columns,
@@ -56,8 +56,8 @@ from cdcd.sinks.ch_sql import (
     read_sql,
     table_ddl,
 )
-from cdcd.sinks.ch_wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
-from cdcd.sinks.pg_types import JSON_ENCODER, json_value
+from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
+from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
 
 __all__ = ["ClickHouseSink"]
 
@@ -87,7 +87,7 @@ class ClickHouseSink:
     """``[destinations.<name>] type = "clickhouse"``. Config attributes read (with defaults):
     ``url``, ``username``, ``password`` (Secret) or ``password_file``, ``verify_tls``, ``ca_file``,
     ``connect_timeout``, ``send_receive_timeout``, ``create_tables`` (True), ``row_cache_rows`` (0 =
-    no row cache; see ch_cache for when it is safe)."""
+    no row cache; see cache.py for when it is safe)."""
 
     kind = "clickhouse"
 

@@ -14,8 +14,8 @@ from cdcd.errors import SchemaMismatch
 from cdcd.events import CqlDuration
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
-from cdcd.sinks.pg_fold import TableCodec
-from cdcd.sinks.pg_sql import (
+from cdcd.sinks.postgres.fold import TableCodec
+from cdcd.sinks.postgres.sql import (
     DELETED,
     STAGING_COLUMNS,
     TargetLayout,
@@ -31,7 +31,7 @@ from cdcd.sinks.pg_sql import (
     vanish_sql,
     wide_delete_sql,
 )
-from cdcd.sinks.pg_types import JSON_DECODER, JSON_ENCODER, pg_type
+from cdcd.sinks.postgres.types import JSON_DECODER, JSON_ENCODER, pg_type
 
 __all__ = [
     "DELETE_SIG",

@@ -18,7 +18,7 @@ from typing import ClassVar
 from cdcd.errors import SchemaMismatch
 from cdcd.schema import Column, TableSchema
 from cdcd.sinks.layout import Layout
-from cdcd.sinks.pg_types import LIST_KEYS_PREFIX, pg_type
+from cdcd.sinks.postgres.types import LIST_KEYS_PREFIX, pg_type
 
 __all__ = [
     "META_COLUMNS",
@@ -184,7 +184,7 @@ def static_view_ddl(main: TargetLayout, static: TargetLayout) -> list[str]:
 
 # CQL types whose PostgreSQL column sorts exactly as CQL sorts them (text under COLLATE "C": byte
 # order of UTF-8 = CQL order). Range deletes over other clustering types (uuid/timeuuid, inet,
-# collections, tuples, UDTs) are matched in Python with pg_types.cql_order_key.
+# collections, tuples, UDTs) are matched in Python with types.cql_order_key.
 SQL_ORDERED = frozenset(
     {
         "ascii", "text", "varchar", "tinyint", "smallint", "int", "bigint", "varint", "decimal",

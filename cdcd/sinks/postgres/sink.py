@@ -3,7 +3,7 @@ ensure_table, write, classify) for a new destination.
 
 Per ``write()``: ONE transaction.
 
-1. The batch is folded per row in Python (``pg_fold.fold``): several changes to one key become one
+1. The batch is folded per row in Python (``fold.fold``): several changes to one key become one
    row plan holding the final state; events PostgreSQL could never store (U+0000 in text, unknown
    columns) are refused at once with ``BadRows``. Partition and range deletes cut the batch into
    segments, applied in order.
@@ -19,9 +19,9 @@ Per ``write()``: ONE transaction.
 Static columns live in ``<table>_static`` (one row per partition), because they belong to the
 partition, not to its rows; ``<table>_view`` joins them back (docs/type-map.md).
 
-Modules: ``pg_types`` (type map, value conversion), ``pg_sql`` (identifiers, DDL, statement texts),
-``pg_fold`` (batch -> row plans, pure), ``pg_table`` (per-mapping state, codecs, table checks),
-``classify`` (exception -> action).
+Modules of ``cdcd.sinks.postgres``: ``types`` (type map, value conversion), ``sql`` (identifiers,
+DDL, statement texts), ``fold`` (batch -> row plans, pure), ``table`` (per-mapping state, codecs,
+table checks); ``cdcd.sinks.classify`` (exception -> action).
 
 Errors: connection problems, timeouts and SQLSTATE 08/53/57/40001/40P01 raise ``SinkUnavailable``
 (retry the whole batch). A data error (SQLSTATE 22/23) rolls back and the batch is bisected with
@@ -44,8 +44,8 @@ from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
-from cdcd.sinks.pg_fold import RowPlan, Segment, fold, resolve
-from cdcd.sinks.pg_sql import (
+from cdcd.sinks.postgres.fold import RowPlan, Segment, fold, resolve
+from cdcd.sinks.postgres.sql import (
     DELETED,
     DELETED_AT,
     MARKER,
@@ -58,7 +58,7 @@ from cdcd.sinks.pg_sql import (
     ident,
     static_view_ddl,
 )
-from cdcd.sinks.pg_table import (
+from cdcd.sinks.postgres.table import (
     DELETE_SIG,
     READ_BACK,
     PgTable,
@@ -66,7 +66,7 @@ from cdcd.sinks.pg_table import (
     init_connection,
     require_columns,
 )
-from cdcd.sinks.pg_types import (
+from cdcd.sinks.postgres.types import (
     LIST_KEYS_PREFIX,
     json_value,
     row_key,
@@ -293,7 +293,7 @@ class PostgresSink:
     async def _read_back(
         self, conn: asyncpg.Connection, table: PgTable, layout: TargetLayout, plans: list[RowPlan], seg: int
     ) -> None:
-        """Resolve collection deltas against the values PostgreSQL holds now (pg_fold.resolve)."""
+        """Resolve collection deltas against the values PostgreSQL holds now (fold.resolve)."""
         need = [p for p in plans if p.colls and any(not c.cleared for c in p.colls.values())]
         current: dict[tuple[Any, ...], dict[str, Any]] = {}
         if need:

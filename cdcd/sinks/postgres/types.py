@@ -4,7 +4,7 @@
 (cdcd/events.py) to what asyncpg encodes for that column. Collections whose elements are scalars
 become arrays; everything nested (maps, tuples, UDTs, collections of collections) becomes
 ``jsonb`` in the "JSON space" described by ``json_value``. Merging non-frozen collection deltas
-happens in PostgreSQL value space (postgres.py reads the current value back), so ``to_pg`` must be
+happens in PostgreSQL value space (the sink reads the current value back), so ``to_pg`` must be
 deterministic: the same canonical value always gives the same PostgreSQL value. ``from_pg(t)``
 converts back (tests and reconciliation compare canonical values).
 """

@@ -1,4 +1,5 @@
-"""Exception -> action for the ClickHouse sink (style.md §7.5; the PostgreSQL table is classify.py).
+"""Exception -> action for the ClickHouse sink (style.md §7.5; the PostgreSQL table is
+cdcd/sinks/classify.py).
 
 =============================================  ===============================================
 what failed                                    action
