@@ -90,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
     except ConfigError as exc:
-        print(f"cdcd: configuration error: {exc}", file=sys.stderr)
+        errors = getattr(exc, "errors", [exc])
+        for error in errors:
+            print(f"cdcd: configuration error: {error}", file=sys.stderr)
+        if len(errors) > 1:
+            print(f"cdcd: {len(errors)} configuration errors; nothing was started", file=sys.stderr)
         return 2
     if args.command == "run":
         return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)

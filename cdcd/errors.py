@@ -4,6 +4,7 @@
 
     CdcdError
     ├── ConfigError          file, key path, expected, got; fatal at start-up
+    │   └── ConfigErrors     several ConfigErrors found in one pass (``errors``)
     ├── SourceUnavailable    retriable: driver errors, timeouts, Scylla down
     ├── SinkError
     │   ├── SinkUnavailable  retriable: connection lost, timeout, SQLSTATE 08/53/57, ClickHouse network
@@ -15,12 +16,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BadRows",
     "CdcdError",
     "ConfigError",
+    "ConfigErrors",
     "InvalidRecord",
     "LeaseLost",
     "SchemaMismatch",
@@ -45,6 +47,20 @@ class ConfigError(CdcdError):
         self.detail = message
         where = ": ".join(part for part in (file, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one pass over a configuration file (``errors``, in file order as
+    far as known). ``file``/``key``/``detail`` are those of the first; ``str()`` has one line per
+    error, each ``file: key: message``."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        self.errors = list(errors)
+        first = self.errors[0]
+        CdcdError.__init__(self, "\n".join(str(e) for e in self.errors))
+        self.file, self.key, self.detail = first.file, first.key, first.detail
 
 
 class SourceUnavailable(CdcdError):

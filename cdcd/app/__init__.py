@@ -31,6 +31,7 @@ import sys
 from cdcd.app.daemon import Daemon, StartAt
 from cdcd.app.deps import Dependencies, SinkFactory, check_dependencies
 from cdcd.config import Config
+from cdcd.config.endpoints import endpoints
 from cdcd.ops import emit
 from cdcd.ops.logging import configure as configure_logging
 
@@ -53,6 +54,11 @@ def check(cfg: Config, *, config_file: str, offline: bool = False, timeout: floa
     configure_logging(level="error", fmt=cfg.logging.format)
     logging.getLogger("cassandra").setLevel(logging.CRITICAL)  # its failures are in the report
     print(f"config {config_file}: ok ({len(cfg.tables)} tables, destinations: {', '.join(cfg.destinations)})")
+    where = endpoints(cfg)
+    print("endpoints (not contacted: --offline):" if offline else "endpoints:")
+    pad = max(len(name) for name, _ in where)
+    for name, text in where:
+        print(f"  {name:<{pad}}  {text}")
     if offline:
         return 0
     results = asyncio.run(check_dependencies(cfg, limit=timeout))

@@ -24,9 +24,9 @@ from cdcd.config.model import (
     TlsConfig,
 )
 from cdcd.config.values import Secret, join_key, unwrap
-from cdcd.errors import ConfigError
+from cdcd.errors import ConfigError, ConfigErrors
 
-__all__ = ["Finisher"]
+__all__ = ["Finisher", "Problems", "related"]
 
 
 # ------------------------------------------------------------ secrets, files and cross-field checks
@@ -34,20 +34,65 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s/]+)(?::(\d{1,5}))?")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]+")
 _LITERAL_FORBIDDEN = frozenset({"password", "admin_token"})
+# A libpq keyword DSN ("host=db password=x") or a URL query (?password=x) holding a password.
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)(?:ssl)?password\s*=", re.I)
+_QUERY_PASSWORDS = frozenset({"password", "sslpassword"})
+
+
+def related(key: str, other: str) -> bool:
+    """``key`` and ``other`` are the same key or one lies inside the other."""
+    if key == other:
+        return True
+    inner, outer = (key, other) if len(key) > len(other) else (other, key)
+    return inner.startswith(outer) and inner[len(outer)] in ".["
+
+
+class Problems:
+    """The errors of one config file, collected so that one run reports all of them. Errors on
+    keys listed in ``skip`` (their value came from a variable that is not set, already reported)
+    are dropped, as are repeats."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.items: list[ConfigError] = []
+        self.skip: set[str] = set()
+
+    def add(self, error: ConfigError) -> None:
+        key = error.key or ""
+        if key and any(related(key, k) for k in self.skip):
+            return
+        if any(e.key == error.key and e.detail == error.detail for e in self.items):
+            return
+        self.items.append(error)
+
+    def report(self, key: str, message: str) -> None:
+        self.add(ConfigError(message, file=self.file, key=key))
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise self.items[0]
+        if self.items:
+            raise ConfigErrors(self.items)
 
 
 class Finisher:
-    """Checks that need more than one field, the environment or the file system."""
+    """Checks that need more than one field, the environment or the file system. Every problem
+    is reported to ``problems`` (the checks go on, so one run lists them all)."""
 
-    def __init__(self, file: str, from_env: set[str], base_dir: str) -> None:
+    def __init__(
+        self, file: str, from_env: set[str], base_dir: str, problems: Problems | None = None
+    ) -> None:
         self.file = file
         self.from_env = from_env
         self.base_dir = base_dir
+        self.problems = problems or Problems(file)
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=key)
+    def fail(self, key: str, message: str) -> None:
+        self.problems.report(key, message)
 
     def run(self, cfg: Config) -> Config:
+        """The finished Config (``x_file`` secrets read, default replica name); problems are
+        reported, and raised at the end when the caller gave no ``problems`` of its own."""
         cfg = msgspec.structs.replace(
             cfg,
             source=self.section(cfg.source, "source"),
@@ -67,7 +112,7 @@ class Finisher:
         if not cfg.instance.replica:
             cfg = msgspec.structs.replace(cfg, instance=InstanceConfig(replica=socket.gethostname()))
         elif not _SAFE_NAME.fullmatch(cfg.instance.replica):
-            raise self.fail("instance.replica", "expected letters, digits, '_', '.' or '-'")
+            self.fail("instance.replica", "expected letters, digits, '_', '.' or '-'")
         return cfg
 
     # -- secrets and files
@@ -82,21 +127,38 @@ class Finisher:
             elif f.name.endswith("_file") and value is not None:
                 target = f.name[: -len("_file")]
                 resolved = self.path(key, value)
+                if resolved is None:
+                    continue
                 if hasattr(sec, target) and unwrap(_field_type(sec, target)) is Secret:
-                    if target not in self.explicit(sec, path):
-                        changes[target] = Secret(self.read_secret(key, resolved))
-                    else:
-                        raise self.fail(key, f"give either {target} or {f.name}, not both")
+                    if target in self.explicit(sec, path):
+                        self.fail(key, f"give either {target} or {f.name}, not both")
+                        continue
+                    secret = self.read_secret(key, resolved)
+                    if secret is None:
+                        continue
+                    changes[target] = Secret(secret)
                 changes[f.name] = resolved
+        failed_files = {
+            f.name[: -len("_file")]
+            for f in msgspec.structs.fields(sec)
+            if f.name.endswith("_file") and getattr(sec, f.name) is not None and f.name not in changes
+        }
         for f in msgspec.structs.fields(sec):
             value = getattr(sec, f.name)
             key = join_key(path, f.name)
             if isinstance(value, Secret) and not value.get():
-                raise self.fail(key, "is empty (is the environment variable set to an empty string?)")
-            if isinstance(value, Secret) and f.name not in changes and key not in self.from_env:
-                self.refuse_literal(key, f.name, value)
-            if f.name in sec.required_secrets and getattr(sec, f.name) is None and f.name not in changes:
-                raise self.fail(key, f'required: give {f.name} (e.g. "${{VAR}}") or {f.name}_file')
+                self.fail(key, "is empty (is the environment variable set to an empty string?)")
+            elif isinstance(value, Secret) and f.name not in changes and key not in self.from_env:
+                self.refuse_literal(key, f.name, value.get())
+            elif isinstance(value, str) and "://" in value:
+                self.refuse_url_password(key, value, sec)
+            if (
+                f.name in sec.required_secrets
+                and getattr(sec, f.name) is None
+                and f.name not in changes
+                and f.name not in failed_files
+            ):
+                self.fail(key, f'required: give {f.name} (e.g. "${{VAR}}") or {f.name}_file')
         return msgspec.structs.replace(sec, **changes) if changes else sec
 
     def explicit(self, sec: Any, path: str) -> set[str]:
@@ -109,36 +171,47 @@ class Finisher:
                 out.add(f.name)
         return out
 
-    def refuse_literal(self, key: str, name: str, value: Secret) -> None:
-        if not value.get():
+    def refuse_literal(self, key: str, name: str, value: str) -> None:
+        """A secret written in the file itself (R-70): a password or token, or a DSN/URL that
+        holds a password (``user:pw@``, ``?password=``, libpq ``password=``)."""
+        if not value:
             return
+        instead = f'use an environment variable ("${{VAR}}") or {name}_file'
         if name in _LITERAL_FORBIDDEN:
-            raise self.fail(
-                key, f'secrets must not be written in the config file: use "${{VAR}}" or {name}_file'
-            )
-        try:
-            has_password = urllib.parse.urlsplit(value.get()).password is not None
-        except ValueError:
-            has_password = False
-        if has_password:
-            raise self.fail(
-                key, f'the URL holds a password: put it in "${{VAR}}" or {name}_file, not in the config file'
-            )
+            self.fail(key, f"secrets must not be written in the config file: {instead}")
+            return
+        where = _password_in(value)
+        if where:
+            self.fail(key, f"the {where} holds a password: {instead}, not the config file")
 
-    def path(self, key: str, value: str) -> str:
+    def refuse_url_password(self, key: str, value: str, sec: Any) -> None:
+        """A plain (non-secret) URL, e.g. ClickHouse's ``url``, must not carry credentials."""
+        where = _password_in(value)
+        if where:
+            alt = (
+                'give the user as username and the password as password = "${VAR}" or password_file'
+                if hasattr(sec, "password_file")
+                else 'use an environment variable ("${VAR}")'
+            )
+            self.fail(key, f"the {where} holds a password: {alt}, not the config file")
+
+    def path(self, key: str, value: str) -> str | None:
         p = Path(value) if os.path.isabs(value) else Path(self.base_dir) / value
         if not p.is_file():
-            raise self.fail(key, f"file {str(p)!r} does not exist or is not a regular file")
+            self.fail(key, f"file {str(p)!r} does not exist or is not a regular file")
+            return None
         return str(p)
 
-    def read_secret(self, key: str, path: str) -> str:
+    def read_secret(self, key: str, path: str) -> str | None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise self.fail(key, f"cannot read {path!r}: {exc}") from None
+            self.fail(key, f"cannot read {path!r}: {exc}")
+            return None
         text = text.rstrip("\r\n")
         if not text:
-            raise self.fail(key, f"file {path!r} is empty")
+            self.fail(key, f"file {path!r} is empty")
+            return None
         return text
 
     # -- sections
@@ -147,51 +220,58 @@ class Finisher:
         for i, host in enumerate(src.hosts):
             m = _HOST.fullmatch(host.strip())
             if m is None or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
-                raise self.fail(f"source.hosts[{i}]", f'expected "host" or "host:port", got "{host}"')
+                self.fail(f"source.hosts[{i}]", f'expected "host" or "host:port", got "{host}"')
+                continue
             ports.add(int(m.group(2) or 9042))
         if len(ports) > 1:
-            raise self.fail("source.hosts", f"all hosts must use the same port, got {sorted(ports)}")
+            self.fail("source.hosts", f"all hosts must use the same port, got {sorted(ports)}")
         if (src.username is None) != (src.password is None):
-            raise self.fail("source.username", "username and password must be given together")
+            self.fail("source.username", "username and password must be given together")
         for name in ("poll_interval", "window", "generation_poll", "request_timeout", "connect_timeout"):
             if getattr(src, name) <= 0:
-                raise self.fail(f"source.{name}", "expected a duration > 0")
+                self.fail(f"source.{name}", "expected a duration > 0")
         if src.max_window < src.window:
-            raise self.fail("source.max_window", f"expected a duration >= source.window ({src.window})")
+            self.fail("source.max_window", f"expected a duration >= source.window ({src.window})")
         self.check_tls(src.tls, "source.tls")
 
     def check_tls(self, tls: TlsConfig, path: str) -> None:
         if (tls.cert_file is None) != (tls.key_file is None):
-            raise self.fail(f"{path}.cert_file", "cert_file and key_file must be given together")
+            self.fail(f"{path}.cert_file", "cert_file and key_file must be given together")
 
     def check_state(self, st: StateConfig) -> None:
         scheme = urllib.parse.urlsplit(st.redis_url.get()).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise self.fail(
-                "state.redis_url", f'expected a redis://, rediss:// or unix:// URL, got "{scheme}:"'
-            )
+            self.fail("state.redis_url", f'expected a redis://, rediss:// or unix:// URL, got "{scheme}:"')
         if not _KEY_PREFIX.fullmatch(st.key_prefix):
-            raise self.fail("state.key_prefix", "expected letters, digits and _ . - : { }")
+            self.fail("state.key_prefix", "expected letters, digits and _ . - : { }")
         if st.checkpoint_interval <= 0:
-            raise self.fail("state.checkpoint_interval", "expected a duration > 0")
+            self.fail("state.checkpoint_interval", "expected a duration > 0")
 
     def check_http(self, http: HttpConfig) -> None:
         host, sep, port = http.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise self.fail("http.listen", f'expected "host:port", got "{http.listen}"')
+            self.fail("http.listen", f'expected "host:port", got "{http.listen}"')
 
     def check_destination(self, name: str, dest: Destination, cfg: Config) -> None:
         path = join_key("destinations", name)
         if not _SAFE_NAME.fullmatch(name):
-            raise self.fail(path, "destination names may hold letters, digits, '_', '.' and '-' only")
-        is_http = urllib.parse.urlsplit(getattr(dest, "url", "http:")).scheme in ("http", "https")
-        if isinstance(dest, ClickHouseDestination) and not is_http:
-            raise self.fail(f"{path}.url", f'expected an http:// or https:// URL, got "{dest.url}"')
+            self.fail(path, "destination names may hold letters, digits, '_', '.' and '-' only")
+        if isinstance(dest, ClickHouseDestination):
+            if urllib.parse.urlsplit(dest.url).scheme not in ("http", "https"):
+                self.fail(f"{path}.url", f'expected an http:// or https:// URL, got "{dest.url}"')
+        elif dest.dsn is not None and dest.dsn.get():
+            scheme = urllib.parse.urlsplit(dest.dsn.get()).scheme
+            if scheme not in ("postgresql", "postgres"):
+                self.fail(
+                    f"{path}.dsn",
+                    'expected a postgresql:// URL such as "postgresql://user@host:5432/db" '
+                    '(the libpq keyword form "host=... dbname=..." is not supported)',
+                )
         if isinstance(dest, TimescaleDestination):
             routed = {t.source for t in cfg.tables if name in t.destinations}
             for table in dest.hypertables:
                 if table not in routed:
-                    raise self.fail(
+                    self.fail(
                         join_key(f"{path}.hypertables", table),
                         f"no [[tables]] entry sends {table} to destination {name}",
                     )
@@ -202,24 +282,46 @@ class Finisher:
         names = ", ".join(sorted(cfg.destinations))
         for i, t in enumerate(cfg.tables):
             if t.source in seen:
-                raise self.fail(
+                self.fail(
                     f"tables[{i}].source", f"{t.source} is already configured in tables[{seen[t.source]}]"
                 )
+                continue  # (its targets would only repeat the news)
             seen[t.source] = i
             for j, d in enumerate(t.destinations):
                 if d not in cfg.destinations:
-                    raise self.fail(
+                    self.fail(
                         f"tables[{i}].destinations[{j}]", f'unknown destination "{d}"; configured: {names}'
                     )
+                    continue
                 if d in t.destinations[:j]:
-                    raise self.fail(f"tables[{i}].destinations[{j}]", f'destination "{d}" is listed twice')
+                    self.fail(f"tables[{i}].destinations[{j}]", f'destination "{d}" is listed twice')
+                    continue
                 target = (d, f"{t.target_schema}.{t.target_table}")
                 if target in targets:
-                    raise self.fail(
+                    self.fail(
                         f"tables[{i}].target",
                         f"{target[1]} in destination {d} is already the target of tables[{targets[target]}]",
                     )
-                targets[target] = i
+                else:
+                    targets[target] = i
+
+
+def _password_in(value: str) -> str:
+    """Where ``value`` (a DSN or URL) holds a password: "URL" (``user:pw@``), "URL query"
+    (``?password=``), "DSN" (libpq ``password=``); "" when it holds none."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme and parts.password is not None:
+            return "URL"
+        if parts.scheme and parts.query:
+            keys = {k.lower() for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+            if keys & _QUERY_PASSWORDS:
+                return "URL query"
+    except ValueError:
+        pass
+    if "://" not in value and _KEYWORD_PASSWORD.search(value):
+        return "DSN"
+    return ""
 
 
 def _field_type(sec: Any, name: str) -> Any:
