@@ -29,6 +29,7 @@ __all__ = [
     "SinkError",
     "SinkUnavailable",
     "SourceUnavailable",
+    "describe",
 ]
 
 
@@ -98,3 +99,12 @@ class SchemaMismatch(CdcdError):
 
 class LeaseLost(CdcdError):
     """Another replica holds the stream group now; stop reading and do not save checkpoints."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as operators read it: cdcd's own errors by their message (it names what failed
+    and where), any other as ``Type: message`` (the type alone when there is no message)."""
+    text = str(exc).strip()
+    if isinstance(exc, CdcdError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -13,13 +13,13 @@ import contextlib
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from cdcd.config import Config, Destination, TableConfig, TlsConfig
-from cdcd.errors import ConfigError
+from cdcd.errors import ConfigError, describe
 from cdcd.flow import BatchPolicy, CommitPolicy, PipelineConfig, RetryPolicy
 from cdcd.ops import emit
 from cdcd.ops.http import CheckResult
@@ -35,6 +35,7 @@ __all__ = [
     "check_dependencies",
     "default_sink_factory",
     "pipeline_config",
+    "plain",
     "reader_config",
     "ssl_context",
     "table_mapping",
@@ -152,6 +153,8 @@ class Dependencies:
 
 
 async def timed(what: Awaitable[Any], limit: float) -> CheckResult:
+    """Await one check within ``limit`` seconds: its answer as plain text (``plain``), or the
+    error as operators read it (``describe``; secrets scrubbed)."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(limit):
@@ -159,10 +162,29 @@ async def timed(what: Awaitable[Any], limit: float) -> CheckResult:
     except TimeoutError:
         return CheckResult(ok=False, detail=f"no answer within {limit} s", seconds=limit)
     except Exception as exc:
-        return CheckResult(
-            ok=False, detail=scrub(f"{type(exc).__name__}: {exc}"), seconds=time.monotonic() - started
+        return CheckResult(ok=False, detail=scrub(describe(exc)), seconds=time.monotonic() - started)
+    return CheckResult(ok=True, detail=plain(result), seconds=time.monotonic() - started)
+
+
+# Column names of probe answers, as words (``SELECT release_version FROM system.local``).
+_COLUMN_WORDS = {"release_version": "release"}
+
+
+def plain(result: Any) -> str:
+    """A probe's answer as text for /readyz and check-config: ``True``/``None`` (a PING, a
+    healthcheck) -> ``"ok"``; rows (a CQL query) -> ``"release 3.0.8"``; text as it is."""
+    if result is None or result is True or result == "":
+        return "ok"
+    if isinstance(result, str):
+        return result
+    if isinstance(result, list | tuple) and all(isinstance(r, Mapping) for r in result):
+        if not result:
+            return "ok (no rows)"
+        return "; ".join(
+            ", ".join(f"{_COLUMN_WORDS.get(k, k.replace('_', ' '))} {v}" for k, v in row.items())
+            for row in result
         )
-    return CheckResult(ok=True, detail=str(result or ""), seconds=time.monotonic() - started)
+    return str(result)
 
 
 async def check_dependencies(

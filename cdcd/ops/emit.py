@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cdcd import __version__
+from cdcd.errors import CdcdError
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
@@ -112,7 +113,23 @@ def dependency_checked(*, dependency: str, ok: bool, detail: str, seconds: float
     if ok:
         log.debug("dependency healthy", dependency=dependency, seconds=round(seconds, 3))
     else:
-        log.warning("dependency unhealthy", dependency=dependency, error=scrub(detail))
+        log.warning("dependency unhealthy", dependency=dependency, error=scrub(_without_own_class(detail)))
+
+
+def _own_error_names() -> set[str]:
+    names, todo = set(), [CdcdError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _without_own_class(detail: str) -> str:
+    """``"SinkUnavailable: pg: PostgreSQL at h:5432: ..."`` -> ``"pg: PostgreSQL at h:5432: ..."``:
+    cdcd's own errors name what failed in their message; their class name is noise."""
+    name, sep, rest = detail.partition(": ")
+    return rest if sep and rest and name in _own_error_names() else detail
 
 
 def table_ready(*, table: str, destination: str, ttl: int) -> None:

@@ -3,7 +3,9 @@
 * ``GET /healthz``: 200 while the process and its event loop answer.
 * ``GET /readyz``: 200 when every dependency check passes, else 503; JSON per dependency.
 * ``GET /status``: JSON from the status provider: per table, destination and stream group the
-  state, positions, lag and counters (``build_status`` folds ``cdcd.flow.PipelineStatus`` values).
+  state, lag, counters and mode (``build_status`` folds ``cdcd.flow.PipelineStatus`` values).
+  Each stream's applied and checkpointed position (``positions``, ``checkpoint``: most of the
+  bytes) only with ``?verbose=true``; by default a group shows how many ``streams`` it has.
 * ``GET /metrics``: Prometheus text of the given registries.
 * ``/admin/*``: operator actions; every request needs ``Authorization: Bearer <http.admin_token>``
   (401 otherwise, and always 401 while no token is configured). ``POST /admin/<name>`` runs the
@@ -29,7 +31,7 @@ from cdcd.config import Secret
 from cdcd.ops.horizon import fold_lag, time_until_loss
 from cdcd.ops.logging import get_logger, scrub
 
-__all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app"]
+__all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app", "summarize"]
 
 log = get_logger("cdcd.ops.http")
 
@@ -56,6 +58,9 @@ def _response(body: Any, status: int = 200, headers: Mapping[str, str] | None = 
     )
 
 
+_FINISHED = ("done", "closed", "terminated", "failed")
+
+
 def build_status(
     statuses: Iterable[Any],
     *,
@@ -80,7 +85,12 @@ def build_status(
         )
         for k in ("destination", "table", "group"):
             raw.pop(k, None)
+        raw["streams"] = len(raw.get("positions") or ())
         dest["groups"][st.group] = raw
+        if st.state not in _FINISHED:  # live branches by mode: read shared, or catching up alone
+            modes = dest.setdefault("modes", {})
+            mode = getattr(st, "mode", "shared")
+            modes[mode] = modes.get(mode, 0) + 1
         dest["events_applied"] += st.events_applied
         dest["queue_depth"] += st.queue_depth
         if _RANK.get(st.state, 0) > _RANK.get(dest["state"], 0):
@@ -97,6 +107,31 @@ def build_status(
                 (ttls or {}).get(table, 0), dest["lag_seconds"]
             )
     return {**top, "tables": tables}
+
+
+# Per-stream detail of a group in /status, shown only with ?verbose=true.
+STREAM_DETAIL = ("positions", "checkpoint")
+
+
+def summarize(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` (``build_status`` output) without the per-stream detail of its groups."""
+    out = dict(status)
+    tables = {}
+    for table, entry in (status.get("tables") or {}).items():
+        dests = {}
+        for name, dest in entry.get("destinations", {}).items():
+            groups = {
+                g: {k: v for k, v in body.items() if k not in STREAM_DETAIL}
+                for g, body in dest.get("groups", {}).items()
+            }
+            dests[name] = {**dest, "groups": groups}
+        tables[table] = {**entry, "destinations": dests}
+    out["tables"] = tables
+    return out
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
 
 
 # Worst first wins when folding group states into a destination state.
@@ -133,7 +168,11 @@ def make_app(
         return _response(body, status=200 if ok else 503)
 
     async def status_handler(request: web.Request) -> web.Response:
-        return _response(status())
+        flag = request.query.get("verbose", "false").strip().lower()
+        if flag not in _TRUE + _FALSE:
+            return _response({"error": f"verbose must be true or false, got {flag[:20]!r}"}, 400)
+        body = status()
+        return _response(body if flag in _TRUE else summarize(body))
 
     async def metrics(request: web.Request) -> web.Response:
         body = b"".join(generate_latest(r) for r in registries)

@@ -96,7 +96,7 @@ async def test_healthz(served: tuple[str, World], client: aiohttp.ClientSession)
 
 async def test_status_shape(served: tuple[str, World], client: aiohttp.ClientSession) -> None:
     url, _ = served
-    async with client.get(url + "/status") as r:
+    async with client.get(url + "/status?verbose=true") as r:
         assert r.status == 200
         body = await r.json()
     assert body["replica"] == "test"
