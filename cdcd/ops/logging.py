@@ -6,6 +6,10 @@ it: ``table``, ``destination``, ``group``, ``correlation_id`` (bound per batch w
 ``correlation()``), ``error``... Standard-library loggers (the READER's ``logging.getLogger``,
 the Scylla driver) go through the same renderer, so the output is uniform.
 
+The Scylla driver logs connection failures (every reconnect attempt) with a full traceback;
+``DriverErrorFolder`` turns each into one line: the driver's message plus an ``error`` field
+(``ConnectionRefusedError: ...``), no ``exception``.
+
 Sensitive values are never logged (``Redactor``): row values, images and event payloads are
 dropped, secrets are masked by key name (password, token, dsn...), ``Secret`` values render as
 ``***``, and passwords inside URLs in any string (``postgresql://u:pw@h`` in a driver error)
@@ -27,7 +31,15 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from cdcd.config import Secret
 
-__all__ = ["Redactor", "configure", "correlation", "get_logger", "new_correlation_id", "scrub"]
+__all__ = [
+    "DriverErrorFolder",
+    "Redactor",
+    "configure",
+    "correlation",
+    "get_logger",
+    "new_correlation_id",
+    "scrub",
+]
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _SECRET_ARG = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^\s&;,]+)")
@@ -72,6 +84,38 @@ def _describe_event(ev: Any) -> str:
     return f"{ev.table} op={ev.op.name} time={ev.pos.time}"
 
 
+class DriverErrorFolder(logging.Filter):
+    """For records of the ``cassandra`` driver: the exception (and any stack) becomes the short
+    ``error`` field (``Type: message``) instead of a traceback. The driver logs every failed
+    (re)connection this way; its traceback says nothing an operator can act on."""
+
+    PREFIX = "cassandra"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != self.PREFIX and not record.name.startswith(self.PREFIX + "."):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            text = str(exc).strip()
+            record.cdcd_error = scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def _driver_error(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """The ``error`` field ``DriverErrorFolder`` put on a standard-library record."""
+    record = event.get("_record")
+    error = getattr(record, "cdcd_error", None)
+    if error is not None:
+        event["error"] = error
+        message = event.get("event")
+        if isinstance(message, str):
+            event["event"] = message.rstrip(": ")  # "Error connecting to h:9042:" + the error
+    return event
+
+
 def _rename_logger(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     name = event.pop("logger", None)
     if name is not None and "component" not in event:
@@ -113,7 +157,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, _driver_error],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -127,6 +171,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler.set_name("cdcd")
+    handler.addFilter(DriverErrorFolder())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "cdcd"]:
         root.removeHandler(old)
