@@ -28,7 +28,7 @@ from cdcd.app.deps import (
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
-from cdcd.flow import CircuitBreaker, Pipeline, SystemClock, is_retriable
+from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
@@ -36,6 +36,8 @@ from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
 from cdcd.scylla import GroupReader, StreamDiscovery, StreamGroup, start_floor_ms
 from cdcd.scylla.decode import UndecodableGroup
+from cdcd.scylla.limits import ReadLimiter
+from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
@@ -75,7 +77,15 @@ class Daemon:
         self.telemetry = emit.FlowTelemetry()
         self.state = "starting"
         self.started_at = time.time()
-        self.pipelines: dict[tuple[str, str, str], Pipeline] = {}
+        # (destination, table, group key) -> the destination's branch of that stream group
+        self.pipelines: dict[tuple[str, str, str], Branch] = {}
+        # (table, group key) -> the group's shared reader (one read for every destination)
+        self.readers: dict[tuple[str, str], SharedReader] = {}
+        self._reader_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # caps on this replica's log reads, shared by every reader
+        self.limiter = ReadLimiter(
+            max_concurrent=cfg.source.max_concurrent_reads, max_rate=cfg.source.max_read_rate
+        )
         self.breakers = {
             name: CircuitBreaker(
                 self.clock,
@@ -138,7 +148,7 @@ class Daemon:
             emit.shutdown_requested(signal=sig.name, forced=True)
             for p in self.pipelines.values():
                 p.terminate()
-            for task in self._tasks:
+            for task in [*self._tasks, *self._reader_tasks.values()]:
                 task.cancel()
             return
         emit.shutdown_requested(signal=sig.name, forced=False)
@@ -213,9 +223,10 @@ class Daemon:
         for p in pipelines:
             if p.state not in ("closed", "done", "terminated", "failed"):
                 p.terminate()
-        for task in [*self._tasks, *self._sink_tasks.values()]:
+        tasks = [*self._tasks, *self._sink_tasks.values(), *self._reader_tasks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._sink_tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         abandoned = sum(1 for p in pipelines if p.state == "terminated")
         if self.http is not None:
             await self.http.aclose()
@@ -327,17 +338,17 @@ class Daemon:
         return True
 
     async def _run_group(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> bool:
-        """Run one group's pipeline until it is done (True) or cdcd stops (False); restart it
-        from its checkpoint after an error, with a growing pause."""
+        """Run the destination's branch of one group until it is done (True) or cdcd stops
+        (False); restart it from its checkpoint after an error, with a growing pause."""
         failures = 0
         emit.group_started(table=table.source, destination=dest, group=group.key,
                            streams=len(group.streams), end=group.end)  # fmt: skip
         while not self.stopping:
-            pipeline = self._pipeline(table, dest, group, floor)
+            pipeline = self._branch(table, dest, group, floor)
             self._forget_cached_rows(dest, pipeline.mapping)
             self.pipelines[(dest, table.source, group.key)] = pipeline
             try:
-                await pipeline.run()
+                await pipeline.run(self._shared_reader(table, group))
             except asyncio.CancelledError:
                 pipeline.terminate()
                 raise
@@ -353,32 +364,77 @@ class Daemon:
     def _forget_cached_rows(self, dest: str, mapping: Any) -> None:
         """A group (re)starts for ``mapping``: while it was not ours (another replica held it,
         or its pipeline stopped on an error) someone else may have written its keys, so a sink that
-        caches the rows it wrote (ClickHouse ``row_cache_rows``, ``cdcd.sinks.ch_cache``) must
+        caches the rows it wrote (ClickHouse ``row_cache_rows``, ``cdcd.sinks.clickhouse.cache``) must
         not trust them any more. Sinks without ``forget`` keep nothing to drop."""
         forget = getattr(self.deps.sinks.get(dest), "forget", None)
         if callable(forget):
             forget(mapping)
 
-    def _pipeline(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Pipeline:
+    def _group_reader(
+        self, table: TableConfig, group: StreamGroup, floor: int | None, who: str
+    ) -> GroupReader:
+        """A reader of the group's CDC log (``who``: "shared" or the catching-up destination)."""
         assert self.deps.scylla is not None
-        dest_cfg = self.cfg.destinations[dest]
 
         async def on_invalid(err: UndecodableGroup) -> None:
-            emit.undecodable_group(table=table.source, destination=dest, reason=err.reason)
+            emit.undecodable_group(table=table.source, destination=who, reason=err.reason)
 
-        reader = GroupReader(
+        return GroupReader(
             self.deps.scylla,
             self.discovery,
             group,
             config=reader_config(self.cfg),
             start_floor_ms=floor,
             on_invalid=on_invalid,
+            limiter=self.limiter,
+            on_rows=functools.partial(emit.log_rows_read, table.source),
         )
-        return Pipeline(
+
+    def _shared_reader(self, table: TableConfig, group: StreamGroup) -> SharedReader:
+        """The group's shared reader, started by the first destination branch that needs it."""
+        key = (table.source, group.key)
+        shared = self.readers.get(key)
+        if shared is not None and not shared.closed:
+            return shared
+        reader = self._group_reader(table, group, None, "shared")
+        shared = SharedReader(
+            group=group,
+            source=tracing.traced_source(reader.read, table=table.source, destination="*", group=group.key),
+            expected=len(table.destinations),
+            clock=self.clock,
+            retry=pipeline_config(self.cfg, self.cfg.destinations[table.destinations[0]]).retry,
+            detach_after=self.cfg.pipeline.detach_after,
+        )
+        self.readers[key] = shared
+        self._reader_tasks[key] = asyncio.create_task(
+            self._run_reader(key, shared), name=f"read:{table.source}:{group.key}"
+        )
+        return shared
+
+    async def _run_reader(self, key: tuple[str, str], shared: SharedReader) -> None:
+        try:
+            await shared.run()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # its branches fail with it and are restarted by their supervisors
+            emit.pipeline_failed(table=key[0], destination="*", group=key[1], error=exc)
+        finally:
+            if self.readers.get(key) is shared:
+                del self.readers[key]
+                self._reader_tasks.pop(key, None)
+
+    def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
+        dest_cfg = self.cfg.destinations[dest]
+
+        def catch_up(start: Mapping[bytes, Any]) -> Any:
+            reader = self._group_reader(table, group, floor, dest)
+            traced = tracing.traced_source(reader.read, table=table.source, destination=dest, group=group.key)
+            return traced(start)
+
+        return Branch(
             destination=dest,
             group=group,
             mapping=self.mapping_factory(table, dest_cfg),
-            source=tracing.traced_source(reader.read, table=table.source, destination=dest, group=group.key),
             sink=self.deps.sinks[dest],
             checkpoints=self.checkpoints,
             deadletters=self.deadletters,
@@ -386,6 +442,8 @@ class Daemon:
             config=pipeline_config(self.cfg, dest_cfg),
             clock=self.clock,
             events=self.telemetry,
+            catch_up=catch_up,
+            floor_time=min_timeuuid(max(group.generation, floor) * 1000),
         )
 
     async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:

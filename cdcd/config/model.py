@@ -69,6 +69,10 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
     request_timeout: Duration = Duration(30.0)  # per-query timeout
     connect_timeout: Duration = Duration(10.0)  # connection (and control connection) timeout
     tablet_group_size: PosInt = 8  # streams per reader for tablet keyspaces
+    # log queries (pages) in flight at once per replica, catch-up readers included; 0 = no cap
+    max_concurrent_reads: Annotated[int, msgspec.Meta(ge=0)] = 8
+    # log rows read per second per replica on average, catch-up readers included; 0 = no cap
+    max_read_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)  # TLS to Scylla
 
 
@@ -118,14 +122,17 @@ class BreakerConfig(_Section, frozen=True, kw_only=True):
 
 
 class PipelineConfig(_Section, frozen=True, kw_only=True):
-    """One pipeline per (destination, stream group): read -> stages -> queue -> write -> checkpoint."""
+    """Per stream group one shared reader; per destination a branch: stages -> queue -> write -> checkpoint."""
 
-    queue_size: PosInt = 16  # batches buffered between reader and writer (then the reader blocks)
+    queue_size: PosInt = 16  # batches buffered per destination branch (then the reader waits)
     max_in_flight: PosInt = 10_000  # events read but not yet resolved (watermark cap)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)  # default batching of all sinks
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)  # write retries
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)  # per-destination breaker
     shutdown_timeout: Duration = Duration(30.0)  # SIGTERM: drain and checkpoint within this, then exit
+    # a destination whose queue stays full this long while another one waits for input detaches
+    # from the shared reader and catches up on a reader of its own, then rejoins
+    detach_after: Duration = Duration(2.0)
     # warn when a destination's time until data loss (CDC log TTL - lag) drops below this (at most
     # half the table's TTL); "0" turns the warning off (the metric, and the error logged once the
     # lag passes the TTL, stay)

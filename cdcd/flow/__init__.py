@@ -1,8 +1,12 @@
-"""Flow machinery: how change events move from a reader to a destination, and when positions commit.
+"""Flow machinery: how change events move from the CDC log to the destinations, and when positions commit.
 
-* ``pipeline``: ``Pipeline`` per (destination, stream group), ``PipelineConfig``; start here.
-* ``contracts``: the Protocols it needs (source factory, sink, stages, telemetry hook) and the
-  ``PipelineStatus`` snapshot for ``/status``.
+* ``reader``: ``SharedReader`` per (table, stream group): reads and decodes once, runs the shared
+  stages, hands each batch to every attached branch; start here.
+* ``branch``: ``Branch`` per destination: its stages, bounded buffer, writer, checkpoint;
+  detaches when full, catches up on its own reader, rejoins. ``BranchConfig``.
+* ``pipeline``: ``Pipeline``: a shared reader with one branch (embedding, tests).
+* ``contracts``: the Protocols they need (source factory, sink, telemetry hook) and the
+  ``PipelineStatus`` snapshot for ``/status``. Stages: ``cdcd.stages``.
 * ``batcher``: ``BatchPolicy`` / ``Batcher`` (rows, bytes, max wait).
 * ``watermark``: ``WatermarkTracker``: contiguous per-stream watermark, capped in-flight work.
 * ``committer``: ``CommitPolicy`` / ``Committer`` (every N s or N events, and on drain).
@@ -13,10 +17,12 @@
 from __future__ import annotations
 
 from cdcd.flow.batcher import Batcher, BatchPolicy
+from cdcd.flow.branch import Branch, BranchConfig, default_rejection_kind
 from cdcd.flow.clock import Clock, ManualClock, SystemClock, wait_first
 from cdcd.flow.committer import CommitPolicy, Committer
 from cdcd.flow.contracts import (
     BatchSink,
+    BranchMode,
     FlowEvents,
     NoFlowEvents,
     PipelineId,
@@ -26,7 +32,8 @@ from cdcd.flow.contracts import (
     SourceFactory,
     StageFn,
 )
-from cdcd.flow.pipeline import Pipeline, PipelineConfig, default_rejection_kind
+from cdcd.flow.pipeline import Pipeline, PipelineConfig
+from cdcd.flow.reader import SharedReader
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable, retry_call
 from cdcd.flow.watermark import Ticket, WatermarkTracker
 
@@ -34,6 +41,9 @@ __all__ = [
     "BatchPolicy",
     "BatchSink",
     "Batcher",
+    "Branch",
+    "BranchConfig",
+    "BranchMode",
     "CircuitBreaker",
     "Clock",
     "CommitPolicy",
@@ -48,6 +58,7 @@ __all__ = [
     "PipelineStatus",
     "RejectionLike",
     "RetryPolicy",
+    "SharedReader",
     "SourceFactory",
     "StageFn",
     "SystemClock",

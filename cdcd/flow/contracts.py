@@ -8,9 +8,7 @@ The pipeline does not import sinks, stages or the reader: anything with the righ
 * ``BatchSink``: ``await write(mapping, events) -> outcome`` with ``applied``/``skipped_stale``;
   one transaction; raises ``SinkUnavailable`` (retry all) or ``BadRows({index: reason})`` having
   committed nothing. ``cdcd.sinks.Sink`` satisfies it.
-* ``StageFn``: ``events -> (passed, rejected)`` or an object with ``.passed``/``.rejected``
-  (``Stage.process`` returning ``StageResult``). Pure, synchronous, every input lands in exactly
-  one of the two. Rejections are written to the validation queue / staleness audit.
+* ``StageFn``: see ``cdcd.stages`` (re-exported here).
 * ``FlowEvents``: telemetry hook, called synchronously, must not block or raise;
   ``cdcd.ops`` implements it (metrics + logs). ``NoFlowEvents`` is the default.
 """
@@ -23,9 +21,11 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from cdcd.events import ChangeEvent, EventBatch, Position
+from cdcd.stages import RejectionLike, StageFn, StageOutput
 
 __all__ = [
     "BatchSink",
+    "BranchMode",
     "FlowEvents",
     "NoFlowEvents",
     "PipelineId",
@@ -50,6 +50,12 @@ PipelineState = Literal[
     "failed",  # stopped by a non-retriable error (see last_error)
 ]
 
+# How a destination branch gets its events (``cdcd.flow.branch``):
+BranchMode = Literal[
+    "shared",  # from the group's shared reader, read and decoded once for every destination
+    "catching-up",  # detached: reads the log on its own from its own position, until it rejoins
+]
+
 SourceFactory = Callable[[Mapping[bytes, Position]], AsyncIterator[EventBatch]]
 
 
@@ -66,29 +72,6 @@ class BatchSink(Protocol):
     def name(self) -> str: ...
 
     async def write(self, mapping: Any, events: Sequence[ChangeEvent]) -> WriteOutcomeLike: ...
-
-
-class RejectionLike(Protocol):
-    @property
-    def event(self) -> ChangeEvent: ...
-
-    @property
-    def stage(self) -> str: ...
-
-    @property
-    def reason(self) -> str: ...
-
-
-class _StageResultLike(Protocol):
-    @property
-    def passed(self) -> Sequence[ChangeEvent]: ...
-
-    @property
-    def rejected(self) -> Sequence[RejectionLike]: ...
-
-
-StageOutput = tuple[Sequence[ChangeEvent], Sequence[RejectionLike]] | _StageResultLike
-StageFn = Callable[[Sequence[ChangeEvent]], StageOutput]
 
 
 class PipelineId(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +102,7 @@ class PipelineStatus(msgspec.Struct, kw_only=True):
     in_flight: int  # events read but not yet resolved
     last_commit_age_seconds: float | None
     last_error: str | None
+    mode: BranchMode = "shared"
 
 
 class FlowEvents(Protocol):
@@ -139,6 +123,8 @@ class FlowEvents(Protocol):
     def commit_failed(self, pid: PipelineId, error: BaseException) -> None: ...
 
     def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None: ...
+
+    def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None: ...
 
 
 class NoFlowEvents:
@@ -165,4 +151,7 @@ class NoFlowEvents:
         pass
 
     def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None:
+        pass
+
+    def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None:
         pass

@@ -18,7 +18,7 @@ from typing import Any
 from cdcd import __version__
 from cdcd.errors import CdcdError
 from cdcd.events import ChangeEvent, Op, Position
-from cdcd.flow.contracts import PipelineId, PipelineState, WriteOutcomeLike
+from cdcd.flow.contracts import BranchMode, PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
 from cdcd.ops import tracing
 from cdcd.ops.horizon import Observation
@@ -196,6 +196,11 @@ def undecodable_group(*, table: str, destination: str, reason: str) -> None:
     log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
 
 
+def log_rows_read(table: str, rows: int) -> None:
+    """A page of CDC log rows was read (counted, not logged: it happens for every page)."""
+    m.LOG_ROWS_READ.labels(table, _replica).inc(rows)
+
+
 def dlq_size(*, destination: str, kind: str, size: int) -> None:
     m.DLQ_SIZE.labels(destination, kind, _replica).set(size)
 
@@ -272,3 +277,9 @@ class FlowTelemetry:
             log.warning("pipeline state changed", **fields)
         else:
             log.debug("pipeline state changed", **fields)
+
+    def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None:
+        m.BRANCH_MODE_CHANGES.labels(pid.table, pid.destination, new, _replica).inc()
+        message = "branch detached: reading on its own" if new == "catching-up" else "branch reads shared"
+        log.info(message, table=pid.table, destination=pid.destination, group=pid.group,
+                 old=old, new=new, reason=reason)  # fmt: skip

@@ -154,6 +154,23 @@ DEPENDENCY_UP = Gauge(
     registry=REGISTRY,
 )
 
+# Destination branches detached from the shared reader (then reading on their own) and rejoined.
+BRANCH_MODE_CHANGES = Counter(
+    "cdcd_branch_mode_changes_total",
+    "Destination branches switching between the shared reader and a catch-up reader of their own",
+    ["table", "destination", "mode", "replica"],
+    registry=REGISTRY,
+)
+
+# CDC log rows read by this replica (shared and catch-up readers): a fully shared group reads
+# each row once, whatever the number of destinations.
+LOG_ROWS_READ = Counter(
+    "cdcd_log_rows_read_total",
+    "CDC log rows read from Scylla",
+    ["table", "replica"],
+    registry=REGISTRY,
+)
+
 # Pipeline states counted by PipelineCollector (cdcd.flow.PipelineState values).
 STATES = (
     "starting",
@@ -207,6 +224,10 @@ class PipelineCollector(Collector):
         groups = GaugeMetricFamily(
             "cdcd_pipelines", "Stream-group pipelines by state", labels=[*labels[:2], "state", "replica"]
         )
+        # stream-group branches by mode: shared (fed by the shared reader) or catching-up.
+        modes = GaugeMetricFamily(
+            "cdcd_branches", "Destination branches by mode", labels=[*labels[:2], "mode", "replica"]
+        )
         # CDC log TTL minus the lag; no series for tables whose log never expires.
         horizon = GaugeMetricFamily(
             "cdcd_time_until_data_loss_seconds",
@@ -220,7 +241,11 @@ class PipelineCollector(Collector):
             key: {"age": -1.0, "depth": 0.0, "inflight": 0.0} for key in lags
         }
         counts: dict[tuple[str, str, str], int] = {}
+        by_mode: dict[tuple[str, str, str], int] = {}
         for st in statuses:
+            if st.state not in ("done", "closed", "terminated", "failed"):
+                mk = (st.table, st.destination, getattr(st, "mode", "shared"))
+                by_mode[mk] = by_mode.get(mk, 0) + 1
             key = (st.table, st.destination)
             f = folded.setdefault(key, {"age": -1.0, "depth": 0.0, "inflight": 0.0})
             if st.state not in ("done", "closed", "terminated") and st.last_commit_age_seconds is not None:
@@ -242,4 +267,6 @@ class PipelineCollector(Collector):
             inflight.add_metric([table, dest, replica], f["inflight"])
         for (table, dest, state), n in sorted(counts.items()):
             groups.add_metric([table, dest, state, replica], n)
-        yield from (lag, age, depth, inflight, groups, horizon)
+        for (table, dest, mode), n in sorted(by_mode.items()):
+            modes.add_metric([table, dest, mode, replica], n)
+        yield from (lag, age, depth, inflight, groups, modes, horizon)

@@ -44,6 +44,7 @@ from cdcd.errors import SourceUnavailable
 from cdcd.events import ChangeEvent, EventBatch, Position, timeuuid_sort_key, timeuuid_to_micros
 from cdcd.scylla.decode import LogDecoder, UndecodableGroup
 from cdcd.scylla.generations import StreamDiscovery, StreamGroup, split_table
+from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.session import ScyllaSession, parse_consistency
 from cdcd.scylla.windows import GroupAssembler, RawGroup, max_pos, min_timeuuid, plan_window
 
@@ -96,6 +97,8 @@ class GroupReader:
         start_floor_ms: int | None = None,
         on_invalid: OnInvalid | None = None,
         clock: Callable[[], float] = time.time,
+        limiter: ReadLimiter | None = None,
+        on_rows: Callable[[int], None] | None = None,
     ) -> None:
         self.session = session
         self.discovery = discovery
@@ -104,6 +107,8 @@ class GroupReader:
         self.start_floor_ms = start_floor_ms
         self.on_invalid = on_invalid
         self.clock = clock
+        self.limiter = limiter or ReadLimiter()  # read caps, shared by the replica's readers
+        self.on_rows = on_rows  # telemetry: rows read per page
         self.keyspace, self.table = split_table(group.table)
         self.log_table = self.table + LOG_SUFFIX
         self.end: int | None = group.end
@@ -224,8 +229,11 @@ class GroupReader:
         params = [list(self.group.streams), lower, upper]
         assembler = GroupAssembler()
         async for rows in self.session.pages(
-            stmt, params, fetch_size=self.config.fetch_size, consistency=self._consistency
-        ):
+            stmt, params, fetch_size=self.config.fetch_size, consistency=self._consistency,
+            limiter=self.limiter,
+        ):  # fmt: skip
+            if self.on_rows is not None:
+                self.on_rows(len(rows))
             if rows and self.decoder.unknown_columns(set(rows[0])):
                 await self._refresh_schema(force=True)
                 unknown = self.decoder.unknown_columns(set(rows[0]))

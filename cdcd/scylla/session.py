@@ -39,6 +39,7 @@ from cassandra.query import PreparedStatement, SimpleStatement, Statement, dict_
 
 from cdcd.errors import SourceUnavailable
 from cdcd.schema import TableSchema
+from cdcd.scylla.limits import ReadLimiter
 
 __all__ = ["TRANSIENT_ERRORS", "Page", "ScyllaSession", "parse_consistency", "parse_host"]
 
@@ -233,13 +234,22 @@ class ScyllaSession:
         *,
         fetch_size: int | None = 1000,
         consistency: int | None = None,
+        limiter: ReadLimiter | None = None,
     ) -> AsyncIterator[list[Row]]:
-        """All pages of a query, fetched one at a time (the next page only when asked for)."""
+        """All pages of a query, fetched one at a time (the next page only when asked for), each
+        request under ``limiter``'s caps when one is given."""
         state: bytes | None = None
         while True:
-            page = await self.fetch_page(
-                query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
-            )
+            if limiter is None:
+                page = await self.fetch_page(
+                    query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
+                )
+            else:
+                async with limiter.page():
+                    page = await self.fetch_page(
+                        query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
+                    )
+                limiter.spend(len(page.rows))
             yield page.rows
             if page.paging_state is None:
                 return

@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=2, help="shards advertised to the driver (default 2)")
     ap.add_argument("--user", help="require PasswordAuthenticator login with this user")
     ap.add_argument("--password", help="password for --user")
+    ap.add_argument(
+        "--log-read-delay", type=float, default=0.0,
+        help="seconds each CDC log page waits before it is answered (default 0)",
+    )  # fmt: skip
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     if (args.user is None) != (args.password is None):
@@ -32,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = EmulatorServer(args.host, args.port, vnodes=args.vnodes, shards=args.shards, credentials=creds)
+    server = EmulatorServer(
+        args.host,
+        args.port,
+        vnodes=args.vnodes,
+        shards=args.shards,
+        credentials=creds,
+        log_read_delay=args.log_read_delay,
+    )
     server.start()
     print(f"listening on {server.host}:{server.port}", flush=True)
     try:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -34,11 +35,13 @@ from tests.scylla_emulator.api import (
     CqlError,
     ErrorCode,
     PreparedInfo,
+    RowsResult,
     SchemaChangeResult,
     SetKeyspaceResult,
 )
+from tests.scylla_emulator.cdc import LOG_SUFFIX
 
-__all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer"]
+__all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer", "LogReadStats"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +80,27 @@ class _Conn:
                 self.writer.write(data)
 
 
+class LogReadStats:
+    """What the emulator served from CDC log tables (``<table>_scylla_cdc_log``): requests (one
+    per page), rows, and requests in flight (received, not yet answered; only above 1 with
+    ``log_read_delay``). ``served`` lists ``(monotonic time, rows)`` per answered page."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queries = 0
+        self.rows = 0
+        self.rows_by_table: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.served: list[tuple[float, int]] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.queries = self.rows = self.in_flight = self.max_in_flight = 0
+            self.rows_by_table = {}
+            self.served = []
+
+
 class EmulatorServer:
     def __init__(
         self,
@@ -87,6 +111,7 @@ class EmulatorServer:
         shards: int = 2,
         engine: Any = None,
         credentials: tuple[str, str] | None = None,
+        log_read_delay: float = 0.0,
     ) -> None:
         if shards < 1 or vnodes < 1:
             raise ValueError(f"vnodes and shards must be >= 1 (got vnodes={vnodes}, shards={shards})")
@@ -96,6 +121,11 @@ class EmulatorServer:
         self.shards = shards
         self.engine: Any = engine
         self.credentials = credentials
+        # Seconds every CDC log page waits before it is answered (other requests are served
+        # meanwhile): makes concurrent log reads overlap, as on a real cluster, so that
+        # ``log_stats.max_in_flight`` shows how many a client keeps in flight.
+        self.log_read_delay = log_read_delay
+        self.log_stats = LogReadStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -370,6 +400,9 @@ class EmulatorServer:
         body = P.encode_result(result, skip_metadata=skip_metadata)
         if isinstance(result, SetKeyspaceResult):
             conn.keyspace = result.keyspace
+        if isinstance(result, RowsResult) and result.columns and result.columns[0].table.endswith(LOG_SUFFIX):
+            self._answer_log_read(conn, stream, body, result)
+            return []
         conn.send(stream, P.Opcode.RESULT, body)
         if not isinstance(result, SchemaChangeResult):
             return []
@@ -377,6 +410,31 @@ class EmulatorServer:
         # with its base); an engine may report them through ``take_schema_events()``.
         take = getattr(self.engine, "take_schema_events", None)
         return [result, *(take() if take is not None else [])]
+
+    def _answer_log_read(self, conn: _Conn, stream: int, body: bytes, result: RowsResult) -> None:
+        stats = self.log_stats
+        rows = len(result.rows)
+        spec = result.columns[0]
+        table = f"{spec.keyspace}.{spec.table[: -len(LOG_SUFFIX)]}"
+        with stats.lock:
+            stats.queries += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+
+        def send() -> None:
+            with stats.lock:
+                stats.in_flight -= 1
+                stats.rows += rows
+                stats.rows_by_table[table] = stats.rows_by_table.get(table, 0) + rows
+                stats.served.append((time.monotonic(), rows))
+            if not conn.writer.is_closing():
+                conn.send(stream, P.Opcode.RESULT, body)
+                conn.flush()
+
+        if self.log_read_delay > 0 and self._loop is not None:
+            self._loop.call_later(self.log_read_delay, send)
+        else:
+            send()
 
     def _authenticate(self, token: bytes) -> None:
         assert self.credentials is not None
