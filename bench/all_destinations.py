@@ -2,7 +2,7 @@
 R-12, R-13, R-80, R-82). Not a test: it prints figures.
 
     python bench/all_destinations.py [--rows 100000] [--update-share 0.15] [--delete-share 0.05]
-                                     [--batch-rows 1000] [--only pg|ch|ts] [--clickhouse-url URL]
+                                     [--batch-rows 1000] [--only pg,ch,ts] [--clickhouse-url URL]
                                      [--pg-dsn DSN] [--redis-url URL] [--profile F] [--workdir DIR]
 
 1. Source: ``bench.events (pk bigint, ck timestamp, v text, n bigint, PRIMARY KEY (pk, ck))``
@@ -321,7 +321,7 @@ async def run(  # noqa: PLR0917
 ) -> None:
     from cassandra.cluster import Cluster
 
-    dests = [args.only] if args.only else ["pg", "ch", "ts"]
+    dests = args.only
     schema = f"bench_{uuid.uuid4().hex[:8]}"  # PostgreSQL/TimescaleDB schema, ClickHouse database
     target = f"{schema}.events"
     dsn = {"pg": await fresh_database(pg_server), "ts": await fresh_database(pg_server)}
@@ -470,9 +470,21 @@ async def run(  # noqa: PLR0917
     print(
         f"  catch-up CPU seconds: cdcd {cpu_done:.1f} (whole run {cpu_total:.1f}), emulator {emu_cpu:.1f}{ch_part}"
     )
+    per_cpu = changes / max(cpu_done, 1e-9)
+    print(f"  cdcd CPU per 100k changes (delivered to every destination): {cpu_done * 100_000 / changes:.2f} s; "
+          f"{per_cpu:,.0f} changes per CPU-second ({len(dests) * per_cpu:,.0f} destination-events per CPU-second)")  # fmt: skip
     print(
         f"  cdcd peak RSS (VmHWM) {peak / 1024:,.0f} MiB (at the end: {cur / 1024:,.0f} MiB); exit code after SIGTERM {code}"
     )
+
+
+def destinations(text: str) -> list[str]:
+    """``--only``: ``"pg,ch"`` -> ``["pg", "ch"]`` (in pg, ch, ts order, no duplicates)."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - set(NAMES)
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(NAMES)}, got {text!r}")
+    return [d for d in NAMES if d in names]
 
 
 def main() -> int:
@@ -483,7 +495,10 @@ def main() -> int:
     ap.add_argument("--ck-step", type=float, default=10.0, help="seconds between consecutive keys' ck")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch-rows", type=int, default=1000, help="pipeline.batch.max_rows and raw batch size")
-    ap.add_argument("--only", choices=["pg", "ch", "ts"], help="replicate into this destination only")
+    ap.add_argument(
+        "--only", type=destinations, default=["pg", "ch", "ts"],
+        help="replicate into these destinations only: a comma list of pg, ch, ts (e.g. pg,ch)",
+    )  # fmt: skip
     ap.add_argument("--ch-row-cache", type=int, default=0, help="ClickHouse row_cache_rows (default 0 = off)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="catch-up timeout, seconds")
     ap.add_argument("--vnodes", type=int, default=8)
@@ -513,7 +528,7 @@ def main() -> int:
         pg = args.pg_dsn or stack.enter_context(postgres_server())
         redis = args.redis_url or stack.enter_context(redis_server(workdir))
         ch_url, ch_pid = args.clickhouse_url, None
-        if ch_url is None and (args.only in (None, "ch")):
+        if ch_url is None and "ch" in args.only:
             ch_url, ch_pid = stack.enter_context(clickhouse_server(workdir))
         asyncio.run(run(args, workdir, pg, redis, ch_url, ch_pid))
     if not args.workdir:

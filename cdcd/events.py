@@ -54,9 +54,17 @@ __all__ = [
 _UUID_EPOCH_OFFSET = 0x01B21DD213814000  # 100-ns intervals between 1582-10-15 and 1970-01-01
 
 
+# Both helpers read ``UUID.int`` once and shift (``UUID.time`` goes through four properties and
+# ``UUID.bytes`` builds a bytes object): they run several times per CDC log group.
+_LOW64 = 0xFFFFFFFFFFFFFFFF
+_SIGNED_BYTES = 0x8080808080808080  # flips each byte's sign bit: unsigned order = signed-byte order
+
+
 def timeuuid_to_micros(u: uuid.UUID) -> int:
     """The write timestamp (µs since the Unix epoch) carried by a ``cdc$time`` timeuuid."""
-    return (u.time - _UUID_EPOCH_OFFSET) // 10
+    i = u.int
+    ticks = ((i >> 64) & 0x0FFF) << 48 | ((i >> 80) & 0xFFFF) << 32 | i >> 96  # == u.time
+    return (ticks - _UUID_EPOCH_OFFSET) // 10
 
 
 def timeuuid_sort_key(u: uuid.UUID) -> tuple[int, int]:
@@ -64,8 +72,8 @@ def timeuuid_sort_key(u: uuid.UUID) -> tuple[int, int]:
 
     ``uuid.UUID.__lt__`` compares raw bytes and is wrong for CQL timeuuids.
     """
-    low = int.from_bytes(u.bytes[8:16], "big") ^ 0x8080808080808080
-    return (u.time, low)
+    i = u.int
+    return (((i >> 64) & 0x0FFF) << 48 | ((i >> 80) & 0xFFFF) << 32 | i >> 96, (i & _LOW64) ^ _SIGNED_BYTES)
 
 
 class Op(enum.IntEnum):
