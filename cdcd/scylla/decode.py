@@ -36,6 +36,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from cdcd.errors import InvalidRecord
 from cdcd.events import ChangeEvent, Op, Position, RangeBound, timeuuid_to_micros
 from cdcd.schema import Column, TableSchema
@@ -61,6 +63,7 @@ DELETED_ELEMENTS = "cdc$deleted_elements_"
 _RANGE_START = {5: True, 6: False}  # op -> inclusive
 _RANGE_END = {7: True, 8: False}
 _DELTA_OPS = {1: Op.UPDATE, 2: Op.INSERT, 3: Op.ROW_DELETE, 4: Op.PARTITION_DELETE}
+_NOTHING: frozenset[str] = frozenset()
 
 
 class UndecodableGroup(InvalidRecord):
@@ -91,7 +94,7 @@ def log_column_names(schema: TableSchema) -> set[str]:
 
 
 class _ValueCol:
-    __slots__ = ("deleted", "deleted_elements", "delta", "elements", "image", "name", "static")
+    __slots__ = ("deleted", "deleted_elements", "delta", "elements", "fast", "image", "name", "static")
 
     def __init__(self, col: Column) -> None:
         self.name = col.name
@@ -101,18 +104,15 @@ class _ValueCol:
         self.deleted = DELETED + col.name
         self.deleted_elements = DELETED_ELEMENTS + col.name if col.type.is_multicell else None
         self.elements = conv.deleted_elements(col.type) if col.type.is_multicell else None
-
-
-class _Event:
-    """A delta under construction (mutable; frozen into ChangeEvent at the end)."""
-
-    __slots__ = ("args", "imkey", "post", "pre")
-
-    def __init__(self, imkey: tuple[Any, ...] | None, args: dict[str, Any]) -> None:
-        self.imkey = imkey
-        self.args = args
-        self.pre: dict[str, Any] | None = None
-        self.post: dict[str, Any] | None = None
+        # The hot path of a delta row: name, converter (None: the driver's value is canonical
+        # as it is, and never becomes None), cdc$deleted_ column, cdc$deleted_elements_ column.
+        self.fast = (
+            self.name,
+            None if conv.is_identity(self.delta) else self.delta,
+            self.deleted,
+            self.deleted_elements,
+            self.elements,
+        )
 
 
 class LogDecoder:
@@ -124,7 +124,13 @@ class LogDecoder:
         self.table = schema.qualified
         self._pk = [(c.name, conv.canonical(c.type)) for c in schema.partition_key]
         self._ck = [(c.name, conv.canonical(c.type)) for c in schema.clustering_key]
+        # Per-table work done once: key converters that are the identity are skipped (None).
+        self._pk_fast = [(n, None if conv.is_identity(c) else c) for n, c in self._pk]
+        self._ck_fast = [(n, None if conv.is_identity(c) else c) for n, c in self._ck]
+        self._pk_names = tuple(n for n, _ in self._pk)
+        self._ck_names = tuple(n for n, _ in self._ck)
         self._cols = [_ValueCol(c) for c in schema.columns if c.kind in ("static", "regular")]
+        self._cols_fast = [c.fast for c in self._cols]
         self._has_static = any(c.static for c in self._cols)
         self._full_preimage = schema.cdc.preimage == "full"
         self.log_columns = log_column_names(schema)
@@ -146,9 +152,9 @@ class LogDecoder:
                 "missing cdc$stream_id or cdc$time", table=self.table, stream_id=b"", time=None, rows=rows
             )
         try:
-            return self._decode(
-                sorted(rows, key=lambda r: r.get(BATCH_SEQ) or 0), generation, stream_id, time
-            )
+            if len(rows) > 1:
+                rows = sorted(rows, key=lambda r: r.get(BATCH_SEQ) or 0)
+            return self._decode(rows, generation, stream_id, time)
         except UndecodableGroup:
             raise
         except (ValueError, TypeError, KeyError) as exc:
@@ -165,41 +171,69 @@ class LogDecoder:
     ) -> list[ChangeEvent]:
         pos = Position(generation=generation, stream_id=stream_id, time=time)
         write_time = timeuuid_to_micros(time)
-        events: list[_Event] = []
+        table = self.table
+        has_ck = bool(self._ck)
+        events: list[ChangeEvent] = []
         images: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
         pending_start: tuple[Mapping[str, Any], tuple[Any, ...], bool] | None = None
         for row in rows:
-            if row.get(STREAM_ID) != stream_id or row.get(TIME) != time:
+            get = row.get
+            s, t = get(STREAM_ID), get(TIME)
+            if s != stream_id or (t is not time and t != time):
                 raise self._fail("rows of different (stream, time) in one group", rows)
-            raw_op = row.get(OPERATION)
+            raw_op = get(OPERATION)
             if not isinstance(raw_op, int):
                 raise self._fail(f"cdc$operation is {raw_op!r}", rows)
-            seq = int(row.get(BATCH_SEQ) or 0)
+            seq = int(get(BATCH_SEQ) or 0)
             if pending_start is not None and raw_op not in _RANGE_END:
                 raise self._fail(
                     f"range delete start at seq {pending_start[0].get(BATCH_SEQ)} has no end", rows
                 )
-            pk = self._key(row, self._pk, rows, "partition key")
-            common = {"table": self.table, "pos": pos, "batch_seq": seq, "write_time_us": write_time}
-            if raw_op in (0, 9):
+            key = self._pk_dict(get, rows)
+            if raw_op in (1, 2):
+                static = False
+                if has_ck:
+                    ck = self._ck_values(get)
+                    nulls = ck.count(None)
+                    if nulls == len(ck):
+                        if raw_op == 2:
+                            raise self._fail("insert with all clustering columns null", rows)
+                        static = True
+                    elif nulls:
+                        raise self._fail("row change with a partially null clustering key", rows)
+                    else:
+                        for (name, _), v in zip(self._ck_fast, ck, strict=True):
+                            key[name] = v
+                values, deleted, elements = self._delta_values(get)
+                events.append(
+                    ChangeEvent(
+                        table=table, pos=pos, batch_seq=seq, op=_DELTA_OPS[raw_op], write_time_us=write_time,
+                        key=key, static=static, values=values, deleted=deleted, deleted_elements=elements,
+                        ttl=get(TTL),
+                    )
+                )  # fmt: skip
+            elif raw_op in (3, -3):
+                ck = self._ck_values(get)
+                if None in ck:
+                    raise self._fail("row delete with a null clustering column", rows)
+                for (name, _), v in zip(self._ck_fast, ck, strict=True):
+                    key[name] = v
+                events.append(
+                    ChangeEvent(
+                        table=table, pos=pos, batch_seq=seq, op=Op.ROW_DELETE, write_time_us=write_time, key=key
+                    )
+                )  # fmt: skip
+            elif raw_op in (0, 9):
+                pk = tuple(key.values())
                 imkey = self._image_key(row, pk, rows)
                 images.append((raw_op, imkey, self._image(row, raw_op, imkey, pk)))
-            elif raw_op in (1, 2):
-                ck, static = self._row_ck(row, raw_op, rows)
-                args = dict(common, op=_DELTA_OPS[raw_op], key=self._key_dict(pk, ck), static=static)
-                self._delta_values(row, args, static)
-                args["ttl"] = row.get(TTL)
-                events.append(_Event(("S", pk) if static else ("R", pk, ck), args))
-            elif raw_op in (3, -3):
-                ck = self._ck_values(row)
-                if any(v is None for v in ck):
-                    raise self._fail("row delete with a null clustering column", rows)
-                args = dict(common, op=Op.ROW_DELETE, key=self._key_dict(pk, ck))
-                events.append(_Event(("R", pk, ck), args))
             elif raw_op in (4, -4):
-                args = dict(common, op=Op.PARTITION_DELETE, key=self._key_dict(pk, ()))
-                # Tables without clustering key have a (preimage) row per partition.
-                events.append(_Event(("R", pk, ()) if not self._ck else None, args))
+                events.append(
+                    ChangeEvent(
+                        table=table, pos=pos, batch_seq=seq, op=Op.PARTITION_DELETE, write_time_us=write_time,
+                        key=key,
+                    )
+                )  # fmt: skip
             elif raw_op in _RANGE_START:
                 pending_start = (row, self._prefix(row, rows), _RANGE_START[raw_op])
             elif raw_op in _RANGE_END:
@@ -213,99 +247,97 @@ class LogDecoder:
                     end=self._prefix(row, rows),
                     end_inclusive=_RANGE_END[raw_op],
                 )
-                args = dict(common, op=Op.RANGE_DELETE, key=self._key_dict(pk, ()), range=rng)
-                args["batch_seq"] = int(start_row.get(BATCH_SEQ) or 0)
-                events.append(_Event(None, args))
+                events.append(
+                    ChangeEvent(
+                        table=table, pos=pos, batch_seq=int(start_row.get(BATCH_SEQ) or 0),
+                        op=Op.RANGE_DELETE, write_time_us=write_time, key=key, range=rng,
+                    )
+                )  # fmt: skip
             else:
                 raise self._fail(f"unknown cdc$operation {raw_op}", rows)
         if pending_start is not None:
             raise self._fail("range delete start without an end", rows)
-        self._attach_images(events, images)
-        out = []
-        for ev in events:
-            if ev.pre is not None:
-                ev.args["preimage"] = ev.pre
-            if ev.post is not None:
-                ev.args["postimage"] = ev.post
-            out.append(ChangeEvent(**ev.args))
-        return out
+        if images:
+            return self._attach_images(events, images)
+        return events
 
     # ------------------------------------------------------------------------------------------
-    def _key(
-        self,
-        row: Mapping[str, Any],
-        cols: list[tuple[str, conv.Converter]],
-        rows: Sequence[Mapping[str, Any]],
-        what: str,
-    ) -> tuple[Any, ...]:
-        out = []
-        for name, c in cols:
-            v = row.get(name)
+    def _pk_dict(self, get: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The partition key of a row (canonical values); raises on a null column."""
+        key: dict[str, Any] = {}
+        for name, c in self._pk_fast:
+            v = get(name)
             if v is None:
-                raise self._fail(f"{what} column {name!r} is null", rows)
-            out.append(c(v))
-        return tuple(out)
-
-    def _ck_values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(c(row.get(name)) for name, c in self._ck)
-
-    def _key_dict(self, pk: tuple[Any, ...], ck: tuple[Any, ...]) -> dict[str, Any]:
-        key = {name: v for (name, _), v in zip(self._pk, pk, strict=True)}
-        key.update({name: v for (name, _), v in zip(self._ck, ck, strict=False)})
+                raise self._fail(f"partition key column {name!r} is null", rows)
+            key[name] = v if c is None else c(v)
         return key
 
-    def _row_ck(
-        self, row: Mapping[str, Any], op: int, rows: Sequence[Mapping[str, Any]]
-    ) -> tuple[tuple[Any, ...], bool]:
-        """Clustering values of an update/insert/image row, and whether it is a static-row change."""
-        ck = self._ck_values(row)
-        if not self._ck:
-            return (), False
-        nulls = sum(v is None for v in ck)
-        if nulls == len(ck):
-            if op == 2:
-                raise self._fail("insert with all clustering columns null", rows)
-            return (), True
-        if nulls:
-            raise self._fail("row change with a partially null clustering key", rows)
-        return ck, False
+    def _ck_values(self, get: Any) -> list[Any]:
+        out = []
+        for name, c in self._ck_fast:
+            v = get(name)
+            out.append(v if c is None or v is None else c(v))
+        return out
+
+    def _key_dict(self, pk: tuple[Any, ...], ck: Sequence[Any]) -> dict[str, Any]:
+        key = dict(zip(self._pk_names, pk, strict=True))
+        key.update(zip(self._ck_names, ck, strict=False))
+        return key
+
+    def _imkey_of(self, ev: ChangeEvent) -> tuple[Any, ...] | None:
+        """The (primary key) identity an image of ``ev``'s row carries, None for events no image
+        attaches to (range deletes; partition deletes of tables with clustering columns)."""
+        key = ev.key
+        pk = tuple(key[n] for n in self._pk_names)
+        op = ev.op
+        if op is Op.RANGE_DELETE or (op is Op.PARTITION_DELETE and self._ck):
+            return None
+        if op is Op.PARTITION_DELETE:
+            return ("R", pk, ())
+        if ev.static:
+            return ("S", pk)
+        return ("R", pk, tuple(key[n] for n in self._ck_names))
 
     def _prefix(self, row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
         """Clustering prefix of a range bound: leading non-null values; nulls only at the end."""
-        ck = self._ck_values(row)
+        ck = self._ck_values(row.get)
         n = 0
         while n < len(ck) and ck[n] is not None:
             n += 1
         if any(v is not None for v in ck[n:]):
             raise self._fail("range bound with a null inside its clustering prefix", rows)
-        return ck[:n]
+        return tuple(ck[:n])
 
-    def _delta_values(self, row: Mapping[str, Any], args: dict[str, Any], static: bool) -> None:
+    def _delta_values(self, get: Any) -> tuple[dict[str, Any], frozenset[str], dict[str, list[Any]]]:
         values: dict[str, Any] = {}
-        deleted: set[str] = set()
+        deleted: list[str] | None = None
         elements: dict[str, list[Any]] = {}
-        for c in self._cols:
-            v = row.get(c.name)
+        for name, delta, deleted_col, elements_col, elements_conv in self._cols_fast:
+            v = get(name)
             if v is not None:
-                cv = c.delta(v)
-                if cv is not None:
-                    values[c.name] = cv
-            if row.get(c.deleted) is True:
-                deleted.add(c.name)
-            if c.deleted_elements is not None and c.elements is not None:
-                de = row.get(c.deleted_elements)
+                if delta is None:
+                    values[name] = v
+                else:
+                    cv = delta(v)
+                    if cv is not None:
+                        values[name] = cv
+            if get(deleted_col) is True:
+                if deleted is None:
+                    deleted = [name]
+                else:
+                    deleted.append(name)
+            if elements_col is not None and elements_conv is not None:
+                de = get(elements_col)
                 if de is not None:
-                    items = c.elements(de)
+                    items = elements_conv(de)
                     if items:
-                        elements[c.name] = items
-        args["values"] = values
-        args["deleted"] = frozenset(deleted)
-        args["deleted_elements"] = elements
+                        elements[name] = items
+        return values, _NOTHING if deleted is None else frozenset(deleted), elements
 
     def _image_key(
         self, row: Mapping[str, Any], pk: tuple[Any, ...], rows: Sequence[Mapping[str, Any]]
     ) -> tuple[Any, ...]:
-        ck = self._ck_values(row)
+        ck = tuple(self._ck_values(row.get))
         if self._ck and all(v is None for v in ck):
             return ("S", pk)
         if any(v is None for v in ck):
@@ -329,17 +361,25 @@ class LogDecoder:
                 out[c.name] = None
         return out
 
-    @staticmethod
     def _attach_images(
-        events: list[_Event], images: list[tuple[int, tuple[Any, ...], dict[str, Any]]]
-    ) -> None:
+        self, events: list[ChangeEvent], images: list[tuple[int, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[ChangeEvent]:
+        """Images go to the delta of their primary key: a preimage to the first, a postimage to
+        the last (groups with images only; the others never get here)."""
+        imkeys = [self._imkey_of(ev) for ev in events]
+        pre: dict[int, dict[str, Any]] = {}
+        post: dict[int, dict[str, Any]] = {}
         for op, imkey, image in images:
-            matches = [ev for ev in events if ev.imkey == imkey]
+            matches = [i for i, k in enumerate(imkeys) if k == imkey]
             if not matches:
                 continue  # an image without a delta of its key (cannot happen in Scylla's layouts)
             if op == 0:
-                target = matches[0]
-                if target.pre is None:
-                    target.pre = image
+                pre.setdefault(matches[0], image)
             else:
-                matches[-1].post = image
+                post[matches[-1]] = image
+        return [
+            msgspec.structs.replace(ev, preimage=pre.get(i), postimage=post.get(i))
+            if i in pre or i in post
+            else ev
+            for i, ev in enumerate(events)
+        ]

@@ -20,7 +20,7 @@ from typing import Any
 from cdcd.events import CqlDuration, timeuuid_sort_key
 from cdcd.schema import CqlType
 
-__all__ = ["Converter", "canonical", "deleted_elements", "delta_value", "hashable"]
+__all__ = ["Converter", "canonical", "deleted_elements", "delta_value", "hashable", "is_identity"]
 
 Converter = Callable[[Any], Any]
 
@@ -31,6 +31,12 @@ _EPOCH_DATE = datetime.date(1970, 1, 1)
 
 def _identity(v: Any) -> Any:
     return v
+
+
+def is_identity(c: Converter) -> bool:
+    """``c`` returns every value as it is (the driver's value is already canonical): callers on a
+    hot path may skip calling it."""
+    return c is _identity
 
 
 def _timestamp(v: Any) -> Any:
