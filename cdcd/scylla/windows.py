@@ -76,7 +76,8 @@ class GroupAssembler:
         done: list[RawGroup] = []
         broken: list[RawGroup] = []
         for row in rows:
-            r = dict(row)
+            # dict_factory rows are fresh dicts nobody else holds: kept as they are, not copied.
+            r = row if type(row) is dict else dict(row)
             if self.pending:
                 head = self.pending[0]
                 if head["cdc$stream_id"] != r["cdc$stream_id"] or head["cdc$time"] != r["cdc$time"]:
