@@ -118,8 +118,11 @@ if [ "$have" != "$want" ]; then
   $SUDO "$PYTHON" -m venv "$VENV"
 fi
 spec=.; [ -z "$EXTRAS" ] || spec=".[$EXTRAS]"
+# setuptools builds in ./build and never removes files deleted since: a stale module would ship.
+rm -rf build
 log "pip install $spec into $VENV"
 $SUDO "$VENV/bin/python" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$spec"
+rm -rf build
 version=$("$VENV/bin/cdcd" --version)
 
 # ------------------------------------------------------------------------------ service layout
