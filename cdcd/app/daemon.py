@@ -386,7 +386,7 @@ class Daemon:
             config=reader_config(self.cfg),
             start_floor_ms=floor,
             on_invalid=on_invalid,
-            limiter=self.limiter,
+            limiter=self.limiter if who == "shared" else self.limiter.catch_up(),
             on_rows=functools.partial(emit.log_rows_read, table.source),
         )
 

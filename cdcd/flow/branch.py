@@ -405,6 +405,10 @@ class Branch:
         """Nothing buffered: the writer waits for input (or writes its last batch)."""
         return not self._buffer
 
+    def keeping_up(self) -> bool:
+        """The writer keeps up with the input: the buffer is at most half full."""
+        return len(self._buffer) * 2 <= self._buffer.maxsize
+
     def has_room(self, weight: int) -> bool:
         inflight = self._tracker.in_flight
         return not self._buffer.full() and (inflight == 0 or inflight + weight <= self._tracker.max_in_flight)
@@ -506,8 +510,12 @@ class Branch:
                         shared.common.run(batch.events) if shared.common else (batch.events, [])
                     )
                     await self._admit(events, rejections, batch)
-                    if shared.try_rejoin(self):
-                        return False
+                    if shared.reached(self):
+                        while not self.keeping_up():  # rejoin with room to spare, not to detach again
+                            self._room.clear()
+                            await self._room.wait()
+                        if shared.try_rejoin(self):
+                            return False
                 return True
             except Exception as exc:
                 if not is_retriable(exc):

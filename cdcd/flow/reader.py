@@ -16,8 +16,10 @@ each batch to every *attached* ``Branch`` (one per destination, ``cdcd.flow.bran
   branch has nothing to write is detached: the reader goes on without it, and the branch reads on
   its own cursor (catching up) from exactly the last position it was handed. With one attached
   branch there is nobody to hold back: the reader just waits (backpressure).
-* **Rejoin.** A catching-up branch asks after each of its batches; it is attached again once its
-  position is at or past the reader's on every stream (``delivered`` moves *before* a batch is
+* **Rejoin.** A catching-up branch asks after each of its batches; once its position is at or
+  past the reader's on every stream it waits until its writer keeps up (its buffer at most half
+  full: else it would fill up and detach again at once) and asks again; it is attached if its
+  position still is at or past the reader's (``delivered`` moves *before* a batch is
   offered, so no batch can slip between the two). While no branch is attached the reader stops
   reading; the first branch to rejoin moves it to its own position.
 * **End.** When the source ends (the generation is closed and fully read) attached branches are
@@ -123,6 +125,12 @@ class SharedReader:
         branch.set_mode("shared", "rejoined", ahead=self.delivered)
         self._changed.set()
         return True
+
+    def reached(self, branch: Branch) -> bool:
+        """``branch`` could rejoin now as far as positions go (see ``try_rejoin``)."""
+        if self.ended or self.closed or branch not in self.branches:
+            return False
+        return not self.attached() or self._can_attach(branch)
 
     def attached(self) -> list[Branch]:
         return [b for b in self.branches if b.mode == "shared"]

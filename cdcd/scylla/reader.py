@@ -44,7 +44,7 @@ from cdcd.errors import SourceUnavailable
 from cdcd.events import ChangeEvent, EventBatch, Position, timeuuid_sort_key, timeuuid_to_micros
 from cdcd.scylla.decode import LogDecoder, UndecodableGroup
 from cdcd.scylla.generations import StreamDiscovery, StreamGroup, split_table
-from cdcd.scylla.limits import ReadLimiter
+from cdcd.scylla.limits import ReadLimiter, ReadSlots
 from cdcd.scylla.session import ScyllaSession, parse_consistency
 from cdcd.scylla.windows import GroupAssembler, RawGroup, max_pos, min_timeuuid, plan_window
 
@@ -97,7 +97,7 @@ class GroupReader:
         start_floor_ms: int | None = None,
         on_invalid: OnInvalid | None = None,
         clock: Callable[[], float] = time.time,
-        limiter: ReadLimiter | None = None,
+        limiter: ReadSlots | None = None,
         on_rows: Callable[[int], None] | None = None,
     ) -> None:
         self.session = session
@@ -107,7 +107,7 @@ class GroupReader:
         self.start_floor_ms = start_floor_ms
         self.on_invalid = on_invalid
         self.clock = clock
-        self.limiter = limiter or ReadLimiter()  # read caps, shared by the replica's readers
+        self.limiter: ReadSlots = limiter or ReadLimiter()  # read caps, shared by the replica's readers
         self.on_rows = on_rows  # telemetry: rows read per page
         self.keyspace, self.table = split_table(group.table)
         self.log_table = self.table + LOG_SUFFIX

@@ -39,7 +39,7 @@ from cassandra.query import PreparedStatement, SimpleStatement, Statement, dict_
 
 from cdcd.errors import SourceUnavailable
 from cdcd.schema import TableSchema
-from cdcd.scylla.limits import ReadLimiter
+from cdcd.scylla.limits import ReadSlots
 
 __all__ = ["TRANSIENT_ERRORS", "Page", "ScyllaSession", "parse_consistency", "parse_host"]
 
@@ -234,7 +234,7 @@ class ScyllaSession:
         *,
         fetch_size: int | None = 1000,
         consistency: int | None = None,
-        limiter: ReadLimiter | None = None,
+        limiter: ReadSlots | None = None,
     ) -> AsyncIterator[list[Row]]:
         """All pages of a query, fetched one at a time (the next page only when asked for), each
         request under ``limiter``'s caps when one is given."""
