@@ -6,10 +6,13 @@
   running); then Redis, Scylla and every destination are connected with retries (backoff from
   ``[pipeline.retry]``; a dependency that is down is waited for, R-42); each table's schema is read
   and its target tables ensured.
-* main loop: one supervisor per (table, destination) runs a ``Pipeline`` for every stream group of
-  the oldest unfinished generation. When all groups of a generation are done (closed and fully
-  applied) it moves on to the next one (generation switch). A pipeline that stops on an error is
-  restarted from its checkpoint after a growing pause.
+* main loop: one supervisor per (table, destination) runs that destination's ``Branch`` of every
+  stream group of the oldest unfinished generation; the branches of a group share one
+  ``SharedReader`` (started by the first branch that needs it), which reads and decodes the log
+  once for all of them (``cdcd.flow.reader``). When all groups of a generation are done for a
+  destination (closed and fully applied) its supervisor moves on to the next one (generation
+  switch). A branch that stops on an error is restarted from its checkpoint after a growing pause
+  (joining its group's reader again, catching up first if it is behind).
 * shutdown: the first SIGTERM/SIGINT stops reading, drains in-flight batches and saves checkpoints
   within ``pipeline.shutdown_timeout``, then exits 0; a second signal abandons everything at once
   (exit 1). Nothing is lost either way: pipelines resume from their checkpoints.
