@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 __all__ = ["ReadLimiter", "ReadSlots"]
@@ -34,6 +34,7 @@ class ReadLimiter:
         max_rate: float = 0.0,
         catch_up_slots: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if max_concurrent < 0 or max_rate < 0:
             raise ValueError("read caps must be >= 0 (0 = unlimited)")
@@ -43,6 +44,7 @@ class ReadLimiter:
         self.max_concurrent = max_concurrent
         self.max_rate = max_rate
         self.clock = clock
+        self.sleep = sleep
         self._slots = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._tokens = max_rate
         self._stamp = clock()
@@ -84,9 +86,9 @@ class ReadLimiter:
             return
         while True:
             self._refill()
-            if self._tokens > 0:
+            if self._tokens >= 0:
                 return
-            await asyncio.sleep(-self._tokens / self.max_rate)
+            await self.sleep(-self._tokens / self.max_rate)
 
 
 class ReadSlots(Protocol):
