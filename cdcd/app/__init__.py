@@ -15,7 +15,8 @@
   (joining its group's reader again, catching up first if it is behind).
 * shutdown: the first SIGTERM/SIGINT stops reading, drains in-flight batches and saves checkpoints
   within ``pipeline.shutdown_timeout``, then exits 0; a second signal abandons everything at once
-  (exit 1). Nothing is lost either way: pipelines resume from their checkpoints.
+  (exit 1), also while the process winds down after its shutdown (no traceback either way).
+  Nothing is lost: pipelines resume from their checkpoints.
 
 Start position (R-03): a stream without a checkpoint starts at the *start floor* of its (table,
 destination), fixed at the very first start ("now") and kept in Redis under
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 
 from cdcd.app.daemon import Daemon, StartAt
@@ -41,10 +44,20 @@ from cdcd.ops.logging import configure as configure_logging
 __all__ = ["Daemon", "Dependencies", "SinkFactory", "check", "check_dependencies", "run"]
 
 
+def _exit_at_once(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT while ``cdcd run`` is not serving: before the daemon installs its handlers,
+    or after its shutdown completed while the process winds down (event loop teardown, driver
+    threads). Exit at once (code 1, as a second signal does) instead of the default: killed by
+    the signal, or a KeyboardInterrupt traceback from wherever the loop's teardown was."""
+    os._exit(1)
+
+
 def run(cfg: Config, *, config_file: str, start_at: StartAt = None, log_level: str | None = None) -> int:
     """``cdcd run``: configure logging, install uvloop, serve until stopped; the exit code."""
     import uvloop
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_at_once)  # the daemon's own handlers replace it while it serves
     configure_logging(level=log_level or cfg.logging.level, fmt=cfg.logging.format)
     emit.config_loaded(config_file=config_file)
     daemon = Daemon(cfg, config_file=config_file, start_at=start_at)

@@ -122,6 +122,7 @@ class Daemon:
     async def serve(self) -> int:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
         try:
@@ -139,6 +140,8 @@ class Daemon:
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+                if previous[sig] is not None:  # (cdcd run's: exit at once while the process winds down)
+                    signal.signal(sig, previous[sig])
         return 1 if self.force_exit else self.exit_code
 
     def handle_signal(self, sig: signal.Signals) -> None:
