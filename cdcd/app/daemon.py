@@ -33,6 +33,7 @@ from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.progress import ProgressLog
 from cdcd.schema import TableSchema
 from cdcd.scylla import GroupReader, StreamDiscovery, StreamGroup, start_floor_ms
 from cdcd.scylla.decode import UndecodableGroup
@@ -202,6 +203,7 @@ class Daemon:
                 )
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
+        self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)

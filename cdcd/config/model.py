@@ -144,6 +144,9 @@ class LoggingConfig(_Section, frozen=True, kw_only=True):
 
     level: Literal["debug", "info", "warning", "error"] = "info"  # lowest level written
     format: Literal["json", "console"] = "json"  # json lines or human-readable
+    # one INFO line per table and destination this often while running: state, lag, events/s
+    # since the previous line (cdcd.ops.progress); "0" = off
+    progress_interval: Duration = Duration(60.0)
 
 
 class TracingConfig(_Section, frozen=True, kw_only=True):

@@ -31,7 +31,7 @@ from cdcd.config import Secret
 from cdcd.ops.horizon import fold_lag, time_until_loss
 from cdcd.ops.logging import get_logger, scrub
 
-__all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app", "summarize"]
+__all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app", "summarize", "worst_state"]
 
 log = get_logger("cdcd.ops.http")
 
@@ -139,6 +139,15 @@ _RANK = {
     "done": 0, "closed": 1, "starting": 2, "running": 3, "draining": 4, "retrying": 5,
     "circuit-open": 6, "terminated": 7, "failed": 8,
 }  # fmt: skip
+
+
+def worst_state(states: Iterable[str]) -> str:
+    """The state a destination shows for its groups' ``states``: the worst one ("done" if none)."""
+    worst = "done"
+    for state in states:
+        if _RANK.get(state, 0) > _RANK.get(worst, 0):
+            worst = state
+    return worst
 
 
 def make_app(

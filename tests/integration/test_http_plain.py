@@ -4,6 +4,7 @@ reprs, and /status without per-stream positions unless ``?verbose=true``."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from cdcd.app.deps import plain, timed
 from cdcd.errors import SinkUnavailable
+from cdcd.ops.logging import configure
 from cdcd.scylla import ScyllaSession
 from tests.integration.test_http_daemon import (
     MemorySink,
@@ -168,3 +170,42 @@ async def test_timed_error_texts() -> None:
     )
     assert (await timed(ours(), 5)).detail == "pg: PostgreSQL at 127.0.0.1:1/db: connection refused"
     assert "hunter2" not in (await timed(leaky(), 5)).detail
+
+
+async def test_progress_lines_while_running(
+    emulator: Any,
+    scylla: ScyllaSession,  # noqa: F811
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """``[logging] progress_interval``: the daemon logs "replication progress" per table and
+    destination, with the rate of what it applied."""
+    stream = io.StringIO()
+    configure(level="info", fmt="json", stream=stream)
+    try:
+        cfg = make_config(
+            emulator, redis_url, redis_prefix, free_port(), '[logging]\nprogress_interval = "300ms"\n'
+        )
+        sink = MemorySink("mem")
+        async with Running(cfg, sink) as run:
+            for i in range(30):
+                await scylla.execute(f"INSERT INTO ks.t (pk, v) VALUES ({i}, 'v{i}')")
+
+            def progress() -> list[dict[str, Any]]:
+                records = [json.loads(line) for line in stream.getvalue().splitlines()]
+                return [r for r in records if r["message"] == "replication progress"]
+
+            async def moving_then_idle() -> bool:
+                seen = progress()
+                return any(r["events_per_second"] > 0 for r in seen) and seen[-1]["events_applied"] == 30
+
+            await until(moving_then_idle)
+            assert await run.stop() == 0
+        records = progress()
+        assert {(r["table"], r["destination"]) for r in records} == {("ks.t", "mem")}
+        assert sum(r["events_per_second"] for r in records) > 0
+        last = records[-1]
+        assert last["state"] in ("running", "retrying") and last["lag_seconds"] is not None
+        assert last["level"] == "info" and last["groups"] >= 1
+    finally:
+        configure(level="warning", fmt="json")
