@@ -236,24 +236,35 @@ class ScyllaSession:
         consistency: int | None = None,
         limiter: ReadSlots | None = None,
     ) -> AsyncIterator[list[Row]]:
-        """All pages of a query, fetched one at a time (the next page only when asked for), each
-        request under ``limiter``'s caps when one is given."""
-        state: bytes | None = None
-        while True:
+        """All pages of a query. The request for the next page goes out as soon as a page
+        arrives, so Scylla works on it while the caller decodes this one (one page ahead, never
+        more); each request runs under ``limiter``'s caps when one is given. Closing the iterator
+        early cancels the request in flight."""
+
+        async def fetch(state: bytes | None) -> Page:
             if limiter is None:
+                return await self.fetch_page(
+                    query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
+                )
+            async with limiter.page():
                 page = await self.fetch_page(
                     query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
                 )
-            else:
-                async with limiter.page():
-                    page = await self.fetch_page(
-                        query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
-                    )
-                limiter.spend(len(page.rows))
-            yield page.rows
-            if page.paging_state is None:
-                return
-            state = page.paging_state
+            limiter.spend(len(page.rows))
+            return page
+
+        ahead: asyncio.Task[Page] | None = asyncio.ensure_future(fetch(None))
+        try:
+            while ahead is not None:
+                page = await ahead
+                ahead = None if page.paging_state is None else asyncio.ensure_future(fetch(page.paging_state))
+                yield page.rows
+        finally:
+            if ahead is not None:  # the caller stopped early (or a page failed)
+                if not ahead.done():
+                    ahead.cancel()
+                elif not ahead.cancelled():
+                    ahead.exception()  # retrieved: a failed prefetch nobody waits for is not an error
 
     async def execute(
         self,
