@@ -274,6 +274,7 @@ async def catch_up(
             if c >= changes and "done" not in t:
                 t["done"] = now
                 t["cpu"] = cpu_seconds(cdcd.pid)
+                t["threads"] = thread_cpu(cdcd.pid)  # type: ignore[assignment]
         await asyncio.sleep(0.2)
     return started, times
 
@@ -304,6 +305,23 @@ async def raw_ch_insert(ch: Any, target: str, batch: int) -> dict[str, float]:
             raise SystemExit(f"raw insert stored {got.result_rows[0][0]} rows ({plain.result_rows[0][0]} without "
                              f"FINAL), not {rows}; {ddl.result_rows[0][0]}")  # fmt: skip
     return rates
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the threads of ``pid``: the main thread (the event loop)
+    and each other thread by id, e.g. the Scylla driver's I/O thread, which decodes the wire
+    rows and runs the row factory outside the event loop (and outside cProfile)."""
+    out: dict[str, float] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        name = "event loop" if task.name == str(pid) else f"thread {task.name}"
+        out[name] = (int(fields[11]) + int(fields[12])) / tck
+    return out
 
 
 def loadavg() -> str:
@@ -385,7 +403,11 @@ async def run(  # noqa: PLR0917
                 extra={"destinations": extra},
             ),
         )
-        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        profile: list[str] = []
+        if args.profile and args.profile_clock == "wall":
+            profile = ["-m", "cProfile", "-o", args.profile]
+        elif args.profile:
+            profile = [str(ROOT / "bench" / "cpu_profile.py"), args.profile]
         cdcd = CdcdProcess(
             config, http_port=http, pg_dsn=dsn["pg"], python_args=profile, env={"TS_DSN": dsn["ts"]}
         )
@@ -466,10 +488,13 @@ async def run(  # noqa: PLR0917
     print(f"  all caught up {last - started:.1f} s after start: {changes / (last - started):,.0f} events/s per "
           f"destination, {len(dests) * changes / (last - started):,.0f} destination-events/s")  # fmt: skip
     cpu_done = max(t["cpu"] for t in times.values())
+    threads: dict[str, float] = max((t for t in times.values()), key=lambda t: t["cpu"])["threads"]  # type: ignore[assignment]
     ch_part = f", ClickHouse endpoint {ch_cpu:.1f}" if ch_cpu is not None else ""
     print(
         f"  catch-up CPU seconds: cdcd {cpu_done:.1f} (whole run {cpu_total:.1f}), emulator {emu_cpu:.1f}{ch_part}"
     )
+    busiest = sorted(threads.items(), key=lambda kv: -kv[1])[:4]
+    print(f"  cdcd CPU seconds per thread at catch-up: {', '.join(f'{n} {c:.1f}' for n, c in busiest)}")
     per_cpu = changes / max(cpu_done, 1e-9)
     print(f"  cdcd CPU per 100k changes (delivered to every destination): {cpu_done * 100_000 / changes:.2f} s; "
           f"{per_cpu:,.0f} changes per CPU-second ({len(dests) * per_cpu:,.0f} destination-events per CPU-second)")  # fmt: skip
@@ -508,6 +533,12 @@ def main() -> int:
     ap.add_argument("--redis-url", help="Redis URL (keys under a fresh prefix)")
     ap.add_argument("--clickhouse-url", help="ClickHouse HTTP URL (default: start tests.clickhouse_server)")
     ap.add_argument("--profile", help="run cdcd under cProfile and write the profile to this file")
+    ap.add_argument(
+        "--profile-clock", choices=["cpu", "wall"], default="wall",
+        help="what --profile times: wall time (default, python -m cProfile) or the event loop "
+        "thread's CPU time (bench/cpu_profile.py: immune to waiting for a core on a shared machine, "
+        "but each timer read is a system call, so call-heavy code is overstated)",
+    )  # fmt: skip
     ap.add_argument("--workdir", help="keep config and logs here (default: a temp dir, removed)")
     ap.add_argument("--serve-emulator", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
