@@ -6,6 +6,7 @@
     ├── ConfigError          file, key path, expected, got; fatal at start-up
     │   └── ConfigErrors     several ConfigErrors found in one pass (``errors``)
     ├── SourceUnavailable    retriable: driver errors, timeouts, Scylla down
+    ├── DependencyUnavailable retriable: Redis (or another dependency) cannot be reached
     ├── SinkError
     │   ├── SinkUnavailable  retriable: connection lost, timeout, SQLSTATE 08/53/57, ClickHouse network
     │   └── BadRows          {index: reason}; those rows go to the dead-letter store, the rest are retried
@@ -16,6 +17,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping, Sequence
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "CdcdError",
     "ConfigError",
     "ConfigErrors",
+    "DependencyUnavailable",
     "InvalidRecord",
     "LeaseLost",
     "SchemaMismatch",
@@ -30,6 +34,7 @@ __all__ = [
     "SinkUnavailable",
     "SourceUnavailable",
     "describe",
+    "reason",
 ]
 
 
@@ -66,6 +71,13 @@ class ConfigErrors(ConfigError):
 
 class SourceUnavailable(CdcdError):
     """Scylla could not be read right now (connection, timeout, unavailable replicas)."""
+
+    retriable = True
+
+
+class DependencyUnavailable(CdcdError):
+    """A dependency (Redis) cannot be reached right now; the message names it, where it is and
+    the server's or the network's own words."""
 
     retriable = True
 
@@ -108,3 +120,44 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, CdcdError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """What a driver or the network said, for "cannot connect to X at host:port: <reason>":
+    a server's message as it is (``password authentication failed for user "x"``, with its hint
+    when it gives one), a socket error with the system's words for it (``Connection refused:
+    Connect call failed ('127.0.0.1', 5432)``), anything else as ``describe`` has it."""
+    if isinstance(exc, CdcdError):
+        return describe(exc)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        system = os.strerror(exc.errno)
+        said = (exc.strerror or "").strip()
+        return f"{system}: {said}" if said and said != system else system
+    if isinstance(exc, TimeoutError) and not str(exc).strip():
+        return "timed out"
+    text = str(exc).strip()
+    if type(exc).__module__.split(".")[0] in _DRIVERS and text:
+        hint = getattr(exc, "hint", None)
+        if hint:
+            text = f"{text} (hint: {hint})"
+        system = _system_words(exc)
+        return f"{text} ({system})" if system and system.lower() not in text.lower() else text
+    return describe(exc)
+
+
+def _system_words(exc: BaseException) -> str:
+    """The system's words (``Connection refused``) for a socket error behind a driver's error."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and not isinstance(cause, socket.gaierror) and (cause.errno or 0) > 0:
+            return os.strerror(cause.errno or 0)
+        cause = cause.__cause__ or cause.__context__
+    return ""
+
+
+# Packages whose exception messages are the server's or the driver's own words.
+_DRIVERS = frozenset({"asyncpg", "clickhouse_connect", "redis", "cassandra", "aiohttp"})

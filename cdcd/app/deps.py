@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from cassandra.cluster import NoHostAvailable
 
 from cdcd.config import Config, Destination, TableConfig, TlsConfig
-from cdcd.errors import ConfigError, describe
+from cdcd.config.endpoints import redis_endpoint, scylla_endpoint
+from cdcd.errors import ConfigError, DependencyUnavailable, SourceUnavailable, describe, reason
 from cdcd.flow import BatchPolicy, CommitPolicy, PipelineConfig, RetryPolicy
 from cdcd.ops import emit
 from cdcd.ops.http import CheckResult
@@ -97,24 +100,34 @@ class Dependencies:
         client = aioredis.Redis.from_url(url, **kwargs)
         try:
             await client.ping()
-        except BaseException:
+        except BaseException as exc:
             await client.aclose()
+            if isinstance(exc, redis.exceptions.RedisError | OSError):  # ResponseError: e.g. NOAUTH
+                where = redis_endpoint(url)
+                raise DependencyUnavailable(
+                    scrub(f"cannot connect to Redis at {where}: {reason(exc)}")
+                ) from exc
             raise
         self.redis = client
         return client
 
     async def connect_scylla(self) -> ScyllaSession:
         src = self.cfg.source
-        self.scylla = await ScyllaSession.connect(
-            src.hosts,
-            username=src.username,
-            password=src.password.get() if src.password is not None else None,
-            ssl_context=ssl_context(src.tls),
-            consistency=src.consistency,
-            request_timeout=src.request_timeout,
-            connect_timeout=src.connect_timeout,
-            local_dc=src.local_dc,
-        )
+        try:
+            self.scylla = await ScyllaSession.connect(
+                src.hosts,
+                username=src.username,
+                password=src.password.get() if src.password is not None else None,
+                ssl_context=ssl_context(src.tls),
+                consistency=src.consistency,
+                request_timeout=src.request_timeout,
+                connect_timeout=src.connect_timeout,
+                local_dc=src.local_dc,
+            )
+        except SourceUnavailable as exc:
+            raise SourceUnavailable(
+                scrub(f"cannot connect to Scylla at {scylla_endpoint(src.hosts)}: {_scylla_reason(exc)}")
+            ) from exc.__cause__ or exc
         return self.scylla
 
     async def connect_sink(self, name: str) -> Sink:
@@ -150,6 +163,15 @@ class Dependencies:
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()
+
+
+def _scylla_reason(exc: SourceUnavailable) -> str:
+    """The driver's reason per contact point (``NoHostAvailable.errors``), else its message."""
+    cause = exc.__cause__
+    errors = getattr(cause, "errors", None)
+    if isinstance(cause, NoHostAvailable) and isinstance(errors, Mapping) and errors:
+        return "; ".join(f"{host}: {reason(err)}" for host, err in errors.items())
+    return reason(cause) if cause is not None else str(exc)
 
 
 async def timed(what: Awaitable[Any], limit: float) -> CheckResult:

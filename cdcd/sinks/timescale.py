@@ -46,7 +46,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from cdcd.errors import ConfigError, SchemaMismatch
+from cdcd.errors import ConfigError, SchemaMismatch, SinkUnavailable
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
 from cdcd.sinks.classify import Action, classify
@@ -172,10 +172,14 @@ def compression_sql(plan: HypertablePlan) -> str:
     return f"ALTER TABLE {plan.relation} SET ({', '.join(opts)})"
 
 
+_PRELOAD_HINT = "add timescaledb to shared_preload_libraries in the server's postgresql.conf and restart it"
+
+
 class TimescaleSink(PostgresSink):
     """``[destinations.<name>] type = "timescaledb"``."""
 
     kind = "timescaledb"
+    label = "TimescaleDB"
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
@@ -188,7 +192,14 @@ class TimescaleSink(PostgresSink):
     async def connect(self) -> None:
         await super().connect()
         if self.features is None:
-            self.features = await self._run(self._detect)
+            try:
+                self.features = await self._run(self._detect)
+            except SinkUnavailable as exc:  # the server's reason (e.g. the library not preloaded)
+                cause = exc.__cause__ or exc
+                error = self._unavailable(cause, "cannot load the timescaledb extension in")
+                if "must be preloaded" in str(cause):
+                    error = SinkUnavailable(f"{error}; {_PRELOAD_HINT}")
+                raise error from cause
         for source, cfg in self._hypertables().items():
             self._require_features(source, cfg)
 

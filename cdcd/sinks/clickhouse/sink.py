@@ -31,8 +31,10 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 
-from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable
+from cdcd.config.endpoints import clickhouse_endpoint
+from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, reason
 from cdcd.events import ChangeEvent, Op
+from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.clickhouse.cache import RowCache
@@ -134,13 +136,23 @@ class ClickHouseSink:
             self._client = await clickhouse_connect.get_async_client(**kwargs)
         except Exception as exc:
             if classify(exc) is Action.RETRY:
-                raise SinkUnavailable(
-                    f"{self.name}: cannot connect to ClickHouse: {type(exc).__name__}"
-                ) from exc
+                raise self._unavailable(exc, "cannot connect to") from exc
             raise
 
+    def _unavailable(self, exc: BaseException, doing: str = "") -> SinkUnavailable:
+        """``SinkUnavailable`` naming the destination, its endpoint and user (never the password)
+        and what the server or the network said."""
+        url = str(getattr(self.config, "url", "http://127.0.0.1:8123"))
+        where = clickhouse_endpoint(url, str(getattr(self.config, "username", "default")))
+        what = f"{doing} ClickHouse" if doing else "ClickHouse"
+        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {reason(exc)}"))
+
     async def healthcheck(self) -> None:
-        await self._call(lambda c: c.command("SELECT 1"))
+        await self.connect()
+        try:
+            await self._call(lambda c: c.command("SELECT 1"))
+        except SinkUnavailable as exc:
+            raise self._unavailable(exc.__cause__ or exc) from exc.__cause__ or exc
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -39,8 +39,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
+from cdcd.config.endpoints import postgres_endpoint
+from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable, reason
 from cdcd.events import ChangeEvent, Op
+from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
@@ -82,6 +84,24 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     pg_advisory_unlock_all()`` on every release: one round trip per write for state this sink never
     leaves behind (transactions are managed, advisory locks are transaction-scoped). Open
     transactions are still rolled back by the pool itself."""
+
+
+def _is_closed(conn: Any) -> bool:
+    """``conn.is_closed()``; True for a pooled connection the pool already took back (its
+    proxy raises InterfaceError once the server ended the session)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _unmask(exc: BaseException) -> BaseException:
+    """The error that really happened: asyncpg raises InterfaceError ("the underlying connection
+    is closed") from ``Transaction.__aexit__`` and pooled-connection calls after the server ended
+    the session, hiding the server's reason (``extension "timescaledb" must be preloaded``)."""
+    while isinstance(exc, asyncpg.InterfaceError) and isinstance(exc.__context__, Exception):
+        exc = exc.__context__
+    return exc
 
 
 class _Probe(Exception):
@@ -134,7 +154,16 @@ class PostgresSink:
         except Exception as exc:
             if classify(exc) is Action.FATAL and not isinstance(exc, asyncpg.PostgresError):
                 raise
-            raise SinkUnavailable(f"{self.name}: cannot connect to PostgreSQL: {type(exc).__name__}") from exc
+            raise self._unavailable(exc, "cannot connect to") from exc
+
+    label = "PostgreSQL"  # the destination's kind in messages
+
+    def _unavailable(self, exc: BaseException, doing: str = "") -> SinkUnavailable:
+        """``SinkUnavailable`` naming the destination, where it is (host:port/db and user from the
+        DSN, never its password) and what the server or the network said."""
+        where = postgres_endpoint(config_secret(self.config, "dsn") or "")
+        what = f"{doing} {self.label}" if doing else self.label
+        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {reason(exc)}"))
 
     _init_connection = staticmethod(init_connection)
 
@@ -146,7 +175,11 @@ class PostgresSink:
 
     async def healthcheck(self) -> None:
         """One round trip; raises ``SinkUnavailable`` when PostgreSQL does not answer."""
-        await self._run(lambda conn: conn.fetchval("SELECT 1"))
+        await self.connect()
+        try:
+            await self._run(lambda conn: conn.fetchval("SELECT 1"))
+        except SinkUnavailable as exc:
+            raise self._unavailable(exc.__cause__ or exc) from exc.__cause__ or exc
 
     async def aclose(self) -> None:
         """Close the pool (terminate it after 10 s); never raises."""
@@ -167,7 +200,7 @@ class PostgresSink:
                 try:
                     return await fn(conn)
                 except Exception as exc:
-                    if connection_broken(exc) and not conn.is_closed():
+                    if connection_broken(exc) and not _is_closed(conn):
                         conn.terminate()  # the pool opens a fresh one instead of reusing it
                     raise
         except (SinkUnavailable, BadRows, SchemaMismatch, _Probe):
@@ -177,8 +210,9 @@ class PostgresSink:
             self._staged.clear()
             raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            if classify(exc) is Action.RETRY:
-                raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            original = _unmask(exc)
+            if classify(original) is Action.RETRY:
+                raise SinkUnavailable(f"{self.name}: {type(original).__name__}: {original}") from original
             raise
 
     # -- tables ------------------------------------------------------------------------------
