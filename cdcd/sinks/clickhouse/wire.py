@@ -83,13 +83,17 @@ def _lit(v: Any) -> str:
         return "'" + str.translate(v, _ESCAPE) + "'"
     if t is uuid.UUID:
         return f"'{v}'"
+    if t is dt.datetime and v.tzinfo is dt.UTC:
+        # A timestamp key (DateTime64(3, 'UTC')): the text clickhouse-connect's DT64Param renders.
+        return "'" + dt.datetime.strftime(v, "%Y-%m-%d %H:%M:%S.%f") + "'"
     raise TypeError  # anything else: clickhouse-connect's own formatter
 
 
 def key_param(keys: list[tuple[Any, ...]], types: Sequence[str]) -> Any:
-    """A key list as a server-side parameter value. Integer, text and UUID keys are written in
-    ClickHouse's text form directly (clickhouse-connect's generic formatter escapes strings char by
-    char: ~10-20 µs per key); other key types (timestamps, blobs, tuples, ...) go through it."""
+    """A key list as a server-side parameter value. Integer, text, UUID and timestamp keys are
+    written in ClickHouse's text form directly (clickhouse-connect's generic formatter escapes
+    strings char by char and promotes every timestamp to a DT64Param: ~10-20 µs per key); other
+    key types (dates, blobs, tuples, ...) go through it."""
     try:
         if len(types) == 1:
             return _Bound("[" + ",".join([_lit(k[0]) for k in keys]) + "]")
