@@ -24,6 +24,10 @@ tuple<...>        ``tuple``
 UDT               ``dict[str, Any]`` field name -> value (all fields present, null = None)
 ================  =====================================================================
 
+The structs are not tracked by the cyclic garbage collector (``gc=False``): they hold plain
+values and never take part in a reference cycle, and a catch-up keeps tens of thousands of them
+in flight, which full collections would otherwise scan again and again.
+
 Non-frozen collections in *delta* rows carry only the cells the write added:
 ``values[col]`` is a ``dict`` for maps, a ``list`` for sets, a ``dict[uuid.UUID, value]`` for lists
 (the list order is the timeuuid order of the keys: compare with ``timeuuid_sort_key``), and a
@@ -95,7 +99,7 @@ class Op(enum.IntEnum):
     RANGE_DELETE = 100
 
 
-class CqlDuration(msgspec.Struct, frozen=True, array_like=True):
+class CqlDuration(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """CQL ``duration``: months, days and nanoseconds are independent (no normalisation)."""
 
     months: int
@@ -103,7 +107,7 @@ class CqlDuration(msgspec.Struct, frozen=True, array_like=True):
     nanoseconds: int
 
 
-class Position(msgspec.Struct, frozen=True, kw_only=True):
+class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Place of a CDC log group within one stream. Order with ``sort_key()`` (CQL timeuuid order)."""
 
     generation: int  # generation (stream set) start, ms since the Unix epoch
@@ -114,7 +118,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
         return timeuuid_sort_key(self.time)
 
 
-class RangeBound(msgspec.Struct, frozen=True, kw_only=True):
+class RangeBound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A clustering range of a range delete. A bound holds a clustering-key *prefix* (possibly
     empty = unbounded on that side), in clustering-column order."""
 
@@ -124,7 +128,7 @@ class RangeBound(msgspec.Struct, frozen=True, kw_only=True):
     end_inclusive: bool
 
 
-class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True):
+class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One decoded delta of a CDC log group. Immutable: stages return copies via
     ``msgspec.structs.replace``.
 
