@@ -408,6 +408,8 @@ async def run(  # noqa: PLR0917
             profile = ["-m", "cProfile", "-o", args.profile]
         elif args.profile:
             profile = [str(ROOT / "bench" / "cpu_profile.py"), args.profile]
+        elif args.gc_stats is not None:
+            profile = [str(ROOT / "bench" / "gc_stats.py"), *args.gc_stats.split()]
         cdcd = CdcdProcess(
             config, http_port=http, pg_dsn=dsn["pg"], python_args=profile, env={"TS_DSN": dsn["ts"]}
         )
@@ -538,6 +540,11 @@ def main() -> int:
         help="what --profile times: wall time (default, python -m cProfile) or the event loop "
         "thread's CPU time (bench/cpu_profile.py: immune to waiting for a core on a shared machine, "
         "but each timer read is a system call, so call-heavy code is overstated)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gc-stats", metavar="OPTIONS",
+        help="run cdcd under bench/gc_stats.py (its options, e.g. '' or '--freeze'): the CPU time of "
+        "its garbage collections is written to cdcd.log at exit",
     )  # fmt: skip
     ap.add_argument("--workdir", help="keep config and logs here (default: a temp dir, removed)")
     ap.add_argument("--serve-emulator", action="store_true", help=argparse.SUPPRESS)
