@@ -21,11 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=9042, help="0 picks a free port")
     ap.add_argument("--vnodes", type=int, default=16, help="vnode tokens of the node (default 16)")
     ap.add_argument("--shards", type=int, default=2, help="shards advertised to the driver (default 2)")
-    ap.add_argument("--user", help="require PasswordAuthenticator login with this user")
+    ap.add_argument("--user", help="require PasswordAuthenticator login; this user is a superuser")
     ap.add_argument("--password", help="password for --user")
     ap.add_argument(
         "--log-read-delay", type=float, default=0.0,
         help="seconds each CDC log page waits before it is answered (default 0)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cdc-log-permissions", choices=("base", "log"), default="base",
+        help="SELECT on a CDC log is checked on its base table (base, Scylla >= 2025.3.2) "
+        "or on the log table itself (log, older releases)",
     )  # fmt: skip
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         log_read_delay=args.log_read_delay,
     )
     server.start()
+    server.engine.auth.cdc_log_permissions = args.cdc_log_permissions  # a plain attribute
     print(f"listening on {server.host}:{server.port}", flush=True)
     try:
         while not stop.wait(1.0):

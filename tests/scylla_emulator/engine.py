@@ -5,7 +5,9 @@ tables ``cdc.CdcLog.transform(base, log, mutations, read_row)`` BEFORE applying 
 mutations applied to storage together (nothing is applied if the transform raises).
 ``apply_mutations`` is the public entry for that path (used by ``bulk``).
 
-Read path: ``engine_select``. DDL: ``engine_ddl``. System tables: ``systables``.
+Read path: ``engine_select``. DDL: ``engine_ddl``. System tables: ``systables``. Roles and
+permissions: ``auth`` (``execute``/``execute_prepared``/``batch`` take the connection's login
+role as ``user``; ``None``, the default, is an internal caller and is never checked).
 Clock: ``clock()`` (seconds since epoch, default ``time.time``) plus ``advance_clock`` offset.
 """
 
@@ -31,6 +33,7 @@ from tests.scylla_emulator.api import (
     SetKeyspaceResult,
     VoidResult,
 )
+from tests.scylla_emulator.auth import Auth
 from tests.scylla_emulator.catalog import Catalog, TableRt
 from tests.scylla_emulator.cql import ast as A
 from tests.scylla_emulator.cql import parse
@@ -64,6 +67,7 @@ T_INT = CType("int")
 T_BIGINT = CType("bigint")
 T_DURATION = CType("duration")
 MAX_TTL = 630720000
+_ROLE_STATEMENTS = (A.CreateRole, A.AlterRole, A.DropRole, A.GrantPermissions, A.RevokePermissions)
 
 
 def inv(msg: str) -> CqlError:
@@ -112,6 +116,7 @@ class EmulatorEngine:
             raise RuntimeError("tests/scylla_emulator/generations.py is missing")
         self.generations = Generations(vnodes=vnodes, shards=shards, now_ms=self.now_ms)
         self.cdc = CdcLog(self.generations, self.now_us) if CdcLog is not None else None
+        self.auth = Auth(self._resource_exists, lambda: systables.refresh_roles(self))
         systables.install(self)
         self.apply_mutations(self.generations.description_mutations(), cdc=False)
 
@@ -173,13 +178,14 @@ class EmulatorEngine:
         paging_state: bytes | None = None,
         timestamp: int | None = None,
         names: list[str] | None = None,
+        user: str | None = None,
     ) -> Result:
         stmt, n = self._parse(query)
         values = list(values or [])
         if n != len(values) and not (names and n):
             raise inv(f"There were {n} markers(?) in CQL but {len(values)} bound variables")
         terms = Terms(values, names, None, self.now_us)
-        return self._run(stmt, terms, keyspace, page_size, paging_state, timestamp)
+        return self._run(stmt, terms, keyspace, page_size, paging_state, timestamp, user)
 
     def execute_decoded(
         self,
@@ -231,6 +237,7 @@ class EmulatorEngine:
         page_size: int | None = None,
         paging_state: bytes | None = None,
         timestamp: int | None = None,
+        user: str | None = None,
     ) -> Result:
         p = self._prepared.get(prepared_id)
         if p is None:
@@ -240,7 +247,7 @@ class EmulatorEngine:
         if len(values) != p.n:
             raise inv(f"There were {p.n} markers(?) in CQL but {len(values)} bound variables")
         terms = Terms(list(values), None, None, self.now_us)
-        return self._run(p.stmt, terms, p.keyspace or keyspace, page_size, paging_state, timestamp)
+        return self._run(p.stmt, terms, p.keyspace or keyspace, page_size, paging_state, timestamp, user)
 
     def batch(
         self,
@@ -250,6 +257,7 @@ class EmulatorEngine:
         keyspace: str | None,
         consistency: int = 1,
         timestamp: int | None = None,
+        user: str | None = None,
     ) -> Result:
         items: list[tuple[Any, Terms]] = []
         for bs in statements:
@@ -269,6 +277,8 @@ class EmulatorEngine:
                 raise inv(
                     "Invalid statement in batch: only UPDATE, INSERT and DELETE statements are allowed."
                 )
+            if user is not None:
+                self.auth.authorize(user, stmt, ks)
             items.append((self._qualify(stmt, ks), Terms(list(bs.values), None, None, self.now_us)))
         return self._write(items, timestamp, None, batch_kind=("logged", "unlogged", "counter")[kind])
 
@@ -290,7 +300,10 @@ class EmulatorEngine:
         page_size: int | None,
         paging_state: bytes | None,
         timestamp: int | None,
+        user: str | None = None,
     ) -> Result:
+        if user is not None:
+            self.auth.authorize(user, stmt, keyspace)
         if isinstance(stmt, A.Select):
             return self._select(self._qualify(stmt, keyspace), terms, page_size, paging_state)
         if isinstance(stmt, A.Insert | A.Update | A.Delete):
@@ -306,7 +319,25 @@ class EmulatorEngine:
         if isinstance(stmt, A.Use):
             self.catalog.keyspace(stmt.keyspace)
             return SetKeyspaceResult(stmt.keyspace)
-        return engine_ddl.execute(self, stmt, keyspace)
+        if isinstance(stmt, _ROLE_STATEMENTS):
+            return self.auth.execute(user, stmt, keyspace)
+        result = engine_ddl.execute(self, stmt, keyspace)
+        if isinstance(result, SchemaChangeResult) and result.target in ("KEYSPACE", "TABLE"):
+            resource = (result.keyspace,) if result.name is None else (result.keyspace, result.name)
+            if result.change_type == "CREATED":
+                self.auth.created(user, resource)
+            elif result.change_type == "DROPPED":
+                self.auth.dropped(resource)
+                if result.name is not None:
+                    self.auth.dropped((result.keyspace, result.name + LOG_SUFFIX))
+        return result
+
+    def _resource_exists(self, r: tuple[str, ...]) -> bool:
+        if not r:
+            return True
+        if len(r) == 1:
+            return r[0] in self.catalog.keyspaces
+        return self.catalog.find_table(r[0], r[1]) is not None
 
     # ------------------------------------------------------------------------------ reads
     def _select(

@@ -15,7 +15,10 @@ Contract:
 * malformed input is answered with a PROTOCOL_ERROR; an unexpected engine exception becomes a
   SERVER_ERROR; neither stops the server. A frame of another protocol version gets
   "unsupported protocol version" and the connection is closed (the driver then downgrades to v4);
-* optional PasswordAuthenticator (``credentials=(user, password)``), off by default.
+* optional PasswordAuthenticator (``credentials=(user, password)``), off by default. With an
+  engine that has roles (``engine.auth``, see ``auth.py``) the credentials are a superuser, other
+  roles log in too, and every request runs as the connection's role (``user=`` to the engine);
+  with any other engine the credentials are the only login and nothing is authorized.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class _Conn:
         self.keyspace: str | None = None
         self.started = False  # STARTUP done (and authenticated, if required)
         self.authenticating = False
+        self.user: str | None = None  # the login role, once authenticated
         self.compress = False
         self.events: set[str] = set()
         self.consistency = 1  # of the request being served (echoed in error bodies)
@@ -131,6 +135,7 @@ class EmulatorServer:
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Conn] = set()
         self._prepared: dict[bytes, PreparedInfo] = {}
+        self._roles: Any = None  # engine.auth when the engine has roles and permissions
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -172,6 +177,9 @@ class EmulatorServer:
             except BaseException:
                 self._server.close()
                 raise
+        self._roles = getattr(self.engine, "auth", None)
+        if self._roles is not None and self.credentials is not None:
+            self._roles.enable(self.credentials)
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -338,7 +346,7 @@ class EmulatorServer:
                 raise P.protocol_error("Unexpected STARTUP message: the connection is already started")
             options = P.decode_startup(body, flags)
             compress = options.get("COMPRESSION") is not None
-            if self.credentials is not None:
+            if self.credentials is not None or (self._roles is not None and self._roles.enabled):
                 conn.authenticating = True
                 conn.compress = compress
                 conn.send(stream, op.AUTHENTICATE, P.encode_authenticate(PASSWORD_AUTHENTICATOR))
@@ -350,7 +358,7 @@ class EmulatorServer:
         if opcode == op.AUTH_RESPONSE:
             if not conn.authenticating:
                 raise P.protocol_error("Unexpected AUTH_RESPONSE message: no authentication in progress")
-            self._authenticate(P.decode_auth_response(body, flags))
+            conn.user = self._authenticate(P.decode_auth_response(body, flags))
             conn.authenticating = False
             conn.started = True
             conn.send(stream, op.AUTH_SUCCESS, P.encode_auth_success())
@@ -368,7 +376,7 @@ class EmulatorServer:
             result = self.engine.execute(
                 query, params.values, keyspace=conn.keyspace, consistency=params.consistency,
                 page_size=params.page_size, paging_state=params.paging_state,
-                timestamp=params.timestamp, names=params.names,
+                timestamp=params.timestamp, names=params.names, **self._as(conn),
             )  # fmt: skip
             return self._answer(conn, stream, result, params.skip_metadata)
         if opcode == op.PREPARE:
@@ -383,6 +391,7 @@ class EmulatorServer:
             result = self.engine.execute_prepared(
                 pid, values, keyspace=conn.keyspace, consistency=params.consistency,
                 page_size=params.page_size, paging_state=params.paging_state, timestamp=params.timestamp,
+                **self._as(conn),
             )  # fmt: skip
             return self._answer(conn, stream, result, params.skip_metadata)
         if opcode == op.BATCH:
@@ -390,8 +399,9 @@ class EmulatorServer:
             conn.consistency = req.consistency
             stmts = [self._batch_child(conn, ch) for ch in req.children]
             result = self.engine.batch(
-                req.kind, stmts, keyspace=conn.keyspace, consistency=req.consistency, timestamp=req.timestamp
-            )
+                req.kind, stmts, keyspace=conn.keyspace, consistency=req.consistency, timestamp=req.timestamp,
+                **self._as(conn),
+            )  # fmt: skip
             return self._answer(conn, stream, result, False)
         name = P.Opcode.NAMES.get(opcode, f"0x{opcode:02x}")
         raise P.protocol_error(f"Unknown or unexpected request opcode {name}")
@@ -436,16 +446,21 @@ class EmulatorServer:
         else:
             send()
 
-    def _authenticate(self, token: bytes) -> None:
-        assert self.credentials is not None
+    def _as(self, conn: _Conn) -> dict[str, Any]:
+        """The engine call's ``user=`` argument (only for an engine with roles)."""
+        return {} if self._roles is None else {"user": conn.user}
+
+    def _authenticate(self, token: bytes) -> str:
+        """The role a SASL PLAIN token logs in as (PasswordAuthenticator's error texts)."""
         parts = token.split(b"\x00")
         if len(parts) != 3:
             raise CqlError(ErrorCode.BAD_CREDENTIALS, "Malformed SASL PLAIN authentication token")
         user, password = parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+        if self._roles is not None and self._roles.enabled:
+            return str(self._roles.login(user, password))
         if (user, password) != self.credentials:
-            raise CqlError(
-                ErrorCode.BAD_CREDENTIALS, f"Username and/or password are incorrect (user {user!r})"
-            )
+            raise CqlError(ErrorCode.BAD_CREDENTIALS, "Username and/or password are incorrect")
+        return user
 
     def _by_position(self, pid: bytes, values: list[Any], names: list[str] | None) -> list[Any]:
         """Reorder named EXECUTE values into bind-marker order."""

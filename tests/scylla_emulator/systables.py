@@ -1,7 +1,8 @@
 """System keyspaces served as ordinary, queryable tables.
 
 * ``system``: local (the row the driver's control connection reads), peers/peers_v2 (empty),
-  scylla_local (so cqlpy's "is this Scylla" probe finds a table named *scylla*), config (empty);
+  scylla_local (so cqlpy's "is this Scylla" probe finds a table named *scylla*), config (empty),
+  roles / role_permissions (the roles and grants of ``auth.Auth``, rebuilt by ``refresh_roles``);
 * ``system_schema``: the tables the driver's SchemaParserV3 reads, rebuilt from the catalog after
   every DDL (``refresh``), incl. ``tables.extensions['cdc']`` and log tables;
 * ``system_distributed``: cdc_generation_timestamps / cdc_streams_descriptions_v2 (scylla-cdc.md §4.4),
@@ -30,7 +31,7 @@ from tests.scylla_emulator.model import (
 if TYPE_CHECKING:
     from tests.scylla_emulator.engine import EmulatorEngine
 
-__all__ = ["install", "put_row", "refresh", "refresh_local"]
+__all__ = ["install", "put_row", "refresh", "refresh_local", "refresh_roles"]
 
 _FM = "frozen<map<text, text>>"
 _FL = "frozen<list<text>>"
@@ -47,6 +48,10 @@ SYSTEM_TABLES: dict[str, list[str]] = {
         "schema_version uuid, supported_features text, tokens set<text>, PRIMARY KEY (peer, peer_port))",
         "CREATE TABLE scylla_local (key text PRIMARY KEY, value text)",
         "CREATE TABLE config (name text PRIMARY KEY, source text, type text, value text)",
+        "CREATE TABLE roles (role text PRIMARY KEY, can_login boolean, is_superuser boolean, "
+        "member_of set<text>, salted_hash text)",
+        "CREATE TABLE role_permissions (role text, resource text, permissions set<text>, "
+        "PRIMARY KEY (role, resource))",
     ],
     "system_schema": [
         f"CREATE TABLE keyspaces (keyspace_name text PRIMARY KEY, durable_writes boolean, replication {_FM})",
@@ -186,6 +191,15 @@ def refresh_local(eng: EmulatorEngine) -> None:
     sl = eng.catalog.table("system", "scylla_local")
     if not sl.store.partitions:
         put_row(eng, sl, {"key": "cluster_supports_cdc", "value": "true"})
+
+
+def refresh_roles(eng: EmulatorEngine) -> None:
+    """Rebuild system.roles and system.role_permissions from ``eng.auth``."""
+    for name, rows in (("roles", eng.auth.role_rows()), ("role_permissions", eng.auth.permission_rows())):
+        rt = eng.catalog.table("system", name)
+        rt.store.clear()
+        for row in rows:
+            put_row(eng, rt, row)
 
 
 def _str_map(v: Any) -> dict[str, str]:

@@ -11,20 +11,24 @@ from typing import Any
 
 __all__ = [
     "AddTo",
+    "AlterRole",
     "AlterTable",
     "AlterType",
     "Batch",
     "Bind",
     "Condition",
     "CreateKeyspace",
+    "CreateRole",
     "CreateTable",
     "CreateType",
     "Delete",
     "DeleteTarget",
     "DropKeyspace",
+    "DropRole",
     "DropTable",
     "DropType",
     "FuncCall",
+    "GrantPermissions",
     "Insert",
     "ListLit",
     "Literal",
@@ -32,6 +36,7 @@ __all__ = [
     "Prepend",
     "Relation",
     "RemoveFrom",
+    "RevokePermissions",
     "Select",
     "Selector",
     "SetElement",
@@ -311,6 +316,42 @@ class Select:
     group_by: list[str] = field(default_factory=list)
 
 
+# --------------------------------------------------------------------------- roles and permissions
+# A data resource: ``()`` = ALL KEYSPACES, ``(ks,)`` = KEYSPACE ks, ``(ks, table)`` = TABLE ks.table;
+# a TABLE written without keyspace is ``(None, table)`` until the session keyspace fills it in.
+@dataclass(slots=True)
+class CreateRole:
+    name: str
+    if_not_exists: bool
+    options: dict[str, Any]  # password (str), login (bool), superuser (bool)
+
+
+@dataclass(slots=True)
+class AlterRole:
+    name: str
+    options: dict[str, Any]
+
+
+@dataclass(slots=True)
+class DropRole:
+    name: str
+    if_exists: bool
+
+
+@dataclass(slots=True)
+class GrantPermissions:
+    permissions: frozenset[str] | None  # upper case; None = ALL [PERMISSIONS]
+    resource: tuple[str | None, ...]
+    role: str
+
+
+@dataclass(slots=True)
+class RevokePermissions:
+    permissions: frozenset[str] | None
+    resource: tuple[str | None, ...]
+    role: str
+
+
 Statement = (
     CreateKeyspace
     | DropKeyspace
@@ -327,4 +368,9 @@ Statement = (
     | Delete
     | Batch
     | Select
+    | CreateRole
+    | AlterRole
+    | DropRole
+    | GrantPermissions
+    | RevokePermissions
 )

@@ -16,8 +16,6 @@ from tests.scylla_emulator.cql.lexer import Token, tokenize
 __all__ = ["parse", "unsupported"]
 
 _UNSUPPORTED_FIRST = {
-    "grant",
-    "revoke",
     "list",
     "describe",
     "desc",
@@ -33,6 +31,19 @@ _UNSUPPORTED_FIRST = {
     "create_custom",
 }
 _COMPARISON = ("=", "<", "<=", ">", ">=", "!=")
+_PERMISSIONS = {
+    "create",
+    "alter",
+    "drop",
+    "select",
+    "modify",
+    "authorize",
+    "describe",
+    "execute",
+    "vector_search_indexing",
+    "text_search_indexing",
+}
+_ROLE_OPTIONS = ("password", "login", "superuser")
 
 
 def unsupported(what: str) -> CqlError:
@@ -140,6 +151,8 @@ class _Parser:
             self.accept_kw("table")
             ks, name = self.qualified()
             st = A.Truncate(ks, name)
+        elif kw in ("grant", "revoke"):
+            st = self.grant_or_revoke()
         elif kw in _UNSUPPORTED_FIRST:
             raise unsupported(f"{kw.upper()} statements")
         else:
@@ -183,13 +196,16 @@ class _Parser:
                     break
             self.expect_sym(")")
             return A.CreateType(ks, name, ine, fields)
+        if self.accept_kw("role"):
+            ine = self.if_not_exists()
+            name = self.role_name()
+            return A.CreateRole(name, ine, self.role_options())
         what = self.tok.value
         if what in (
             "index",
             "materialized",
             "function",
             "aggregate",
-            "role",
             "user",
             "trigger",
             "custom",
@@ -332,6 +348,9 @@ class _Parser:
             ie = self.if_exists()
             ks, name = self.qualified()
             return A.DropType(ks, name, ie)
+        if self.accept_kw("role"):
+            ie = self.if_exists()
+            return A.DropRole(self.role_name(), ie)
         raise unsupported(f"DROP {self.tok.value.upper()}")
 
     def alter(self) -> Any:
@@ -393,9 +412,78 @@ class _Parser:
                         break
                 return A.AlterType(ks, name, renames=renames)
             raise unsupported("this ALTER TYPE form")
+        if self.accept_kw("role"):
+            name = self.role_name()
+            opts = self.role_options()
+            if not opts:
+                raise self.error()
+            return A.AlterRole(name, opts)
         if self.at_kw("keyspace"):
             raise unsupported("ALTER KEYSPACE")
         raise unsupported(f"ALTER {self.tok.value.upper()}")
+
+    # ---- roles and permissions
+    def role_name(self) -> str:
+        t = self.tok
+        if t.kind in ("ident", "qident", "string"):
+            self.i += 1
+            return t.value
+        raise self.error()
+
+    def role_options(self) -> dict[str, Any]:
+        """``[WITH PASSWORD = 's' AND LOGIN = b AND SUPERUSER = b]``."""
+        if not self.accept_kw("with"):
+            return {}
+        if self.at_kw("hashed"):
+            raise unsupported("CREATE ROLE ... WITH HASHED PASSWORD")
+        out: dict[str, Any] = {}
+        while True:
+            k = self.ident()
+            self.expect_sym("=")
+            v = self.option_value()
+            if k == "options":
+                raise unsupported("role OPTIONS")
+            if k not in _ROLE_OPTIONS:
+                raise self.error(f"line 1:{self.tok.pos} no viable alternative at input '{k}'")
+            if k in out:
+                raise self.error(f"Multiple definition for property {k.upper()}")
+            if (k == "password") != isinstance(v, str) or (k != "password" and not isinstance(v, bool)):
+                raise self.error(f"Invalid value for role option {k.upper()}: {v!r}")
+            out[k] = v
+            if not self.accept_kw("and"):
+                break
+        return out
+
+    def grant_or_revoke(self) -> A.GrantPermissions | A.RevokePermissions:
+        grant = self.next().value == "grant"
+        perms: frozenset[str] | None
+        if self.accept_kw("all"):
+            self.accept_kw("permissions")
+            perms = None
+        elif self.at_kw(*_PERMISSIONS) and self.peek().is_kw("permission", "on"):
+            perms = frozenset({self.next().value.upper()})
+            self.accept_kw("permission")
+        else:
+            raise unsupported(f"{'GRANT' if grant else 'REVOKE'} of a role (role hierarchies)")
+        self.expect_kw("on")
+        resource = self.resource()
+        self.expect_kw("to" if grant else "from")
+        role = self.role_name()
+        if grant:
+            return A.GrantPermissions(perms, resource, role)
+        return A.RevokePermissions(perms, resource, role)
+
+    def resource(self) -> tuple[str | None, ...]:
+        if self.accept_kw("all"):
+            if self.accept_kw("keyspaces"):
+                return ()
+            raise unsupported(f"permissions on ALL {self.tok.value.upper()} (only data resources)")
+        if self.accept_kw("keyspace"):
+            return (self.ident(),)
+        if self.at_kw("role", "function", "functions", "user", "users"):
+            raise unsupported(f"permissions on {self.tok.value.upper()} resources (only data resources)")
+        self.accept_kw("table", "columnfamily")
+        return self.qualified()
 
     def cql_type(self) -> str:
         t = self.tok
