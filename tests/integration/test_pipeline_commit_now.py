@@ -4,11 +4,8 @@ Redis at once, outside the commit policy, and saves nothing once the pipeline is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
-import pytest
-import redis.asyncio as aioredis
 
 from cdcd.flow import BatchPolicy, CommitPolicy
 from cdcd.state import CheckpointStore, DeadLetterStore
@@ -18,15 +15,6 @@ from tests.integration.test_pipeline import FAST, GROUP, S1, S2, ListSource, Mem
 NEVER = msgspec.structs.replace(
     FAST, batch=BatchPolicy(max_rows=1, max_wait=0), commit=CommitPolicy(every_s=3600, every_events=10**6)
 )
-
-
-@pytest.fixture
-async def stores(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[CheckpointStore, DeadLetterStore]]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield CheckpointStore(client, prefix=redis_prefix), DeadLetterStore(client, prefix=redis_prefix)
-    finally:
-        await client.aclose()
 
 
 async def test_commit_now_saves_applied_positions_at_once(

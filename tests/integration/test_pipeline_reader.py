@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from cdcd.events import ChangeEvent
 from cdcd.flow import BatchPolicy, CommitPolicy, Pipeline, PipelineConfig, RetryPolicy
@@ -63,15 +62,6 @@ async def scylla(emulator: Any) -> AsyncIterator[ScyllaSession]:
         yield session
     finally:
         await session.aclose()
-
-
-@pytest.fixture
-async def stores(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[CheckpointStore, DeadLetterStore]]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield CheckpointStore(client, prefix=redis_prefix), DeadLetterStore(client, prefix=redis_prefix)
-    finally:
-        await client.aclose()
 
 
 def pipelines(

@@ -13,9 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import pytest
-import redis.asyncio as aioredis
-
 from cdcd.events import ChangeEvent, EventBatch, Position
 from cdcd.flow import Branch, BranchMode, CommitPolicy, NoFlowEvents, PipelineId, SharedReader
 from cdcd.state import CheckpointStore, DeadLetterStore
@@ -68,15 +65,6 @@ class Modes(NoFlowEvents):
 
     def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None:
         self.seen.append((pid.destination, new, reason))
-
-
-@pytest.fixture
-async def stores(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[CheckpointStore, DeadLetterStore]]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield CheckpointStore(client, prefix=redis_prefix), DeadLetterStore(client, prefix=redis_prefix)
-    finally:
-        await client.aclose()
 
 
 def branch(
