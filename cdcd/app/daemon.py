@@ -359,8 +359,11 @@ class Daemon:
                 raise
             except Exception as exc:
                 failures += 1
-                emit.pipeline_failed(table=table.source, destination=dest, group=group.key, error=exc)
-                await self._sleep(min(300.0, 5.0 * 2 ** min(failures - 1, 6)))
+                pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
+                emit.pipeline_failed(
+                    table=table.source, destination=dest, group=group.key, error=exc, retry_in=pause
+                )
+                await self._sleep(pause)
                 continue
             emit.group_finished(table=table.source, destination=dest, group=group.key, state=pipeline.state)
             return pipeline.state == "done"
@@ -421,8 +424,8 @@ class Daemon:
             await shared.run()
         except asyncio.CancelledError:
             pass
-        except Exception as exc:  # its branches fail with it and are restarted by their supervisors
-            emit.pipeline_failed(table=key[0], destination="*", group=key[1], error=exc)
+        except Exception:  # its branches fail with this error, report it and are restarted
+            pass
         finally:
             if self.readers.get(key) is shared:
                 del self.readers[key]
@@ -537,12 +540,18 @@ class Daemon:
         if self._ready_cache is not None and now - self._ready_cache[0] < 2.0:
             return self._ready_cache[1]
         pairs = sum(len(t.destinations) for t in self.cfg.tables)
-        active = len(self._active)
+        # A (table, destination) whose every current branch stopped on an error (e.g. the role
+        # may not read its CDC log) is not replicating, even though its supervisor retries.
+        states: dict[tuple[str, str], set[str]] = {}
+        for (dest, table, _), branch in list(self.pipelines.items()):
+            states.setdefault((table, dest), set()).add(branch.state)
+        failing = {key for key, seen in states.items() if seen == {"failed"}}
+        active = len(self._active - failing)
+        detail = f"{self.state}; replicating {active} of {pairs} table destinations"
+        if failing:
+            detail += "; failing: " + ", ".join(f"{t} -> {d}" for t, d in sorted(failing))
         checks: dict[str, CheckResult] = {
-            "daemon": CheckResult(
-                ok=self.state == "running" and active == pairs,
-                detail=f"{self.state}; replicating {active} of {pairs} table destinations",
-            ),
+            "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
         }
         probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:

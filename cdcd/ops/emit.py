@@ -179,11 +179,15 @@ def generation_switched(*, table: str, destination: str, old: int, new: int) -> 
     )
 
 
-def pipeline_failed(*, table: str, destination: str, group: str, error: BaseException) -> None:
-    """A pipeline stopped on a non-retriable error: replication of that group is halted."""
+def pipeline_failed(
+    *, table: str, destination: str, group: str, error: BaseException, retry_in: float
+) -> None:
+    """A destination's branch of a group stopped on a non-retriable error: that group is not
+    replicated into that destination until the branch restarts from its checkpoint."""
     m.ERRORS.labels(table, destination, "processing", _error_type(error), _replica).inc()
-    log.error("pipeline stopped; the group is not replicated until restart", table=table,
-              destination=destination, group=group, error=_error_text(error))  # fmt: skip
+    log.error("stream group stopped on an error; restarting it from its checkpoint", table=table,
+              destination=destination, group=group, retry_in=round(retry_in, 1),
+              error=_error_text(error))  # fmt: skip
 
 
 def source_error(*, table: str, destination: str, error: BaseException) -> None:
