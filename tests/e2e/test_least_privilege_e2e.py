@@ -158,6 +158,9 @@ async def test_one_grant_fewer_is_reported(  # noqa: PLR0917
     await asyncio.to_thread(wait_for, stopped_or_failed, 30, "cdcd stopped or its groups failed")
     if cdcd.running():
         assert cdcd.status()["tables"][TABLE]["destinations"]["pg"]["events_applied"] == 0
+        # Every group of the table fails: not ready, and the detail says which.
+        code, body = await asyncio.to_thread(cdcd.get, "/readyz")
+        assert code == 503 and f"failing: {TABLE} -> pg" in body["checks"]["daemon"]["detail"], body
     else:
         assert cdcd.exit_code() != 0
     conn = await pg_connect(pg_dsn)
