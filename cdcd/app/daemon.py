@@ -212,7 +212,16 @@ class Daemon:
         for task in done:
             if task is not stop and not task.cancelled() and task.exception() is not None:
                 err = task.exception()
-                log.error("supervisor crashed; shutting down", task=task.get_name(), error=scrub(repr(err)))
+                assert err is not None
+                if type(err).__name__ == "Unauthorized":  # cassandra.Unauthorized: a missing grant
+                    log.error(
+                        "Scylla refused a read: the role lacks a permission (see docs/permissions.md)",
+                        task=task.get_name(), error=scrub(str(err)),
+                    )  # fmt: skip
+                else:
+                    log.error(
+                        "supervisor crashed; shutting down", task=task.get_name(), error=scrub(repr(err))
+                    )
                 self.exit_code = 1
 
     async def shutdown(self) -> None:
