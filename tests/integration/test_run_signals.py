@@ -111,7 +111,12 @@ async def test_a_second_signal_exits_at_once_without_a_traceback(
             await lock.rollback()
         await pg.close()
     err = "".join(early) + err
-    assert proc.returncode == 1, (proc.returncode, out, err)
+    if when == "after shutdown complete":
+        # The wind-down may end before the second signal lands (exit 0); what it must never do
+        # is die of the signal (-15, -2) or print a traceback.
+        assert proc.returncode in (0, 1), (proc.returncode, out, err)
+    else:
+        assert proc.returncode == 1, (proc.returncode, out, err)
     both = out + err
     assert "Traceback" not in both, both
     assert "Event loop is closed" not in both and "KeyboardInterrupt" not in both, both
