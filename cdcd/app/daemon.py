@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +30,7 @@ from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
+from cdcd.flow.load import LoopLoad
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
@@ -83,6 +85,7 @@ class Daemon:
         # (table, group key) -> the group's shared reader (one read for every destination)
         self.readers: dict[tuple[str, str], SharedReader] = {}
         self._reader_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.loop_load = LoopLoad()  # is the event loop out of CPU (then branches do not detach)
         # caps on this replica's log reads, shared by every reader
         self.limiter = ReadLimiter(
             max_concurrent=cfg.source.max_concurrent_reads, max_rate=cfg.source.max_read_rate
@@ -192,6 +195,11 @@ class Daemon:
                 return
             self.schemas[table.source] = schema
             self.ttls[table.source] = schema.cdc.ttl
+        # What start-up built (modules, driver metadata, config) lives as long as the process:
+        # keep it out of the collector's scans (measured: garbage collection per 100k changes
+        # 1.63 -> 1.19 CPU-s, bench/all_destinations.py --gc-stats=--freeze).
+        gc.collect()
+        gc.freeze()
         self.state = "running"
 
     async def main_loop(self) -> None:
@@ -421,6 +429,7 @@ class Daemon:
             clock=self.clock,
             retry=pipeline_config(self.cfg, self.cfg.destinations[table.destinations[0]]).retry,
             detach_after=self.cfg.pipeline.detach_after,
+            busy=self.loop_load.busy,
         )
         self.readers[key] = shared
         self._reader_tasks[key] = asyncio.create_task(

@@ -13,7 +13,7 @@ each batch to every *attached* ``Branch`` (one per destination, ``cdcd.flow.bran
   branches' positions; a branch more than ``rejoin_gap`` seconds behind the front starts
   detached instead of dragging everyone back. A branch that arrives later starts detached.
 * **Detach.** A branch whose buffer stays full for ``detach_after`` seconds while another attached
-  branch has nothing to write is detached: the reader goes on without it, and the branch reads on
+  branch has nothing to write (and the process is not simply out of CPU: ``busy``) is detached: the reader goes on without it, and the branch reads on
   its own cursor (catching up) from exactly the last position it was handed. With one attached
   branch there is nobody to hold back: the reader just waits (backpressure).
 * **Rejoin.** A catching-up branch asks after each of its batches; once its position is at or
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from cdcd.events import EventBatch, Position, timeuuid_to_micros
 from cdcd.flow.branch import Branch, aclose
@@ -62,6 +62,7 @@ class SharedReader:
         detach_after: float = 2.0,
         join_grace: float | None = 5.0,
         rejoin_gap: float = 60.0,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.group = group
         self.source = source
@@ -72,6 +73,7 @@ class SharedReader:
         self.detach_after = detach_after
         self.join_grace = join_grace
         self.rejoin_gap = rejoin_gap
+        self.busy = busy  # the process itself is CPU-bound (cdcd.flow.load.LoopLoad.busy)
         self.branches: list[Branch] = []  # joined and not left, attached or catching up
         self.delivered: dict[bytes, Position] = {}  # per stream, the last position handed on
         self.started = False  # reading (start positions fixed)
@@ -252,7 +254,12 @@ class SharedReader:
             others = [o for o in targets if o is not b]
 
             def waiting(others: list[Branch] = others) -> bool:
-                return any(o.mode == "shared" and o.taking_input and o.hungry() for o in others)
+                # Another branch waits for input, and not merely because this process is out of
+                # CPU (then a second read would only slow everyone down).
+                return (
+                    any(o.mode == "shared" and o.taking_input and o.hungry() for o in others)
+                    and not self.busy()
+                )
 
             try:
                 ok = await b.offer(

@@ -60,8 +60,12 @@ pool_size = 2
 """
     cdcd = make_cdcd(
         [TableSpec("once.t", target, destinations=("pg", "ch", "ts"))],
-        # A loaded test machine must not make a destination detach (that would read again).
-        ConfigOptions(extra={"destinations": destinations, "pipeline": 'detach_after = "120s"'}),
+        # A loaded test machine must not make a destination detach (that would read again), nor
+        # delay a write past the confidence window (its log row would land behind the reader).
+        ConfigOptions(
+            confidence_window="3s",
+            extra={"destinations": destinations, "pipeline": 'detach_after = "120s"'},
+        ),
         env={"TS_DSN": ts_dsn},
     )
     cdcd.start()

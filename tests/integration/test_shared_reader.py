@@ -260,3 +260,29 @@ async def test_a_failing_destination_stage_fails_only_its_branch(stores: Any) ->
     assert results[0] is None and isinstance(results[1], RuntimeError)
     assert pg.state == "done" and ch.state == "failed"
     assert ids(fast) == [1, 2, 3, 4, 5]
+
+
+async def test_no_detach_while_the_process_is_out_of_cpu(stores: Any) -> None:
+    """The other branch looks hungry only because the loop is busy: a second read would cost
+    more CPU, so the slow branch paces the reader instead of detaching."""
+    log, modes = LiveLog(), Modes()
+    for n in range(1, 301):
+        log.append(numbered(n))
+    fast, slow = MemorySink(), MemorySink(block=lambda e: e.key["id"] >= 5)
+    pg, ch = branch("pg", fast, log, stores, modes), branch("ch", slow, log, stores, modes)
+    shared = SharedReader(
+        group=GROUP, source=log.reader("shared"), expected=2, detach_after=0.05, busy=lambda: True
+    )
+    running = asyncio.ensure_future(run_all(shared, [pg, ch]))
+    try:
+        await until(lambda: len(fast.ids()) >= 4)
+        await asyncio.sleep(0.5)  # ten times detach_after
+        assert ch.mode == "shared" and modes.seen == []
+        assert max(fast.ids()) < 300  # PostgreSQL waits for ClickHouse's room
+        slow.gate.set()
+        log.close()
+        await asyncio.wait_for(running, 20)
+    finally:
+        running.cancel()
+    assert ids(fast) == ids(slow) == list(range(1, 301))
+    assert log.read_by == {"shared": 300}
