@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import asyncpg  # noqa: E402
 from all_destinations import ch_client, clickhouse_server, destinations, loadavg  # noqa: E402
 from pg_replication import (  # noqa: E402
     KS,
@@ -47,6 +46,7 @@ from pg_replication import (  # noqa: E402
     fresh_database,
     paced_writer,
     pct,
+    poll_visible,
     postgres_server,
     redis_server,
     rss_kib,
@@ -57,24 +57,6 @@ from pg_replication import (  # noqa: E402
 from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, free_port, write_config  # noqa: E402
 
 NAMES = {"pg": "PostgreSQL", "ch": "ClickHouse", "ts": "TimescaleDB"}
-
-
-async def poll_pg(dsn: str, target: str, total: int, seen: dict[int, int], stop: asyncio.Event) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        while not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", target):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        low = 0
-        while len(seen) < total and not stop.is_set():
-            now_us = time.time_ns() // 1000  # sent: what the answer shows was visible by then
-            rows = await conn.fetch(f"SELECT id FROM {target} WHERE id >= $1", low)
-            for r in rows:
-                seen.setdefault(r["id"], now_us)
-            while low in seen:
-                low += 1
-            await asyncio.sleep(0.02)
-    finally:
-        await conn.close()
 
 
 async def poll_ch(url: str, target: str, total: int, seen: dict[int, int], stop: asyncio.Event) -> None:
@@ -151,7 +133,7 @@ async def run(
         pollers = [
             asyncio.create_task(
                 poll_ch(ch_url, target, total, seen[d], stop) if d == "ch" and ch_url
-                else poll_pg(dsn[d], target, total, seen[d], stop)
+                else poll_visible(dsn[d], target, total, seen[d], stop=stop)
             )
             for d in dests
         ]  # fmt: skip

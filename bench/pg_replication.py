@@ -300,27 +300,32 @@ def paced_writer(host: str, port: int, rate: int, seconds: float, sent: dict[int
         cluster.shutdown()
 
 
-async def latency(
-    cdcd: CdcdProcess, dsn: str, address: tuple[str, int], rate: int, seconds: float
-) -> list[float]:
-    """Seconds from source write to visible (committed) PostgreSQL row, one per event."""
-    sent: dict[int, int] = {}
-    seen: dict[int, int] = {}
-    writer = threading.Thread(target=paced_writer, args=(*address, rate, seconds, sent), daemon=True)
+async def poll_visible(
+    dsn: str,
+    target: str,
+    total: int,
+    seen: dict[int, int],
+    *,
+    stop: asyncio.Event | None = None,
+    alive: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Every 20 ms, record in ``seen`` when each id of ``target`` (``id bigint``) first became
+    visible: the time the query that first returned it was sent (µs). Until ``total`` ids are
+    seen, ``stop`` is set, or ``alive()`` raises. Waits for the table to exist first, then calls
+    ``on_ready()``."""
     conn = await asyncpg.connect(dsn)
     try:
-        # The destination table exists once cdcd has created it (ensure_table at start-up).
-        while not await conn.fetchval("SELECT to_regclass('dst.lat') IS NOT NULL"):  # noqa: ASYNC110
+        while not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", target):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        writer.start()
+        if on_ready is not None:
+            on_ready()
         low = 0
-        deadline = time.monotonic() + seconds + 60
-        total = int(rate * seconds)
-        while len(seen) < total and time.monotonic() < deadline:
-            if not cdcd.running():
-                raise SystemExit(f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}")
-            rows = await conn.fetch("SELECT id FROM dst.lat WHERE id >= $1", low)
+        while len(seen) < total and (stop is None or not stop.is_set()):
+            if alive is not None:
+                alive()
             now_us = time.time_ns() // 1000
+            rows = await conn.fetch(f"SELECT id FROM {target} WHERE id >= $1", low)
             for r in rows:
                 seen.setdefault(r["id"], now_us)
             while low in seen:
@@ -328,6 +333,29 @@ async def latency(
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
+
+
+async def latency(
+    cdcd: CdcdProcess, dsn: str, address: tuple[str, int], rate: int, seconds: float
+) -> list[float]:
+    """Seconds from source write to visible (committed) PostgreSQL row, one per event."""
+    sent: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    writer = threading.Thread(target=paced_writer, args=(*address, rate, seconds, sent), daemon=True)
+
+    def alive() -> None:
+        if not cdcd.running():
+            raise SystemExit(f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}")
+
+    stop = asyncio.Event()
+    total = int(rate * seconds)
+    # The destination table exists once cdcd has created it (ensure_table at start-up).
+    poller = asyncio.ensure_future(
+        poll_visible(dsn, "dst.lat", total, seen, stop=stop, alive=alive, on_ready=writer.start)
+    )
+    await asyncio.wait({poller}, timeout=seconds + 60)
+    stop.set()
+    await poller
     writer.join(timeout=120)
     missing = [i for i in sent if i not in seen]
     if missing:
