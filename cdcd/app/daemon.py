@@ -23,6 +23,7 @@ from cdcd.app.deps import (
     default_sink_factory,
     pipeline_config,
     reader_config,
+    retry_policy,
     table_mapping,
     timed,
 )
@@ -427,7 +428,7 @@ class Daemon:
             source=tracing.traced_source(reader.read, table=table.source, destination="*", group=group.key),
             expected=len(table.destinations),
             clock=self.clock,
-            retry=pipeline_config(self.cfg, self.cfg.destinations[table.destinations[0]]).retry,
+            retry=retry_policy(self.cfg),
             detach_after=self.cfg.pipeline.detach_after,
             busy=self.loop_load.busy,
         )

@@ -40,6 +40,7 @@ __all__ = [
     "pipeline_config",
     "plain",
     "reader_config",
+    "retry_policy",
     "ssl_context",
     "table_mapping",
     "timed",
@@ -272,17 +273,18 @@ def reader_config(cfg: Config) -> ReaderConfig:
     )
 
 
+def retry_policy(cfg: Config) -> RetryPolicy:
+    """``[pipeline.retry]``: backoff of writes, state updates and source re-opens."""
+    r = cfg.pipeline.retry
+    return RetryPolicy(initial=r.initial, max=r.max, multiplier=r.multiplier, max_attempts=r.max_attempts)
+
+
 def pipeline_config(cfg: Config, dest: Destination) -> PipelineConfig:
     p = cfg.pipeline
     batch = dest.batch(p.batch)
     return PipelineConfig(
         batch=BatchPolicy(max_rows=batch.max_rows, max_bytes=batch.max_bytes, max_wait=batch.max_wait),
-        retry=RetryPolicy(
-            initial=p.retry.initial,
-            max=p.retry.max,
-            multiplier=p.retry.multiplier,
-            max_attempts=p.retry.max_attempts,
-        ),
+        retry=retry_policy(cfg),
         commit=CommitPolicy(every_s=cfg.state.checkpoint_interval, every_events=cfg.state.checkpoint_every),
         queue_size=p.queue_size,
         max_in_flight=p.max_in_flight,

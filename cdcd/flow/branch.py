@@ -157,12 +157,6 @@ class _Buffer:
         self._items.append(item)
         self._not_empty.set()
 
-    async def put(self, item: object) -> None:
-        while self.full():
-            self._room.clear()
-            await self._room.wait()
-        self.put_nowait(item)
-
     async def get(self) -> object:
         while not self._items:
             self._not_empty.clear()
@@ -323,7 +317,7 @@ class Branch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._input
         if self._writer is not None and not self._writer.done():
-            put = asyncio.ensure_future(self._buffer.put(_END))
+            put = asyncio.ensure_future(self._put_end())
             finished = asyncio.ensure_future(self._finished.wait())
             try:
                 await asyncio.wait({put, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -410,8 +404,7 @@ class Branch:
         return len(self._buffer) * 2 <= self._buffer.maxsize
 
     def has_room(self, weight: int) -> bool:
-        inflight = self._tracker.in_flight
-        return not self._buffer.full() and (inflight == 0 or inflight + weight <= self._tracker.max_in_flight)
+        return not self._buffer.full() and self._tracker.has_room(weight)
 
     def set_mode(
         self, mode: BranchMode, reason: str, *, ahead: Mapping[bytes, Position] | None = None
@@ -455,12 +448,9 @@ class Branch:
         which then reads this batch itself. Also False when the branch stopped taking input."""
         if self.mode != "shared" or not self.taking_input:
             return False
-        events, rejections, upto = self._unseen(events, rejections, upto)
-        if not upto:
+        prepared = self._prepare(events, rejections, upto)
+        if prepared is None:
             return True
-        passed, rejected = self.stages.run(events) if self.stages else (events, ())
-        if rejected:
-            rejections = [*rejections, *rejected]
         waited = 0.0
         while not self.has_room(weight):
             if self.mode != "shared" or not self.taking_input:
@@ -475,7 +465,7 @@ class Branch:
             else:
                 await wait_first(self.clock, self._room.wait(), step)
             waited += self.clock.monotonic() - started
-        self._take(passed, rejections, upto, weight)
+        self._take(*prepared, weight)
         return True
 
     # ------------------------------------------------------------------------------------ input
@@ -493,7 +483,12 @@ class Branch:
             if await self._catch_up():
                 self._source_ended = True
                 break
-        await self._buffer.put(_END)
+        await self._put_end()
+
+    async def _put_end(self) -> None:
+        """Queue the writer's end marker behind what is buffered (waits for room)."""
+        await self._until(lambda: not self._buffer.full())
+        self._buffer.put_nowait(_END)
 
     async def _catch_up(self) -> bool:
         """Read on this branch's own cursor until it rejoins the shared reader (False) or the
@@ -506,14 +501,9 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    events, rejections = (
-                        shared.common.run(batch.events) if shared.common else (batch.events, [])
-                    )
-                    await self._admit(events, rejections, batch)
+                    await self._admit(*shared.common.run(batch.events), batch)
                     if shared.reached(self):
-                        while not self.keeping_up():  # rejoin with room to spare, not to detach again
-                            self._room.clear()
-                            await self._room.wait()
+                        await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
                             return False
                 return True
@@ -531,16 +521,32 @@ class Branch:
         self, events: Sequence[ChangeEvent], rejections: Sequence[RejectionLike], batch: EventBatch
     ) -> None:
         """Take a batch of the catch-up reader: blocks on the in-flight cap and the buffer."""
-        events, rejections, upto = self._unseen(events, rejections, batch.upto)
-        if not upto:
+        prepared = self._prepare(events, rejections, batch.upto)
+        if prepared is None:
             return
-        passed, rejected = self.stages.run(events) if self.stages else (events, ())
-        if rejected:
-            rejections = [*rejections, *rejected]
-        while not self.has_room(len(batch.events)):
+        weight = len(batch.events)
+        await self._until(lambda: self.has_room(weight))
+        self._take(*prepared, weight)
+
+    def _prepare(
+        self,
+        events: Sequence[ChangeEvent],
+        rejections: Sequence[RejectionLike],
+        upto: Mapping[bytes, Position],
+    ) -> tuple[Sequence[ChangeEvent], Sequence[RejectionLike], Mapping[bytes, Position]] | None:
+        """What is new to this branch of a batch, after its own stages; None when nothing is."""
+        events, rejections, upto = self._unseen(events, rejections, upto)
+        if not upto:
+            return None
+        passed, rejected = self.stages.run(events)
+        return passed, [*rejections, *rejected] if rejected else rejections, upto
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; it is checked whenever the buffer or the in-flight
+        work shrinks."""
+        while not condition():
             self._room.clear()
             await self._room.wait()
-        self._take(passed, rejections, upto, len(batch.events))
 
     def _take(
         self,

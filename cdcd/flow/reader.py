@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from cdcd.events import EventBatch, Position, timeuuid_to_micros
 from cdcd.flow.branch import Branch, aclose
@@ -80,8 +80,6 @@ class SharedReader:
         self.ended = False  # the source ended: the generation is fully read
         self.closed = False  # run() returned or is returning: no more reading
         self.last_error: str | None = None
-        self.batches = 0  # batches read (for tests and /status)
-        self.events_read = 0
         self._arrived: set[int] = set()
         self._changed = asyncio.Event()  # a branch arrived, left, detached or rejoined
         self._task: asyncio.Task[None] | None = None
@@ -114,16 +112,10 @@ class SharedReader:
     def try_rejoin(self, branch: Branch) -> bool:
         """Called by a catching-up branch after each batch it read itself. Attaches it again when
         it has reached the reader on every stream (True). Synchronous: nothing moves meanwhile."""
-        if self.ended or self.closed or branch not in self.branches:
+        if not self.reached(branch):
             return False
         if not self.attached():
-            # Nobody reads: the reader resumes from this branch's position.
-            self.delivered = dict(branch.seen)
-            branch.set_mode("shared", "rejoined", ahead=self.delivered)
-            self._changed.set()
-            return True
-        if not self._can_attach(branch):
-            return False
+            self.delivered = dict(branch.seen)  # nobody reads: resume from this branch's position
         branch.set_mode("shared", "rejoined", ahead=self.delivered)
         self._changed.set()
         return True
@@ -239,14 +231,9 @@ class SharedReader:
             b.set_mode("shared", "start", ahead=start)
 
     async def _fan_out(self, batch: EventBatch) -> None:
-        self.batches += 1
-        self.events_read += len(batch.events)
         self.delivered.update(batch.upto)  # first: a branch rejoining meanwhile must include this batch
         targets = self.attached()
-        if self.common:
-            events, rejections = self.common.run(batch.events)
-        else:
-            events, rejections = batch.events, []
+        events, rejections = self.common.run(batch.events)
         detach_after = self.detach_after if len(targets) > 1 else None
         for b in targets:
             if b.mode != "shared" or b not in self.branches:
@@ -272,6 +259,3 @@ class SharedReader:
                 continue
             if not ok and b.taking_input and b in self.branches:
                 b.set_mode("catching-up", "buffer full")
-
-    def positions(self) -> Mapping[bytes, Position]:
-        return self.delivered

@@ -85,10 +85,14 @@ class WatermarkTracker:
         """
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
-        while not (self._in_flight == 0 or self._in_flight + weight <= self.max_in_flight):
+        while not self.has_room(weight):
             self._room.clear()
             await self._room.wait()
         return self.track_nowait(upto, weight)
+
+    def has_room(self, weight: int) -> bool:
+        """``track(upto, weight)`` would not block: under the cap, or nothing in flight."""
+        return self._in_flight == 0 or self._in_flight + weight <= self.max_in_flight
 
     def track_nowait(self, upto: Mapping[bytes, Position], weight: int = 1) -> Ticket:
         """``track`` without the cap (for work that is already admitted)."""

@@ -16,6 +16,7 @@ anything else (invalid query, unauthorized...) propagates unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -242,15 +243,12 @@ class ScyllaSession:
         early cancels the request in flight."""
 
         async def fetch(state: bytes | None) -> Page:
-            if limiter is None:
-                return await self.fetch_page(
-                    query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
-                )
-            async with limiter.page():
+            async with limiter.page() if limiter is not None else contextlib.nullcontext():
                 page = await self.fetch_page(
                     query, params, fetch_size=fetch_size, paging_state=state, consistency=consistency
                 )
-            limiter.spend(len(page.rows))
+            if limiter is not None:
+                limiter.spend(len(page.rows))
             return page
 
         ahead: asyncio.Task[Page] | None = asyncio.ensure_future(fetch(None))
