@@ -44,6 +44,7 @@ from pg_replication import (  # noqa: E402
     EmulatorChild,
     cpu_seconds,
     fresh_database,
+    mark_seen,
     paced_writer,
     pct,
     poll_visible,
@@ -70,10 +71,7 @@ async def poll_ch(url: str, target: str, total: int, seen: dict[int, int], stop:
             except Exception:  # the table does not exist yet
                 await asyncio.sleep(0.1)
                 continue
-            for (i,) in result.result_rows:
-                seen.setdefault(i, now_us)
-            while low in seen:
-                low += 1
+            low = mark_seen(seen, (i for (i,) in result.result_rows), now_us, low)
             await asyncio.sleep(0.02)
     finally:
         await ch.close()

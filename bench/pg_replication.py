@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +300,15 @@ def paced_writer(host: str, port: int, rate: int, seconds: float, sent: dict[int
         cluster.shutdown()
 
 
+def mark_seen(seen: dict[int, int], ids: Iterable[int], at_us: int, low: int) -> int:
+    """Record ``at_us`` for ids not seen before; returns the lowest id still unseen (from ``low``)."""
+    for i in ids:
+        seen.setdefault(i, at_us)
+    while low in seen:
+        low += 1
+    return low
+
+
 async def poll_visible(
     dsn: str,
     target: str,
@@ -326,10 +335,7 @@ async def poll_visible(
                 alive()
             now_us = time.time_ns() // 1000
             rows = await conn.fetch(f"SELECT id FROM {target} WHERE id >= $1", low)
-            for r in rows:
-                seen.setdefault(r["id"], now_us)
-            while low in seen:
-                low += 1
+            low = mark_seen(seen, (r["id"] for r in rows), now_us, low)
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
