@@ -21,3 +21,15 @@ def test_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(var, value)
     cfg = load(path)
     assert cfg.tables and all(t.destinations for t in cfg.tables)
+
+
+def test_every_file_compose_names_exists() -> None:
+    """compose.yaml's bind mounts ("./x:/y") and its Dockerfile are in the repository."""
+    import re
+
+    text = (ROOT / "compose.yaml").read_text()
+    mounts = re.findall(r'"\./([^":]+):', text)
+    dockerfiles = re.findall(r"dockerfile:\s*([\w./-]+)", text)
+    assert mounts and dockerfiles
+    missing = [p for p in [*mounts, *dockerfiles] if not (ROOT / p).exists()]
+    assert not missing, missing
