@@ -77,7 +77,7 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
-    """Redis: checkpoints, leases and the dead-letter store."""
+    """Redis: checkpoints and the dead-letter store."""
 
     redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
     redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
@@ -161,7 +161,7 @@ class TracingConfig(_Section, frozen=True, kw_only=True):
 class InstanceConfig(_Section, frozen=True, kw_only=True):
     """This replica."""
 
-    replica: str = ""  # name in logs, metrics and leases (default: the host name)
+    replica: str = ""  # name in logs and metrics (default: the host name)
 
 
 # ------------------------------------------------------------------------------------ destinations
