@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import redis.exceptions
+from cassandra import Unauthorized
 from prometheus_client import CollectorRegistry
 
 from cdcd import __version__
@@ -222,7 +223,7 @@ class Daemon:
             if task is not stop and not task.cancelled() and task.exception() is not None:
                 err = task.exception()
                 assert err is not None
-                if type(err).__name__ == "Unauthorized":  # cassandra.Unauthorized: a missing grant
+                if isinstance(err, Unauthorized):  # a grant is missing (docs/permissions.md)
                     log.error(
                         "Scylla refused a read: the role lacks a permission (see docs/permissions.md)",
                         task=task.get_name(), error=scrub(str(err)),
