@@ -134,6 +134,7 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Conn] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._prepared: dict[bytes, PreparedInfo] = {}
         self._roles: Any = None  # engine.auth when the engine has roles and permissions
 
@@ -165,7 +166,7 @@ class EmulatorServer:
             loop.close()
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.engine is None:
             try:
@@ -228,6 +229,14 @@ class EmulatorServer:
         for c in self._conns:
             counts[c.shard] += 1
         return counts.index(min(counts))
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve a new connection in a task of our own. (Handing asyncio a coroutine instead makes
+        Python 3.11 log 'Exception in callback' with a traceback when ``stop()`` cancels a handler
+        that has not started yet: its done-callback calls ``task.exception()`` on a cancelled task.)"""
+        task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection. All complete frames that arrived together are executed in order
