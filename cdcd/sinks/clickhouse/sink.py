@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 
 from cdcd.config.endpoints import clickhouse_endpoint
-from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, reason
+from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, client_certificate_hint, reason
 from cdcd.events import ChangeEvent, Op
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
@@ -132,6 +132,9 @@ class ClickHouseSink:
         ca = getattr(self.config, "ca_file", None)
         if ca:
             kwargs["ca_cert"] = str(ca)
+        cert, key = getattr(self.config, "cert_file", None), getattr(self.config, "key_file", None)
+        if secure and cert and key:
+            kwargs |= {"client_cert": str(cert), "client_cert_key": str(key)}
         try:
             _without_dataframes()
             self._client = await clickhouse_connect.get_async_client(**kwargs)
@@ -146,7 +149,10 @@ class ClickHouseSink:
         url = str(getattr(self.config, "url", "http://127.0.0.1:8123"))
         where = clickhouse_endpoint(url, str(getattr(self.config, "username", "default")))
         what = f"{doing} ClickHouse" if doing else "ClickHouse"
-        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {reason(exc)}"))
+        said = reason(exc)
+        if url.startswith("https:") and not getattr(self.config, "cert_file", None):
+            said += client_certificate_hint(said, f"destinations.{self.name}")
+        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {said}"))
 
     async def healthcheck(self) -> None:
         await self.connect()
