@@ -34,14 +34,15 @@ __all__ = ["clickhouse_tls", "pg_tls", "redis_tls"]
 
 
 @contextlib.contextmanager
-def pg_tls(pki: TestPki, cert: str = "server") -> Iterator[tuple[str, int]]:
+def pg_tls(pki: TestPki, cert: str = "server", auth: str = "trust") -> Iterator[tuple[str, int]]:
+    """``auth``: the pg_hba method over TLS (``scram-sha-256`` for password logins)."""
     keys = Path(tempfile.mkdtemp(prefix="cdcd-pg-tls-"))
     owner = "postgres" if os.geteuid() == 0 else None
     if owner:
         shutil.chown(keys, owner, owner)
     crt, key = pki.private_copy(cert, keys, owner)
     ca = shutil.copy(pki.ca, keys / "ca.pem")  # the PKI's folder may be closed to the postgres user
-    hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n"
+    hba = f"local all all trust\nhostssl all all 127.0.0.1/32 {auth} clientcert=verify-ca\n"
     options = f"-c ssl=on -c ssl_cert_file={crt} -c ssl_key_file={key} -c ssl_ca_file={ca}"
     cluster = _PgCluster(options, hba)
     try:
@@ -52,7 +53,8 @@ def pg_tls(pki: TestPki, cert: str = "server") -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def redis_tls(pki: TestPki, cert: str = "server") -> Iterator[int]:
+def redis_tls(pki: TestPki, cert: str = "server", password: str | None = None) -> Iterator[int]:
+    """``password``: ``requirepass`` (the ``default`` user's password)."""
     server = _require(shutil.which("redis-server"), "redis-server")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="cdcd-redis-tls-")
@@ -61,7 +63,7 @@ def redis_tls(pki: TestPki, cert: str = "server") -> Iterator[int]:
         [server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"),
          "--tls-cert-file", crt, "--tls-key-file", key, "--tls-ca-cert-file", pki.ca,
-         "--tls-auth-clients", "yes"],
+         "--tls-auth-clients", "yes", *(["--requirepass", password] if password else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ctx = ssl.create_default_context(cafile=pki.ca)
@@ -71,7 +73,7 @@ def redis_tls(pki: TestPki, cert: str = "server") -> Iterator[int]:
     def ping() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw, ctx.wrap_socket(raw) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     try:
         wait_until(ping, 10, "redis-server (TLS)")

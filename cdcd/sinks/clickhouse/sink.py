@@ -134,7 +134,11 @@ class ClickHouseSink:
             kwargs["ca_cert"] = str(ca)
         cert, key = getattr(self.config, "cert_file", None), getattr(self.config, "key_file", None)
         if secure and cert and key:
-            kwargs |= {"client_cert": str(cert), "client_cert_key": str(key)}
+            # With a password the certificate only opens the TLS connection and the user logs in
+            # with the password ("strict"); without one ClickHouse authenticates the user by the
+            # certificate ("mutual": the user must be created IDENTIFIED WITH ssl_certificate).
+            mode = "strict" if kwargs["password"] else "mutual"
+            kwargs |= {"client_cert": str(cert), "client_cert_key": str(key), "tls_mode": mode}
         try:
             _without_dataframes()
             self._client = await clickhouse_connect.get_async_client(**kwargs)
