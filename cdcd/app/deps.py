@@ -265,7 +265,17 @@ async def check_dependencies(
         for name, dest in cfg.destinations.items():
 
             async def sink_info(n: str = name) -> str:
-                await deps.connect_sink(n)
+                sink = await deps.connect_sink(n)
+                probe = getattr(sink, "missing_grants", None)
+                if probe is not None:
+                    mappings = [
+                        table_mapping(t, cfg.destinations[n]) for t in cfg.tables if n in t.destinations
+                    ]
+                    if grants := await probe(mappings):
+                        statements = "; ".join(grants)
+                        raise DependencyUnavailable(
+                            f"privileges missing; run as an owner or superuser: {statements};"
+                        )
                 return "connect and healthcheck ok"
 
             out.append((f"destination {name} ({dest.kind})", await timed(sink_info(), limit)))
