@@ -184,6 +184,34 @@ class ClickHouseSink:
                 raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
             raise
 
+    async def missing_grants(self, mappings: Sequence[TableMapping]) -> list[str]:
+        """The GRANT statements this user lacks for ``mappings`` (``cdcd check-config``), found
+        with ``CHECK GRANT`` (docs/permissions.md lists what cdcd needs and why)."""
+        user = str(await self._call(lambda c: c.command("SELECT currentUser()")))
+        out: list[str] = []
+        create = bool(getattr(self.config, "create_tables", True))
+        for database in dict.fromkeys(m.target_schema for m in mappings):
+            wanted = ["SELECT", "INSERT", "DROP TABLE"]
+            if create and any(m.create for m in mappings if m.target_schema == database):
+                wanted += ["CREATE TABLE", "ALTER ADD COLUMN"]
+                exists = await self._call(
+                    lambda c, d=database: c.command(
+                        "SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": d}
+                    )
+                )
+                if not int(exists):
+                    wanted.insert(0, "CREATE DATABASE")
+            lacking = []
+            for privilege in wanted:
+                held = await self._call(
+                    lambda c, p=privilege, d=database: c.command(f"CHECK GRANT {p} ON {ident(d)}.*")
+                )
+                if str(held).strip() != "1":
+                    lacking.append(privilege)
+            if lacking:
+                out.append(f"GRANT {', '.join(lacking)} ON {ident(database)}.* TO {ident(user)}")
+        return out
+
     # -- tables ------------------------------------------------------------------------------
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
         async with self._ddl_lock:
