@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 
 __all__ = [
@@ -33,8 +35,10 @@ __all__ = [
     "SinkError",
     "SinkUnavailable",
     "SourceUnavailable",
+    "client_certificate_hint",
     "describe",
     "reason",
+    "tls_reason",
 ]
 
 
@@ -129,6 +133,8 @@ def reason(exc: BaseException) -> str:
     Connect call failed ('127.0.0.1', 5432)``), anything else as ``describe`` has it."""
     if isinstance(exc, CdcdError):
         return describe(exc)
+    if tls := tls_reason(exc):
+        return tls
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name ({exc.strerror or exc})"
     if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
@@ -145,6 +151,69 @@ def reason(exc: BaseException) -> str:
         system = _system_words(exc)
         return f"{text} ({system})" if system and system.lower() not in text.lower() else text
     return describe(exc)
+
+
+# What TLS libraries say (OpenSSL's reason codes and alert names, asyncpg's and the drivers' own
+# words), in the order they are tried, and what it means to an operator.
+_TLS_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.I), meaning)
+    for pattern, meaning in (
+        (r"mismatch|doesn't match|does not match|not valid for",
+         "TLS: the server's certificate does not match the host name cdcd connects to"),
+        (r"certificate has expired", "TLS: the server's certificate has expired"),
+        (r"unable to get (local )?issuer|self[- ]signed|unknown ca|certificate verify failed",
+         "TLS: the server's certificate is not signed by a CA cdcd trusts (check ca_file)"),
+        (r"certificate required|peer did not return a certificate|alert handshake failure",
+         "TLS: the server requires a client certificate that it accepts (check cert_file and key_file)"),
+        (r"bad certificate|unsupported certificate",
+         "TLS: the server refused cdcd's client certificate (check cert_file and key_file)"),
+        (r"rejected ssl upgrade|wrong version number|record layer failure|packet length too long|"
+         r"unexpected eof while reading|http request",
+         "TLS: the server did not answer with TLS; is TLS on at this port?"),
+    )
+)  # fmt: skip
+
+
+def tls_reason(exc: BaseException) -> str:
+    """``"TLS: <what it means> (<what the library said>)"`` when ``exc`` or one of its causes is a
+    TLS failure, else ``""``. The meaning is decided on TLS errors only (``ssl.SSLError``, or a
+    message naming SSL/TLS), so a plain "connection refused" is never called a TLS problem."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        text = str(cur)
+        if isinstance(cur, ssl.SSLError) or re.search(r"\bssl\b|\btls|certificate", text, re.I):
+            for pattern, meaning in _TLS_REASONS:
+                if pattern.search(text):
+                    said = _SSL_BRACKETS.search(text)
+                    return f"{meaning} ({said.group(0) if said else text.strip()[:300]})"
+        todo.extend(c for c in (cur.__cause__, cur.__context__) if c is not None)
+        errors = getattr(cur, "errors", None)  # cassandra's NoHostAvailable: {host: error}
+        if isinstance(errors, dict):
+            todo.extend(e for e in errors.values() if isinstance(e, BaseException))
+    return ""
+
+
+_CLOSED = re.compile(r"reset by peer|broken pipe|closed by (the )?server|connection (was )?closed|eof", re.I)
+
+
+def client_certificate_hint(said: str, section: str) -> str:
+    """`` (...)`` to add to a failed TLS connection's reason when the server dropped it during or
+    just after the handshake and cdcd sent no client certificate: with TLS 1.3 a server that
+    requires one says so only by closing the connection."""
+    if _CLOSED.search(said) and not said.startswith("TLS:"):
+        return (
+            " (the server closed the TLS connection; if it requires a client certificate, "
+            f"set {section}.cert_file and {section}.key_file)"
+        )
+    return ""
+
+
+_SSL_BRACKETS = re.compile(r"\[SSL[^\]]*\][^()\n]*(\(_ssl\.c:\d+\))?")
 
 
 def _system_words(exc: BaseException) -> str:

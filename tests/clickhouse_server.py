@@ -16,7 +16,9 @@ interface that ``clickhouse-connect`` (sync and async) uses:
 
 Queries run one at a time (one chDB session behind a lock). Responses are never compressed.
 
-Run standalone: ``python -m tests.clickhouse_server --host 127.0.0.1 --port 8123 --path DIR``.
+Run standalone: ``python -m tests.clickhouse_server --host 127.0.0.1 --port 8123 --path DIR``;
+``--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]`` serves HTTPS instead (mutual TLS with
+the client CA), as ClickHouse's ``https_port`` does.
 Embed: ``ClickHouseTestServer(path).start()`` then ``.url``; ``.stop()``.
 """
 
@@ -31,6 +33,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 import uuid
@@ -281,12 +284,48 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
-class ClickHouseTestServer:
-    """The chDB-backed endpoint, served from a background thread."""
+class _HTTPServer(ThreadingHTTPServer):
+    """Plain HTTP, or HTTPS when ``tls`` is set (the handshake runs in the request's thread, so a
+    client that fails it delays no one; it is closed without an answer, as ClickHouse does)."""
 
-    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError):
+                return  # shutdown_request() closes it
+        super().finish_request(request, client_address)
+
+
+def tls_context(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context; with ``client_ca`` clients must present a certificate it signed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class ClickHouseTestServer:
+    """The chDB-backed endpoint, served from a background thread (HTTPS with ``tls``)."""
+
+    def __init__(
+        self, path: str, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         handler = type("Handler", (_Handler,), {"engine": _Engine(path)})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd = _HTTPServer((host, port), handler)
+        self._httpd.tls = tls
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -296,7 +335,8 @@ class ClickHouseTestServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self._httpd.server_address[0]}:{self.port}"
+        scheme = "https" if self._httpd.tls is not None else "http"
+        return f"{scheme}://{self._httpd.server_address[0]}:{self.port}"
 
     def start(self) -> ClickHouseTestServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="clickhouse-test", daemon=True)
@@ -318,8 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--path", default=tempfile.mkdtemp(prefix="cdcd-ch-"), help="chDB data directory")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    ap.add_argument("--tls-client-ca", help="with HTTPS, require client certificates signed by this CA")
     args = ap.parse_args(argv)
-    server = ClickHouseTestServer(args.path, args.host, args.port)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    server = ClickHouseTestServer(args.path, args.host, args.port, tls)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
     print(
         f"clickhouse test server (chDB {server._httpd.RequestHandlerClass.engine.version}) "  # type: ignore[attr-defined]

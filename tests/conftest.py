@@ -64,7 +64,10 @@ def _require(path: Path | str | None, what: str) -> str:
 
 
 class _PgCluster:
-    def __init__(self) -> None:
+    """A throwaway cluster; ``options`` are more ``-c name=value`` settings, ``hba`` replaces
+    pg_hba.conf (tests/tls_servers.py runs one with TLS)."""
+
+    def __init__(self, options: str = "", hba: str | None = None) -> None:
         initdb = _require(PG_BIN / "initdb", "PostgreSQL initdb")
         pg_ctl = _require(PG_BIN / "pg_ctl", "PostgreSQL pg_ctl")
         self.pg_ctl = pg_ctl
@@ -88,6 +91,9 @@ class _PgCluster:
         )
         if self.timescaledb:
             opts += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+        opts += f" {options}" if options else ""
+        if hba is not None:
+            (self.data / "pg_hba.conf").write_text(hba)
         self._run([pg_ctl, "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts, "start"])
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 

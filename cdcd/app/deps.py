@@ -22,7 +22,14 @@ from cassandra.cluster import NoHostAvailable
 
 from cdcd.config import Config, Destination, TableConfig, TlsConfig
 from cdcd.config.endpoints import redis_endpoint, scylla_endpoint
-from cdcd.errors import ConfigError, DependencyUnavailable, SourceUnavailable, describe, reason
+from cdcd.errors import (
+    ConfigError,
+    DependencyUnavailable,
+    SourceUnavailable,
+    client_certificate_hint,
+    describe,
+    reason,
+)
 from cdcd.flow import BatchPolicy, CommitPolicy, PipelineConfig, RetryPolicy
 from cdcd.ops import emit
 from cdcd.ops.http import CheckResult
@@ -96,8 +103,12 @@ class Dependencies:
             "socket_timeout": st.connect_timeout,
             "socket_connect_timeout": st.connect_timeout,
         }
-        if urllib.parse.urlsplit(url).scheme == "rediss" and st.ca_file:
-            kwargs["ssl_ca_certs"] = st.ca_file
+        if urllib.parse.urlsplit(url).scheme == "rediss":  # verified: the CA and the host name
+            kwargs |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if st.ca_file:
+                kwargs["ssl_ca_certs"] = st.ca_file
+            if st.cert_file and st.key_file:
+                kwargs |= {"ssl_certfile": st.cert_file, "ssl_keyfile": st.key_file}
         client = aioredis.Redis.from_url(url, **kwargs)
         try:
             await client.ping()
@@ -105,9 +116,13 @@ class Dependencies:
             await client.aclose()
             if isinstance(exc, redis.exceptions.RedisError | OSError):  # ResponseError: e.g. NOAUTH
                 where = redis_endpoint(url)
-                raise DependencyUnavailable(
-                    scrub(f"cannot connect to Redis at {where}: {reason(exc)}")
-                ) from exc
+                said = reason(exc)
+                if urllib.parse.urlsplit(url).scheme == "rediss":
+                    if isinstance(exc, redis.exceptions.TimeoutError):  # a plaintext server waits for more
+                        said = f"TLS: the server did not answer the TLS handshake; is TLS on at this port? ({said})"
+                    elif not st.cert_file:
+                        said += client_certificate_hint(said, "state")
+                raise DependencyUnavailable(scrub(f"cannot connect to Redis at {where}: {said}")) from exc
             raise
         self.redis = client
         return client
@@ -126,8 +141,11 @@ class Dependencies:
                 local_dc=src.local_dc,
             )
         except SourceUnavailable as exc:
+            said = _scylla_reason(exc)
+            if src.tls.enabled and not src.tls.cert_file:
+                said += client_certificate_hint(said, "source.tls")
             raise SourceUnavailable(
-                scrub(f"cannot connect to Scylla at {scylla_endpoint(src.hosts)}: {_scylla_reason(exc)}")
+                scrub(f"cannot connect to Scylla at {scylla_endpoint(src.hosts)}: {said}")
             ) from exc.__cause__ or exc
         return self.scylla
 
@@ -247,7 +265,17 @@ async def check_dependencies(
         for name, dest in cfg.destinations.items():
 
             async def sink_info(n: str = name) -> str:
-                await deps.connect_sink(n)
+                sink = await deps.connect_sink(n)
+                probe = getattr(sink, "missing_grants", None)
+                if probe is not None:
+                    mappings = [
+                        table_mapping(t, cfg.destinations[n]) for t in cfg.tables if n in t.destinations
+                    ]
+                    if grants := await probe(mappings):
+                        statements = "; ".join(grants)
+                        raise DependencyUnavailable(
+                            f"privileges missing; run as an owner or superuser: {statements};"
+                        )
                 return "connect and healthcheck ok"
 
             out.append((f"destination {name} ({dest.kind})", await timed(sink_info(), limit)))

@@ -234,9 +234,17 @@ class Finisher:
             self.fail("source.max_window", f"expected a duration >= source.window ({src.window})")
         self.check_tls(src.tls, "source.tls")
 
-    def check_tls(self, tls: TlsConfig, path: str) -> None:
+    def check_tls(self, tls: Any, path: str, scheme: str | None = None, tls_scheme: str = "") -> None:
+        """``cert_file`` and ``key_file`` together; with a URL, TLS files only for its TLS scheme
+        (``rediss``, ``https``): a CA or certificate given for a plaintext URL is a mistake."""
         if (tls.cert_file is None) != (tls.key_file is None):
             self.fail(f"{path}.cert_file", "cert_file and key_file must be given together")
+        if scheme is not None and scheme != tls_scheme:
+            for name in ("ca_file", "cert_file"):
+                if getattr(tls, name) is not None:
+                    self.fail(
+                        f"{path}.{name}", f"is only used with a {tls_scheme}:// URL (TLS), got {scheme}://"
+                    )
 
     def check_state(self, st: StateConfig) -> None:
         scheme = urllib.parse.urlsplit(st.redis_url.get()).scheme
@@ -246,6 +254,7 @@ class Finisher:
             self.fail("state.key_prefix", "expected letters, digits and _ . - : { }")
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
+        self.check_tls(st, "state", scheme, "rediss")
 
     def check_http(self, http: HttpConfig) -> None:
         host, sep, port = http.listen.rpartition(":")
@@ -257,8 +266,10 @@ class Finisher:
         if not _SAFE_NAME.fullmatch(name):
             self.fail(path, "destination names may hold letters, digits, '_', '.' and '-' only")
         if isinstance(dest, ClickHouseDestination):
-            if urllib.parse.urlsplit(dest.url).scheme not in ("http", "https"):
+            ch_scheme = urllib.parse.urlsplit(dest.url).scheme
+            if ch_scheme not in ("http", "https"):
                 self.fail(f"{path}.url", f'expected an http:// or https:// URL, got "{dest.url}"')
+            self.check_tls(dest, path, ch_scheme, "https")
         elif dest.dsn is not None and dest.dsn.get():
             scheme = urllib.parse.urlsplit(dest.dsn.get()).scheme
             if scheme not in ("postgresql", "postgres"):

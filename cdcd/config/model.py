@@ -86,6 +86,8 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     checkpoint_every: PosInt = 1000  # ...or after this many applied events, whichever is first
     connect_timeout: Duration = Duration(5.0)  # Redis connect/command timeout
     ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
+    cert_file: str | None = None  # client certificate (PEM) for rediss:// with mutual TLS
+    key_file: str | None = None  # its private key (PEM); give both or neither
 
 
 class HttpConfig(_Section, frozen=True, kw_only=True):
@@ -222,6 +224,8 @@ class ClickHouseDestination(_Destination, frozen=True, kw_only=True, tag="clickh
     password_file: str | None = None  # file holding the password
     verify_tls: bool = True  # verify the https certificate
     ca_file: str | None = None  # CA bundle for https (default: the system store)
+    cert_file: str | None = None  # client certificate (PEM) for https with mutual TLS
+    key_file: str | None = None  # its private key (PEM); give both or neither
     connect_timeout: Duration = Duration(10.0)  # connect timeout
     send_receive_timeout: Duration = Duration(300.0)  # per-request timeout
     # rows per table kept in memory after writing them, so hot keys' partial changes skip the

@@ -10,6 +10,9 @@
 * ``/admin/*``: operator actions; every request needs ``Authorization: Bearer <http.admin_token>``
   (401 otherwise, and always 401 while no token is configured). ``POST /admin/<name>`` runs the
   action registered under ``name`` (e.g. ``checkpoints/flush``); ``GET /admin/`` lists them.
+  A client (by address) with ``ADMIN_FAILURES`` refused requests within ``ADMIN_FAILURE_WINDOW``
+  seconds gets 429 with ``Retry-After`` for every admin request until the oldest of them ages out,
+  even with the right token, so a token cannot be guessed at network speed.
 
 The server binds in ``start()``; ``port`` is the bound port (``listen = "127.0.0.1:0"`` picks one).
 """
@@ -36,6 +39,41 @@ __all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app
 log = get_logger("cdcd.ops.http")
 
 AdminAction = Callable[[], Awaitable[Mapping[str, Any]]]
+
+ADMIN_FAILURES = 10  # refused admin requests per client...
+ADMIN_FAILURE_WINDOW = 60.0  # ...within this many seconds, then 429 until the oldest ages out
+_MAX_CLIENTS = 10_000  # addresses remembered (the oldest forgotten first)
+
+
+class FailureLimit:
+    """Refused admin requests per client address in a sliding window."""
+
+    def __init__(self, limit: int = ADMIN_FAILURES, window: float = ADMIN_FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(client, ()) if now - t < self.window]
+        if times:
+            self._failures[client] = times
+        else:
+            self._failures.pop(client, None)
+        return times
+
+    def blocked_for(self, client: str, now: float | None = None) -> float:
+        """Seconds until ``client`` may try again (0: not blocked)."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(client, now)
+        return self.window - (now - times[-self.limit]) if len(times) >= self.limit else 0.0
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._recent(client, now)
+        self._failures.pop(client, None)  # re-insert: the dict's order is least recently failed first
+        self._failures[client] = [*times[-self.limit + 1 :], now] if self.limit > 1 else [now]
+        while len(self._failures) > _MAX_CLIENTS:
+            del self._failures[next(iter(self._failures))]
 
 
 class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,11 +241,23 @@ def make_app(
             return _response({"error": scrub(f"{type(exc).__name__}: {exc}")}, 500)
         return _response({"action": name, "result": dict(result)})
 
+    limit = FailureLimit()
+
     @web.middleware
     async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path == "/admin" or request.path.startswith("/admin/"):
+            client = request.remote or "unknown"
+            wait = limit.blocked_for(client)
+            if wait > 0:
+                body = {"error": f"too many refused admin requests from {client}; retry in {wait:.0f} s"}
+                return _response(body, 429, {"Retry-After": str(max(1, round(wait)))})
             denied = _check_token(request, admin_token)
             if denied is not None:
+                limit.failed(client)
+                if limit.blocked_for(client) > 0:
+                    log.warning(
+                        "admin client blocked", remote=client, failures=limit.limit, window_s=limit.window
+                    )
                 return denied
         response: web.StreamResponse = await handler(request)
         return response

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from tests.scylla_emulator.server import EmulatorServer
+from tests.scylla_emulator.server import EmulatorServer, tls_context
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         help="SELECT on a CDC log is checked on its base table (base, Scylla >= 2025.3.2) "
         "or on the log table itself (log, older releases)",
     )  # fmt: skip
+    ap.add_argument("--tls-cert", help="serve CQL over TLS only, with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    ap.add_argument("--tls-client-ca", help="with TLS, require client certificates signed by this CA (PEM)")
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     if (args.user is None) != (args.password is None):
         ap.error("--user and --password go together")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        ap.error("--tls-client-ca needs --tls-cert and --tls-key")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     creds = (args.user, args.password) if args.user is not None else None
     stop = threading.Event()
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         shards=args.shards,
         credentials=creds,
         log_read_delay=args.log_read_delay,
+        tls=tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
     )
     server.start()
     server.engine.auth.cdc_log_permissions = args.cdc_log_permissions  # a plain attribute

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +106,17 @@ class LogReadStats:
             self.served = []
 
 
+def tls_context(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context presenting ``cert_file``/``key_file``; with ``client_ca``, clients must
+    present a certificate signed by it (Scylla's ``require_client_auth: true``)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 class EmulatorServer:
     def __init__(
         self,
@@ -116,6 +128,7 @@ class EmulatorServer:
         engine: Any = None,
         credentials: tuple[str, str] | None = None,
         log_read_delay: float = 0.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if shards < 1 or vnodes < 1:
             raise ValueError(f"vnodes and shards must be >= 1 (got vnodes={vnodes}, shards={shards})")
@@ -129,6 +142,9 @@ class EmulatorServer:
         # meanwhile): makes concurrent log reads overlap, as on a real cluster, so that
         # ``log_stats.max_in_flight`` shows how many a client keeps in flight.
         self.log_read_delay = log_read_delay
+        # Serve CQL over TLS only (like Scylla's native_transport_port with client_encryption_options
+        # enabled): see ``tls_context`` for a server context, with or without client certificates.
+        self.tls = tls
         self.log_stats = LogReadStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -166,7 +182,7 @@ class EmulatorServer:
             loop.close()
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.engine is None:
             try:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 
 from cdcd.config.endpoints import clickhouse_endpoint
-from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, reason
+from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, client_certificate_hint, reason
 from cdcd.events import ChangeEvent, Op
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
@@ -132,6 +132,13 @@ class ClickHouseSink:
         ca = getattr(self.config, "ca_file", None)
         if ca:
             kwargs["ca_cert"] = str(ca)
+        cert, key = getattr(self.config, "cert_file", None), getattr(self.config, "key_file", None)
+        if secure and cert and key:
+            # With a password the certificate only opens the TLS connection and the user logs in
+            # with the password ("strict"); without one ClickHouse authenticates the user by the
+            # certificate ("mutual": the user must be created IDENTIFIED WITH ssl_certificate).
+            mode = "strict" if kwargs["password"] else "mutual"
+            kwargs |= {"client_cert": str(cert), "client_cert_key": str(key), "tls_mode": mode}
         try:
             _without_dataframes()
             self._client = await clickhouse_connect.get_async_client(**kwargs)
@@ -146,7 +153,10 @@ class ClickHouseSink:
         url = str(getattr(self.config, "url", "http://127.0.0.1:8123"))
         where = clickhouse_endpoint(url, str(getattr(self.config, "username", "default")))
         what = f"{doing} ClickHouse" if doing else "ClickHouse"
-        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {reason(exc)}"))
+        said = reason(exc)
+        if url.startswith("https:") and not getattr(self.config, "cert_file", None):
+            said += client_certificate_hint(said, f"destinations.{self.name}")
+        return SinkUnavailable(scrub(f"{self.name}: {what} at {where}: {said}"))
 
     async def healthcheck(self) -> None:
         await self.connect()
@@ -173,6 +183,34 @@ class ClickHouseSink:
             if classify(exc) is Action.RETRY:
                 raise SinkUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
             raise
+
+    async def missing_grants(self, mappings: Sequence[TableMapping]) -> list[str]:
+        """The GRANT statements this user lacks for ``mappings`` (``cdcd check-config``), found
+        with ``CHECK GRANT`` (docs/permissions.md lists what cdcd needs and why)."""
+        user = str(await self._call(lambda c: c.command("SELECT currentUser()")))
+        out: list[str] = []
+        create = bool(getattr(self.config, "create_tables", True))
+        for database in dict.fromkeys(m.target_schema for m in mappings):
+            wanted = ["SELECT", "INSERT", "DROP TABLE"]
+            if create and any(m.create for m in mappings if m.target_schema == database):
+                wanted += ["CREATE TABLE", "ALTER ADD COLUMN"]
+                exists = await self._call(
+                    lambda c, d=database: c.command(
+                        "SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": d}
+                    )
+                )
+                if not int(exists):
+                    wanted.insert(0, "CREATE DATABASE")
+            lacking = []
+            for privilege in wanted:
+                held = await self._call(
+                    lambda c, p=privilege, d=database: c.command(f"CHECK GRANT {p} ON {ident(d)}.*")
+                )
+                if str(held).strip() != "1":
+                    lacking.append(privilege)
+            if lacking:
+                out.append(f"GRANT {', '.join(lacking)} ON {ident(database)}.* TO {ident(user)}")
+        return out
 
     # -- tables ------------------------------------------------------------------------------
     async def ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:

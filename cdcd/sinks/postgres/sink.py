@@ -47,6 +47,7 @@ from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
 from cdcd.sinks.postgres.fold import RowPlan, Segment, fold, resolve
+from cdcd.sinks.postgres.grants import missing_grants
 from cdcd.sinks.postgres.sql import (
     DELETED,
     DELETED_AT,
@@ -180,6 +181,10 @@ class PostgresSink:
             await self._run(lambda conn: conn.fetchval("SELECT 1"))
         except SinkUnavailable as exc:
             raise self._unavailable(exc.__cause__ or exc) from exc.__cause__ or exc
+
+    async def missing_grants(self, mappings: Sequence[TableMapping]) -> list[str]:
+        """The GRANT statements this role lacks for ``mappings`` (``cdcd check-config``)."""
+        return list(await self._run(lambda conn: missing_grants(conn, mappings)))
 
     async def aclose(self) -> None:
         """Close the pool (terminate it after 10 s); never raises."""
