@@ -46,6 +46,13 @@ if [ "$SKIP_SYSTEM" != 1 ]; then
     installed "$pkg" || need+=("$pkg")
   done
   [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+  # The test suite's own tools (with the dev extras): promtool and prometheus check the alert rules
+  # and the dashboard's queries, headless chromium loads the status page.
+  if [[ ",$EXTRAS," == *,dev,* ]]; then
+    need=()
+    for pkg in prometheus chromium; do installed "$pkg" || need+=("$pkg"); done
+    [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+  fi
 
   # ---------------------------------------------------------------------------- TimescaleDB
   PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config

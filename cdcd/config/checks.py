@@ -22,6 +22,7 @@ from cdcd.config.model import (
     StateConfig,
     TimescaleDestination,
     TlsConfig,
+    TracingConfig,
 )
 from cdcd.config.values import Secret, join_key, unwrap
 from cdcd.errors import ConfigError, ConfigErrors
@@ -36,6 +37,7 @@ _KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:{}-]+")
 _LITERAL_FORBIDDEN = frozenset({"password", "admin_token"})
 # A libpq keyword DSN ("host=db password=x") or a URL query (?password=x) holding a password.
 _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)(?:ssl)?password\s*=", re.I)
+_SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie|credential", re.I)
 _QUERY_PASSWORDS = frozenset({"password", "sslpassword"})
 
 
@@ -106,6 +108,7 @@ class Finisher:
         self.check_source(cfg.source)
         self.check_state(cfg.state)
         self.check_http(cfg.http)
+        self.check_tracing(cfg.tracing)
         for name, dest in cfg.destinations.items():
             self.check_destination(name, dest, cfg)
         self.check_tables(cfg)
@@ -255,6 +258,28 @@ class Finisher:
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
         self.check_tls(st, "state", scheme, "rediss")
+
+    def check_tracing(self, tr: TracingConfig) -> None:
+        if tr.endpoint:
+            u = urllib.parse.urlsplit(tr.endpoint)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                self.fail("tracing.endpoint", f'expected an http:// or https:// URL, got "{tr.endpoint}"')
+            elif _password_in(tr.endpoint):
+                self.fail(
+                    "tracing.endpoint",
+                    'the URL holds a password: put credentials in tracing.headers ("${VAR}")',
+                )
+        for name, value in tr.headers.items():
+            key = join_key("tracing.headers", name)
+            if _SENSITIVE_HEADER.search(name) and key not in self.from_env:
+                self.fail(
+                    key,
+                    'looks like a credential: use an environment variable ("${VAR}"), not the config file',
+                )
+            elif not value.get():
+                self.fail(key, "is empty (is the environment variable set to an empty string?)")
+        if tr.timeout <= 0:
+            self.fail("tracing.timeout", "expected a duration > 0")
 
     def check_http(self, http: HttpConfig) -> None:
         host, sep, port = http.listen.rpartition(":")

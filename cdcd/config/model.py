@@ -155,7 +155,13 @@ class TracingConfig(_Section, frozen=True, kw_only=True):
     """OpenTelemetry spans for read -> write (R-62)."""
 
     enabled: bool = False  # create spans at all
-    exporter: Literal["none", "console"] = "none"  # where finished spans go
+    exporter: Literal["none", "console", "otlp"] = "none"  # where finished spans go
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"  # OTLP transport
+    # OTLP receiver: "http://host:4318" (http/protobuf; /v1/traces is added) or "http://host:4317" (grpc);
+    # empty: the OpenTelemetry default for the protocol
+    endpoint: str = ""
+    headers: dict[str, Secret] = {}  # sent with every export, e.g. authorization = "${OTLP_TOKEN}"
+    timeout: Duration = Duration(10.0)  # per export request
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # share of traces kept
     service_name: str = "cdcd"  # service.name resource attribute
 

@@ -1,5 +1,6 @@
 """The operator HTTP endpoint (R-63), on aiohttp.
 
+* ``GET /``: the status page (``cdcd.ops.page``: HTML polling ``/status``, no external assets).
 * ``GET /healthz``: 200 while the process and its event loop answer.
 * ``GET /readyz``: 200 when every dependency check passes, else 503; JSON per dependency.
 * ``GET /status``: JSON from the status provider: per table, destination and stream group the
@@ -33,6 +34,7 @@ from cdcd import __version__
 from cdcd.config import Secret
 from cdcd.ops.horizon import fold_lag, time_until_loss
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.page import STATUS_PAGE
 
 __all__ = ["AdminAction", "CheckResult", "HttpServer", "build_status", "make_app", "summarize", "worst_state"]
 
@@ -201,6 +203,9 @@ def make_app(
     actions = dict(admin_actions or {})
     started = time.time()
 
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=STATUS_PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
     async def healthz(request: web.Request) -> web.Response:
         return _response({"status": "ok", "version": __version__, "uptime_seconds": time.time() - started})
 
@@ -263,6 +268,7 @@ def make_app(
         return response
 
     app = web.Application(middlewares=[require_token])
+    app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status_handler)

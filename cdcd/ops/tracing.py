@@ -1,7 +1,8 @@
 """OpenTelemetry tracing (R-62): a tracer provider set up from ``[tracing]``.
 
 ``configure(cfg)`` installs a ``TracerProvider`` (resource ``service.name``, ratio sampler) with a
-console exporter or none; ``tracer()`` returns cdcd's tracer (a no-op one while tracing is off,
+console exporter, an OTLP one (``http/protobuf`` or ``grpc``, from the OpenTelemetry exporter
+packages) or none; ``tracer()`` returns cdcd's tracer (a no-op one while tracing is off,
 so callers never check). Spans are cheap to create only when sampled; wrap whole batches (read,
 write, commit), never single events.
 """
@@ -11,19 +12,20 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from cdcd import __version__
 from cdcd.config import TracingConfig
 
-__all__ = ["configure", "record_span", "shutdown", "traced_source", "tracer"]
+__all__ = ["configure", "otlp_exporter", "record_span", "shutdown", "traced_source", "tracer"]
 
 _provider: TracerProvider | None = None
 
@@ -39,8 +41,29 @@ def configure(cfg: TracingConfig, *, replica: str = "") -> TracerProvider | None
     provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
     if cfg.exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif cfg.exporter == "otlp":
+        provider.add_span_processor(BatchSpanProcessor(otlp_exporter(cfg)))
     _provider = provider
     return provider
+
+
+def otlp_exporter(cfg: TracingConfig) -> SpanExporter:
+    """The OTLP exporter of ``[tracing]``: ``http/protobuf`` (``endpoint`` + ``/v1/traces`` unless
+    it names a path) or ``grpc`` (TLS for https:// endpoints), with ``headers`` and ``timeout``."""
+    headers = {name: value.get() for name, value in cfg.headers.items()}
+    timeout = float(cfg.timeout)
+    if cfg.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        endpoint = cfg.endpoint or "http://localhost:4317"
+        insecure = urllib.parse.urlsplit(endpoint).scheme == "http"
+        return GrpcExporter(endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    endpoint = cfg.endpoint or "http://localhost:4318"
+    if urllib.parse.urlsplit(endpoint).path in ("", "/"):
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return HttpExporter(endpoint=endpoint, headers=headers, timeout=timeout)
 
 
 def tracer() -> trace.Tracer:
