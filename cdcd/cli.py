@@ -5,6 +5,8 @@
     cdcd --version
     cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
     cdcd check-config --config cdcd.toml [--offline]
+    cdcd resume --config cdcd.toml --table ks.t
+    cdcd schema history --config cdcd.toml --table ks.t [--json]
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -74,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=15.0, help="seconds per dependency check (default 15)"
     )
+    # schema changes (cdcd.schema_watch.commands)
+    resume = sub.add_parser("resume", help="resume a table halted by a schema change (schema_changes = halt)")
+    resume.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    resume.add_argument("--table", required=True, help="the source table, keyspace.table")
+    schema = sub.add_parser("schema", help="schema versions of a source table")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    hist = schema_sub.add_parser("history", help="the recorded schema versions of a table, newest first")
+    hist.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    hist.add_argument("--table", required=True, help="the source table, keyspace.table")
+    hist.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -96,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(errors) > 1:
             print(f"cdcd: {len(errors)} configuration errors; nothing was started", file=sys.stderr)
         return 2
+    if args.command in ("resume", "schema"):
+        from cdcd.schema_watch import commands
+
+        if args.command == "resume":
+            return commands.resume(config, args.table)
+        return commands.history(config, args.table, as_json=args.json)
     if args.command == "run":
         return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)

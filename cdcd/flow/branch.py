@@ -186,6 +186,7 @@ class Branch:
         rejection_kind: Callable[[RejectionLike], Kind] = default_rejection_kind,
         catch_up: SourceFactory | None = None,
         floor_time: uuid.UUID | None = None,
+        gate: Any = None,
     ) -> None:
         self.destination = destination
         self.group = group
@@ -201,6 +202,7 @@ class Branch:
         self.rejection_kind = rejection_kind
         self.catch_up = catch_up  # opens a reader of its own while detached (None: never detaches)
         self.floor_time = floor_time  # where streams without a checkpoint start (None: the reader's)
+        self.gate = gate  # schema changes (cdcd.schema_watch.SchemaGate): admit(events) before writes
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
         self.state: PipelineState = "starting"
         self.mode: BranchMode = "shared"
@@ -629,6 +631,13 @@ class Branch:
             await self._record_rejections(rejections)
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
+        if self.gate is not None:  # schema changes: alter the target, leave columns out, or halt
+            async for part in self.gate.admit(events, self._set_state):
+                if part.rejections:
+                    await self._record_rejections(part.rejections)
+                for i in range(0, len(part.events), rows):
+                    await self._writer_policy.write(part.events[i : i + rows])
+            events = []
         for i in range(0, len(events), rows):
             await self._writer_policy.write(events[i : i + rows])
         resolved = 0

@@ -177,6 +177,7 @@ STATES = (
     "running",
     "retrying",
     "circuit-open",
+    "halted",
     "draining",
     "done",
     "closed",
