@@ -12,8 +12,9 @@ about to be written:
   ``ALTER TABLE ... ADD COLUMN``; types per the type maps and column overrides) *before* the
   batch is written. Dropped columns stay in the destination and are no longer written: rows keep
   the value they had, rows inserted afterwards hold NULL. A re-added column whose new type does
-  not fit the destination column is breaking: events writing it are rejected (stage ``schema``,
-  the validation queue) with the reason; the other events flow.
+  not fit the destination column is breaking: events writing it go to the validation queue
+  (stage ``schema``) with the reason, and are written without that column (the other columns
+  keep flowing).
 * A destination table cdcd did not create (``create_tables = false``): new source columns are
   not added; if the table has no such column it is handled as ``log`` (said once).
 * ``log``: the destination is never altered after its creation; values of columns it lacks are
@@ -241,7 +242,7 @@ class SchemaGate:
         for ev in events:
             cols = touched(ev)
             hit = cols & bad
-            if hit:
+            if hit:  # the event goes to the validation queue; its other columns are written
                 assert self.applied is not None
                 c = sorted(hit)[0]
                 rejected.append(
@@ -251,10 +252,12 @@ class SchemaGate:
                         reason=(
                             f"column {c!r} of {self.table} was re-added as "
                             f"{w.schema.column(c).type.cql()}; the destination column holds "
-                            f"{self.applied.column(c).type.cql()} (incompatible schema change)"
+                            f"{self.applied.column(c).type.cql()} (incompatible schema change): "
+                            "the event was written without it"
                         ),
                     )
                 )
+                out.append(strip(ev, names - bad))
             elif cols <= names:
                 out.append(ev)
             else:

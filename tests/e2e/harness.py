@@ -70,6 +70,7 @@ class TableSpec:
     target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
+    schema_changes: str = ""  # "propagate" | "log" | "halt"; empty: the default (not written)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ConfigOptions:
     batch_max_rows: int = 1000
     batch_max_wait: str = "100ms"
     log_level: str = "info"
-    # section -> raw TOML lines appended: "source", "pipeline", and "destinations" (whole
+    # section -> raw TOML lines appended: "source", "pipeline", "http", and "destinations" (whole
     # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB).
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -125,6 +126,7 @@ checkpoint_every = {o.checkpoint_every}
 
 [http]
 listen = "127.0.0.1:{http_port}"
+{o.extra.get("http", "")}
 
 [pipeline]
 shutdown_timeout = "20s"
@@ -152,6 +154,8 @@ pool_size = 2
         dests = ", ".join(json.dumps(d) for d in t.destinations)
         text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
+        if t.schema_changes:
+            text += f'schema_changes = "{t.schema_changes}"\n'
     path.write_text(text)
     return path
 
