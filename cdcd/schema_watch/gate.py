@@ -122,7 +122,7 @@ class SchemaGate:
             if self.applied is None:
                 await self._apply(self.watch.schema)
             elif self._follows():
-                await self._move()
+                await self._move(start=True)
             else:
                 await self._ensure(self.applied)
 
@@ -144,8 +144,9 @@ class SchemaGate:
             await self.redis.set(self.key, msgspec.json.encode(schema))
         self._set(schema)
 
-    async def _move(self) -> None:
-        """Bring the destination to the watcher's schema (propagate)."""
+    async def _move(self, *, start: bool = False) -> None:
+        """Bring the destination to the watcher's schema (propagate). ``start``: the sink has not
+        seen this table yet (ensure_table even when nothing changed)."""
         assert self.applied is not None
         w = self.watch
         target, incompatible = destination_schema(self.applied, w.schema)
@@ -157,6 +158,8 @@ class SchemaGate:
         self.incompatible = incompatible
         self.applied_version = w.version
         if target == self.applied:
+            if start:
+                await self._ensure(target)
             return
         added = sorted(set(c.name for c in target.columns) - self._names)
         if not getattr(self.mapping, "create", True):
