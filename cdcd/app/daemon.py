@@ -201,7 +201,9 @@ class Daemon:
         # schema changes (cdcd.schema_watch): versions in Redis, detection, per-table policy
         self.schema_watch = SchemaWatcher(
             self.deps.scylla,
-            SchemaStore(self.deps.redis, prefix=cfg.state.key_prefix, cache_ttl=cfg.source.schema_check_interval),
+            SchemaStore(
+                self.deps.redis, prefix=cfg.state.key_prefix, cache_ttl=cfg.source.schema_check_interval
+            ),
             {t.source: (t.schema_changes, self.schemas[t.source]) for t in cfg.tables},
             check_interval=cfg.source.schema_check_interval,
             replica=cfg.instance.replica,
@@ -604,12 +606,10 @@ class Daemon:
             "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
         }
         watch = getattr(self, "schema_watch", None)
-        if watch is not None:  # tables halted by a schema change (schema_changes = "halt")
-            halted = {t: w.halt for t, w in watch.tables.items() if w.halt is not None}
+        halted = {t: w.halt for t, w in watch.tables.items() if w.halt is not None} if watch else {}
+        if halted:  # tables halted by a schema change (schema_changes = "halt")
             checks["schema"] = CheckResult(
-                ok=not halted,
-                detail="; ".join(f"halted: {t} ({h.reason})" for t, h in sorted(halted.items()))
-                or "no table halted",
+                ok=False, detail="; ".join(f"halted: {t} ({h.reason})" for t, h in sorted(halted.items()))
             )
         probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:
