@@ -15,6 +15,9 @@ about to be written:
   not fit the destination column is breaking: events writing it go to the validation queue
   (stage ``schema``) with the reason, and are written without that column (the other columns
   keep flowing).
+* A field added to a user type (``ALTER TYPE ... ADD``): the destination column keeps the
+  type's previous fields; the new field's values are left out (top-level UDT columns; ClickHouse
+  cannot change a tuple's type in place).
 * A destination table cdcd did not create (``create_tables = false``): new source columns are
   not added; if the table has no such column it is handled as ``log`` (said once).
 * ``log``: the destination is never altered after its creation; values of columns it lacks are
@@ -84,6 +87,39 @@ def strip(ev: ChangeEvent, keep: frozenset[str]) -> ChangeEvent:
     )
 
 
+def trim_udts(ev: ChangeEvent, fields: dict[str, frozenset[str]]) -> ChangeEvent:
+    """``ev`` with the values of top-level UDT columns cut to the fields the destination's type has
+    (a field added by ``ALTER TYPE ... ADD`` is not written: a ClickHouse tuple cannot change type
+    in place, and PostgreSQL follows the same rule)."""
+    if not any(c in ev.values or c in ev.deleted_elements or ev.preimage or ev.postimage for c in fields):
+        return ev
+
+    def cut(col: str, v: Any) -> Any:
+        return {k: x for k, x in v.items() if k in fields[col]} if isinstance(v, dict) else v
+
+    values = dict(ev.values)
+    for col in fields:
+        if col in values:
+            values[col] = cut(col, values[col])
+            if values[col] == {} and col not in ev.deleted:
+                del values[col]  # a delta that wrote only new fields
+    elements = {
+        c: ([x for x in v if x in fields[c]] if c in fields else v) for c, v in ev.deleted_elements.items()
+    }
+    elements = {c: v for c, v in elements.items() if v}
+
+    def image(d: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if d is None else {k: (cut(k, v) if k in fields else v) for k, v in d.items()}
+
+    return msgspec.structs.replace(
+        ev,
+        values=values,
+        deleted_elements=elements,
+        preimage=image(ev.preimage),
+        postimage=image(ev.postimage),
+    )
+
+
 class SchemaGate:
     def __init__(
         self,
@@ -110,6 +146,8 @@ class SchemaGate:
         self._names: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self._said: set[str] = set()
+        self._udt_key: int | None = None
+        self._udt_cache: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------------------ setup
     async def ensure(self) -> None:
@@ -184,6 +222,20 @@ class SchemaGate:
                 columns=column_list(target),
             )  # fmt: skip
 
+    def _udt_fields(self) -> dict[str, frozenset[str]]:
+        """Top-level UDT columns of the destination -> the fields its type has (values are cut to
+        them: the source type may have gained fields before the watcher noticed)."""
+        if self.applied is None:
+            return {}
+        if self._udt_key != id(self.applied):
+            self._udt_key = id(self.applied)
+            self._udt_cache = {
+                c.name: frozenset(c.type.udt.field_names)
+                for c in self.applied.columns
+                if c.type.udt is not None
+            }
+        return self._udt_cache
+
     def _once(self, key: str, msg: str, **fields: Any) -> None:
         if key not in self._said:
             self._said.add(key)
@@ -242,6 +294,9 @@ class SchemaGate:
         rejected: list[RejectionLike] = []
         names = self._names
         bad = self.incompatible
+        udts = self._udt_fields()
+        if udts:
+            events = [trim_udts(ev, udts) for ev in events]
         for ev in events:
             cols = touched(ev)
             hit = cols & bad

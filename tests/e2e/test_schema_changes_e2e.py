@@ -463,3 +463,55 @@ async def test_dropped_and_recreated_table_is_followed(
     ), kinds
     assert queued(redis_url, redis_prefix) == 0
     assert cdcd.stop() == 0
+
+
+async def test_udt_field_added_is_logged_and_replication_goes_on(  # noqa: PLR0917
+    cql: Any,
+    make_cdcd: MakeCdcd,
+    pg_dsn: str,
+    clickhouse_url: str,
+    ch_database: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """``ALTER TYPE ... ADD``: logged as udt_changed; the destination column keeps the type's
+    previous fields (README), every other value keeps flowing, nothing is dead-lettered."""
+    ks(cql)
+    cql.execute("CREATE TYPE sc.ut (x int, y text)")
+    cql.execute(
+        "CREATE TABLE sc.u (pk int, ck int, a text, u frozen<ut>, PRIMARY KEY (pk, ck)) WITH cdc = {'enabled': true}"
+    )
+    destinations = f'[destinations.ch]\ntype = "clickhouse"\nurl = "{clickhouse_url}"\n'
+    target = f"{ch_database}.u"
+    cdcd = make_cdcd(
+        [TableSpec("sc.u", target, destinations=("pg", "ch"))],
+        ConfigOptions(extra={"source": FAST, "destinations": destinations}),
+    )
+    cdcd.start()
+    cdcd.wait_ready()
+    for i in range(20):
+        cql.execute(
+            "INSERT INTO sc.u (pk, ck, a, u) VALUES (%s, %s, %s, {x: %s, y: %s})",
+            [i % 4, i, f"a{i}", i, f"y{i}"],
+        )
+    cql.execute("ALTER TYPE sc.ut ADD z int")
+    for i in range(20, 40):
+        cql.execute(
+            "INSERT INTO sc.u (pk, ck, a, u) VALUES (%s, %s, %s, {x: %s, y: %s, z: %s})",
+            [i % 4, i, f"a{i}", i, f"y{i}", i],
+        )
+    schema = without(source_schema(cql, "sc.u"), "u")
+    await wait_converged(cql, schema, pg_dsn, target, timeout=60, alive=alive(cdcd))
+    u = urlsplit(clickhouse_url)
+    client = clickhouse_connect.get_client(host=u.hostname, port=u.port, autogenerate_session_id=False)
+    try:
+        await wait_ch_converged(cql, schema, client, target, timeout=60, alive=alive(cdcd))
+    finally:
+        client.close()
+
+    def logged() -> bool:
+        return any(c.startswith("udt changed u") for m in schema_logs(cdcd) for c in m["changes"])
+
+    await asyncio.to_thread(wait_for, logged, 30, "udt_changed logged")
+    assert queued(redis_url, redis_prefix) == 0
+    assert cdcd.stop() == 0
