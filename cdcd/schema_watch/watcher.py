@@ -159,9 +159,14 @@ class SchemaWatcher:
         due = force or now - w.checked_at >= self.check_interval
         if due and not force:
             cached = await self.store.cached(w.table)
-            if cached is not None and cached.fingerprint == w.fingerprint and cached.table_id == w.table_id:
-                w.checked_at = now  # another replica confirmed this schema within the interval
-                w.confirmed_us = max(w.confirmed_us, int(cached.at * 1e6))
+            if (
+                cached is not None
+                and int(cached.at * 1e6) > w.confirmed_us  # written by another replica's check since ours
+                and cached.fingerprint == (w.fingerprint if w.exists else "absent")
+                and cached.table_id == w.table_id
+            ):
+                w.checked_at = now  # confirmed on the server within the interval (the key's TTL)
+                w.confirmed_us = int(cached.at * 1e6)
                 due = False
         live, table_id = await self._live(w.table, refresh=due)
         if due:
@@ -174,11 +179,12 @@ class SchemaWatcher:
             and table_id == w.table_id
         ):
             if due:
-                w.confirmed_us = int(time.time() * 1e6)
+                at = time.time()
+                w.confirmed_us = int(at * 1e6)
                 await self.store.refresh_cache(
                     w.table,
                     StoredSchema(version=w.version, fingerprint=w.fingerprint if w.exists else "absent",
-                                 table_id=w.table_id, schema=w.schema, at=time.time()),
+                                 table_id=w.table_id, schema=w.schema, at=at),
                 )  # fmt: skip
             return
         if not due:  # the driver's metadata moved: confirm with the server before recording

@@ -160,6 +160,11 @@ def cli(cdcd: CdcdProcess, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def metrics_text(cdcd: CdcdProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cdcd.http_port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
 def admin_post(cdcd: CdcdProcess, path: str, token: str) -> Any:
     req = urllib.request.Request(
         f"http://127.0.0.1:{cdcd.http_port}/admin/{path}", method="POST",
@@ -191,7 +196,21 @@ async def test_propagate_add_and_drop_columns_into_postgres(
     await wait_converged(cql, schema, pg_dsn, "public.t", timeout=60, alive=alive(cdcd))
     logs = schema_logs(cdcd)
     assert any("column added w (- -> int)" in m.get("changes", []) for m in logs), logs
-    assert cdcd.status()["schemas"]["sc.t"]["version"] == 3
+    status = cdcd.status()
+    assert status["schemas"]["sc.t"]["version"] == 3 and status["tables"]["sc.t"]["schema_version"] == 3
+    text = await asyncio.to_thread(metrics_text, cdcd)
+    assert 'cdcd_schema_changes_total{kind="column_added",table="sc.t"} 1.0' in text
+    assert 'cdcd_schema_changes_total{kind="column_dropped",table="sc.t"} 1.0' in text
+    # Redis: the shared cache (with the check interval as TTL), the recorded version, the history.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        cache = f"{redis_prefix}:schema:cache:sc.t"
+        wait_for(lambda: 0 < client.ttl(cache) <= 2, 10, "the schema cache with a 2 s TTL")
+        assert json.loads(client.get(cache) or b"{}").get("version") in (3, None)
+        assert json.loads(client.get(f"{redis_prefix}:schema:current:sc.t"))["version"] == 3
+        assert client.llen(f"{redis_prefix}:schema:history:sc.t") == 3
+    finally:
+        client.close()
     assert queued(redis_url, redis_prefix) == 0
     assert cdcd.stop() == 0
 
