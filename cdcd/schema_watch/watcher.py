@@ -11,9 +11,9 @@
 * At start it compares the live table with the version recorded in Redis, so a change made
   while cdcd was down (or killed between the DDL and the first new event) is found the same way.
 
-A change is recorded once in Redis (version + history), logged once per replica at INFO (ERROR
-for breaking kinds, ``cdcd.schema_watch.diff``) with the before and after column lists, and
-counted in ``cdcd_schema_changes_total{table,kind}``. For a table with ``schema_changes = "halt"``
+A change is recorded once in Redis (version + history); the replica that records it logs it once
+at INFO (ERROR for breaking kinds, ``cdcd.schema_watch.diff``) with the before and after column
+lists and counts it in ``cdcd_schema_changes_total{table,kind}`` (the others log it at DEBUG). For a table with ``schema_changes = "halt"``
 the change also halts the table (``SchemaStore.halt``): events written at or after the last time
 the old schema was confirmed by the server are held by the table's gates until an operator
 resumes it (conservative: the hold may start up to ``check_interval`` before the DDL, never after).
@@ -234,7 +234,7 @@ class SchemaWatcher:
                 w.fingerprint, w.schema, w.table_id, w.exists = fingerprint(live), live, table_id, True
             return
         before_cols = column_list(before) if w.exists else []
-        stored, _created = await self.store.record(
+        stored, created = await self.store.record(
             w.table, live if live is not None else before, table_id if live is not None else None,
             changes=changes, columns_before=before_cols, columns_after=after_cols, replica=self.replica,
         )  # fmt: skip
@@ -248,17 +248,20 @@ class SchemaWatcher:
         w.version = stored.version
         w.last_changes = changes
         breaking = any(c.kind in BREAKING for c in changes)
-        for c in changes:
-            SCHEMA_CHANGES.labels(w.table, c.kind).inc()
         fields = dict(
             table=w.table, version=w.version, policy=w.policy,
             changes=[c.describe() for c in changes],
             columns_before=before_cols, columns_after=after_cols,
         )  # fmt: skip
-        if breaking:
-            log.error("schema change", **fields)
+        if not created:  # another replica recorded (logged, counted) this version first
+            log.debug("schema change recorded by another replica", **fields)
         else:
-            log.info("schema change", **fields)
+            for c in changes:
+                SCHEMA_CHANGES.labels(w.table, c.kind).inc()
+            if breaking:
+                log.error("schema change", **fields)
+            else:
+                log.info("schema change", **fields)
         if w.policy == "halt":
             reason = f"schema version {w.version}: " + "; ".join(c.describe() for c in changes)
             w.halt = await self.store.halt(
