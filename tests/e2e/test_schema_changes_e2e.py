@@ -174,7 +174,7 @@ def admin_post(cdcd: CdcdProcess, path: str, token: str) -> Any:
         return json.loads(r.read())
 
 
-async def test_propagate_add_and_drop_columns_into_postgres(
+async def test_propagate_add_and_drop_columns_into_postgres_across_a_generation_switch(
     cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
     cql.execute("CREATE KEYSPACE sc WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
@@ -188,12 +188,16 @@ async def test_propagate_add_and_drop_columns_into_postgres(
     w.start()
     await asyncio.sleep(1.0)
     w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
+    # A CDC generation switch 1 s from now (new streams): the new column flows across it.
+    cql.execute("INSERT INTO emulator.control (command, value) VALUES ('new_generation', '1000')")
+    await asyncio.sleep(2.0)
     w.alter("DROP b", {"a": "text", "w": "int"})
     await asyncio.sleep(1.0)
     w.join()
     schema = source_schema(cql, "sc.t")
     await wait_converged(cql, schema, pg_dsn, "public.t", timeout=60, alive=alive(cdcd))
+    assert any(m.get("message") == "generation switch" for m in cdcd.log_messages())
     logs = schema_logs(cdcd)
     assert any("column added w (- -> int)" in m.get("changes", []) for m in logs), logs
     status = cdcd.status()
