@@ -147,6 +147,7 @@ class SchemaGate:
         self._lock = asyncio.Lock()
         self._said: set[str] = set()
         self._udt_key: int | None = None
+        self._seen_version = -1  # watcher version the incompatible columns were computed for
         self._udt_cache: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------------------ setup
@@ -284,6 +285,11 @@ class SchemaGate:
                 if unknown and not unknown <= {c.name for c in w.schema.columns}:
                     await self.watcher.force_check(self.table)  # the reader saw it before the watcher
                 await self._move()
+        elif w.version != self._seen_version and self.applied is not None:
+            # not following (log, or halted): the destination stays; a column re-added with a type
+            # it cannot hold is still left out of the writes (validation queue), never dead-lettered
+            _, self.incompatible = destination_schema(self.applied, w.schema)
+            self._seen_version = w.version
         if self.watch.policy == "log" and unknown:
             self._once(
                 f"log:{sorted(unknown)}",

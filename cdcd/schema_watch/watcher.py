@@ -31,8 +31,8 @@ from prometheus_client import Counter
 
 from cdcd.ops import metrics
 from cdcd.ops.logging import get_logger, scrub
-from cdcd.schema import TableSchema
-from cdcd.schema_watch.diff import BREAKING, Change, column_list, diff, fingerprint
+from cdcd.schema import CqlType, TableSchema
+from cdcd.schema_watch.diff import BREAKING, Change, ChangeKind, column_list, diff, fingerprint, fits
 from cdcd.schema_watch.store import Halt, SchemaStore, StoredSchema
 
 __all__ = ["SCHEMA_CHANGES", "Policy", "SchemaWatcher", "TableWatch"]
@@ -65,6 +65,7 @@ class TableWatch:
         self.halt: Halt | None = None
         self.changed = asyncio.Event()  # set (then replaced) on every new version or resume
         self.last_changes: list[Change] = []
+        self.dropped: dict[str, CqlType] = {}  # columns seen dropped -> their type
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -223,7 +224,7 @@ class SchemaWatcher:
             changes = [Change(kind="table_dropped")]
             after_cols: list[str] = []
         else:
-            changes = diff(before, live)
+            changes = self._readded(w, before, live, diff(before, live))
             if prev_id is not None and table_id is not None and prev_id != table_id:
                 changes.insert(0, Change(kind="table_recreated", before=prev_id, after=table_id))
             elif not w.exists:
@@ -272,6 +273,25 @@ class SchemaWatcher:
                 table=w.table, version=w.halt.version, reason=w.halt.reason,
             )  # fmt: skip
         w._notify()
+
+    @staticmethod
+    def _readded(
+        w: TableWatch, before: TableSchema, live: TableSchema, changes: list[Change]
+    ) -> list[Change]:
+        """A column added under the name of one dropped earlier (seen by this replica) is a
+        retype: compatible or not with the type it had (the destinations still hold that one)."""
+        out = []
+        for c in changes:
+            if c.kind == "column_dropped" and c.column is not None:
+                w.dropped[c.column] = before.column(c.column).type
+            elif c.kind == "column_added" and c.column in w.dropped:
+                old, new = w.dropped[c.column], live.column(c.column).type
+                if old != new:
+                    kind: ChangeKind = "column_retyped" if fits(new, old) else "column_incompatible"
+                    out.append(Change(kind=kind, column=c.column, before=old.cql(), after=new.cql()))
+                    continue
+            out.append(c)
+        return out
 
     # ------------------------------------------------------------------------------ halts
     async def refresh_halt(self, table: str) -> Halt | None:

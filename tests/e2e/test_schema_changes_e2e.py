@@ -418,13 +418,16 @@ async def test_halt_resumed_through_the_admin_endpoint(cql: Any, make_cdcd: Make
     assert cdcd.stop() == 0
 
 
-async def test_incompatible_readd_goes_to_validation_and_the_rest_flows(
-    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str
+@pytest.mark.parametrize("policy", ["propagate", "log"])
+async def test_incompatible_readd_goes_to_validation_and_the_rest_flows(  # noqa: PLR0917
+    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str, policy: str
 ) -> None:
     ks(cql)
     w = Writer(cql, "sc.i", {"a": "text", "b": "int"}, seed=9)
     w.create()
-    cdcd = make_cdcd([TableSpec("sc.i", "public.i")], ConfigOptions(extra={"source": FAST}))
+    cdcd = make_cdcd(
+        [TableSpec("sc.i", "public.i", schema_changes=policy)], ConfigOptions(extra={"source": FAST})
+    )
     cdcd.start()
     cdcd.wait_ready()
     w.start()
