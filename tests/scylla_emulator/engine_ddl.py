@@ -16,6 +16,7 @@ from tests.scylla_emulator.catalog import KeyspaceDef, TableRt, UserTypeDef
 from tests.scylla_emulator.cql import ast as A
 from tests.scylla_emulator.cqltypes_util import normalize
 from tests.scylla_emulator.model import CdcTableOptions, ColumnDef, TableDef
+from tests.scylla_emulator.tablets import tablet_count_for
 
 if TYPE_CHECKING:
     from tests.scylla_emulator.engine import EmulatorEngine
@@ -140,6 +141,8 @@ def create_keyspace(eng: EmulatorEngine, st: A.CreateKeyspace) -> Result:
             ErrorCode.CONFIG_ERROR, "SimpleStrategy requires a replication_factor strategy option."
         )
     tablets = st.tablets
+    if tablets is None and eng.tablets_default:
+        tablets = {"enabled": "true", "initial": 0}  # tablets_mode_for_new_keyspaces: enabled
     if tablets is not None:
         for k in tablets:
             if k not in ("enabled", "initial"):
@@ -159,6 +162,7 @@ def drop_keyspace(eng: EmulatorEngine, st: A.DropKeyspace) -> Result:
         raise CqlError(ErrorCode.CONFIG_ERROR, f"Cannot drop non existing keyspace '{st.name}'.")
     _user_keyspace(eng, st.name)
     del eng.catalog.keyspaces[st.name]
+    eng.tablets.drop(st.name)
     return _changed(eng, "DROPPED", "KEYSPACE", st.name, None)
 
 
@@ -192,9 +196,34 @@ def _options(raw: dict[str, Any]) -> tuple[dict[str, Any], CdcTableOptions | Non
             opts[k] = ttl
         elif k == "id":
             raise CqlError(ErrorCode.CONFIG_ERROR, "Cannot set the table id")
+        elif k == "tablets":
+            opts[k] = _tablet_options(v)
         else:
             opts[k] = v
     return opts, cdc, ttl
+
+
+_TABLET_OPTIONS = ("min_tablet_count", "max_tablet_count", "min_per_shard_tablet_count",
+                   "expected_data_size_in_gb", "pow2_count")  # fmt: skip
+
+
+def _tablet_options(v: Any) -> dict[str, str]:
+    """db/tablet_options.cc::validate (the messages are Scylla's)."""
+    if not isinstance(v, dict):
+        raise CqlError(ErrorCode.SYNTAX_ERROR, f"Invalid value for property 'tablets': {v!r}")
+    out = _str_map(v)
+    for k, val in out.items():
+        if k not in _TABLET_OPTIONS:
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Unknown tablet option: '{k}'")
+        if k == "pow2_count":
+            continue
+        try:
+            num = float(val) if k == "min_per_shard_tablet_count" else int(val)
+        except ValueError as e:
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Invalid value '{val}' for {k}") from e
+        if num < 0 or (k == "max_tablet_count" and num == 0):
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Invalid value '{val}' for {k}")
+    return out
 
 
 def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> Result:
@@ -283,7 +312,28 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
     if log_rt is not None:
         ks.tables[log_rt.name] = log_rt
         extra.append(SchemaChangeResult("CREATED", "TABLE", ks.name, log_rt.name))
+        _new_stream_set(eng, ks, d)
     return _changed(eng, "CREATED", "TABLE", ks.name, st.name, extra)
+
+
+def _tablet_count(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> int:
+    """Tablets of ``d`` (tablets.tablet_count_for): the table's own tablet options, else the
+    keyspace's ``initial``, else the emulator's default."""
+    initial = int((ks.tablets or {}).get("initial", 0) or 0)
+    opts = d.options.get("tablets")
+    return tablet_count_for(_str_map(opts), initial or eng.tablets.default_count)
+
+
+def _new_stream_set(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> None:
+    """A CDC log was created for ``d``: in a tablet keyspace the table gets its stream set."""
+    if ks.tablets is not None:
+        eng.tablets.create(ks.name, d.name, _tablet_count(eng, ks, d))
+
+
+def _str_map(v: Any) -> dict[str, str]:
+    if isinstance(v, dict):
+        return {str(a): (str(b).lower() if isinstance(b, bool) else str(b)) for a, b in v.items()}
+    return {}
 
 
 def _new_log(eng: EmulatorEngine, ks: KeyspaceDef, base: TableDef) -> TableRt:
@@ -312,9 +362,12 @@ def drop_table(eng: EmulatorEngine, st: A.DropTable, ksname: str | None) -> Resu
                 f"disable CDC first"
             )
     del ks.tables[st.name]
+    if rt.d.is_cdc_log:  # its streams go with it (cdc/log.cc on_before_drop_column_family)
+        eng.tablets.drop(ks.name, st.name[: -len("_scylla_cdc_log")])
     log = ks.tables.get(st.name + "_scylla_cdc_log")
     extra = []
     if log is not None and log.d.is_cdc_log:
+        eng.tablets.drop(ks.name, st.name)
         del ks.tables[log.name]
         extra.append(SchemaChangeResult("DROPPED", "TABLE", ks.name, log.name))
     return _changed(eng, "DROPPED", "TABLE", ks.name, st.name, extra)
@@ -411,10 +464,13 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
             if (d.name + "_scylla_cdc_log") in ks.tables:
                 raise inv(f"{ks.name}.{d.name}_scylla_cdc_log already exists")
             new_log = _new_log(eng, ks, d)
+            _new_stream_set(eng, ks, d)
         else:
             new_log = _reattach(eng, d, log, st)
     elif log is not None and st.action in ("add", "drop", "rename"):
         pass  # detached log: untouched (Scylla mirrors only into an attached log)
+    if st.action == "with" and "tablets" in st.options and ks.tablets is not None:
+        _resize(eng, ks, d)
     ks.tables[d.name] = new_rt
     extra = []
     if new_log is not None:
@@ -425,6 +481,17 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         )
         ks.tables[new_log.name] = new_log
     return _changed(eng, "UPDATED", "TABLE", ks.name, d.name, extra)
+
+
+def _resize(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> None:
+    """New tablet options: the table is split or merged to the count they ask for; a CDC table
+    gets a new stream set (tablets.Tablets.resize)."""
+    streams = eng.tablets.get(ks.name, d.name)
+    if streams is None:
+        return
+    count = _tablet_count(eng, ks, d)
+    if count != streams.tablet_count:
+        eng.tablets.resize(ks.name, d.name, count)
 
 
 def _reattach(eng: EmulatorEngine, base: TableDef, log: TableRt, st: A.AlterTable) -> TableRt:
