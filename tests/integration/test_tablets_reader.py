@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from cdcd.scylla import ScyllaSession, StreamDiscovery
 from tests.integration.test_reader import Collector, readers
-from tests.integration.test_reader import scylla as scylla  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+async def scylla(emulator: Any) -> AsyncIterator[ScyllaSession]:
+    session = await ScyllaSession.connect([f"{emulator.host}:{emulator.port}"], request_timeout=10.0)
+    try:
+        yield session
+    finally:
+        await session.aclose()
+
 
 REPL = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
 

@@ -489,10 +489,11 @@ class EmulatorEngine:
                 specs.append(self.writer.insert(rt, st, terms, ts, ttl))
             else:
                 specs.append(self.writer.update(rt, st, terms, ts, ttl))
+        lwt: Result | None = None
         if conditional:
-            res = self._check_conditions(items, specs)
-            if res is not None:
-                return res
+            applied, lwt = self._check_conditions(items, specs)
+            if not applied:
+                return lwt
         muts = [m for s in specs for m in s.mutations]
         if len(items) > 1:
             cat = self.catalog
@@ -502,10 +503,8 @@ class EmulatorEngine:
                 lambda ks, t, ck: cat.table(ks, t).ck_key(ck),
             )
         self.apply_mutations(muts)
-        if conditional:
-            st0 = conditional[0]
-            rt0 = self.catalog.table(st0.keyspace, st0.table)
-            return RowsResult([ColumnSpec(rt0.keyspace, rt0.name, "[applied]", T_BOOL.cass)], [[True]])
+        if lwt is not None:
+            return lwt
         return VoidResult()
 
     def _check_writable(self, rt: TableRt, st: Any, batch_kind: str | None) -> None:
@@ -523,7 +522,9 @@ class EmulatorEngine:
         if rt.is_counter and getattr(st.using, "ttl", None) is not None:
             raise inv("Cannot provide custom TTL for counter updates")
 
-    def _check_conditions(self, items: list[tuple[Any, Terms]], specs: list[WriteSpec]) -> Result | None:
+    def _check_conditions(
+        self, items: list[tuple[Any, Terms]], specs: list[WriteSpec]
+    ) -> tuple[bool, RowsResult]:
         from tests.scylla_emulator.engine_lwt import check_conditions
 
         return check_conditions(self, items, specs)

@@ -49,6 +49,28 @@ TABLE_OPTIONS = {
 _LOG_COLUMNS_MSG = (
     "You cannot modify the set of columns of a CDC log table directly. Modify the base table instead."
 )
+# cql3/statements/alter_table_statement.cc: a log table whose base has CDC disabled (or is gone)
+# is still a CDC log table ("was_cdc_log_table", by its partitioner)
+_INACTIVE_LOG_COLUMNS_MSG = (
+    "You cannot modify the set of columns of a CDC log table directly. "
+    "Although the base table has deactivated CDC, this table will continue being "
+    "a CDC log table until it is dropped. If you want to modify the columns in it, "
+    "you can only do that by reenabling CDC on the base table, which will reattach "
+    "this log table. Then you will be able to modify the columns in the base table, "
+    "and that will have effect on the log table too. Modifying the columns of a CDC "
+    "log table directly is never allowed."
+)
+_INACTIVE_LOG_RENAME_MSG = (
+    "You cannot rename a column of a CDC log table. Although the base table "
+    "has deactivated CDC, this table will continue being a CDC log table until it "
+    "is dropped."
+)
+
+
+def _log_active(ks: KeyspaceDef, log: TableRt) -> bool:
+    """cdc::is_log_for_some_table: the base exists and has CDC enabled."""
+    base = ks.tables.get(log.name[: -len("_scylla_cdc_log")])
+    return base is not None and base.d.cdc is not None and base.d.cdc.enabled
 
 
 def inv(msg: str) -> CqlError:
@@ -198,9 +220,49 @@ def _options(raw: dict[str, Any]) -> tuple[dict[str, Any], CdcTableOptions | Non
             raise CqlError(ErrorCode.CONFIG_ERROR, "Cannot set the table id")
         elif k == "tablets":
             opts[k] = _tablet_options(v)
+        elif k in _DOUBLE_OPTIONS or k in _INT_OPTIONS:
+            opts[k] = _number(k, v)
         else:
             opts[k] = v
+    _check_numbers(opts)
     return opts, cdc, ttl
+
+
+# cql3/statements/cf_prop_defs.cc: options read with get_double / get_int (stored, and shown in
+# system_schema.tables)
+_DOUBLE_OPTIONS = (
+    "bloom_filter_fp_chance",
+    "crc_check_chance",
+    "dclocal_read_repair_chance",
+    "read_repair_chance",
+)
+_INT_OPTIONS = ("gc_grace_seconds", "max_index_interval", "min_index_interval", "memtable_flush_period_in_ms")
+
+
+def _number(k: str, v: Any) -> float | int:
+    try:
+        return float(v) if k in _DOUBLE_OPTIONS else int(str(v))
+    except (TypeError, ValueError) as e:
+        kind = "double" if k in _DOUBLE_OPTIONS else "integer"
+        raise CqlError(ErrorCode.SYNTAX_ERROR, f"Invalid {kind} value {v} for '{k}'") from e
+
+
+def _check_numbers(opts: dict[str, Any]) -> None:
+    """cf_prop_defs::validate (the checks on the options above; messages are Scylla's)."""
+    lo, hi = opts.get("min_index_interval", 128), opts.get("max_index_interval", 2048)
+    if lo < 1:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "min_index_interval must be greater than 0")
+    if hi < lo:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "max_index_interval must be greater than min_index_interval")
+    fp = opts.get("bloom_filter_fp_chance")
+    if fp is not None and not 0 < fp <= 1.0:
+        raise CqlError(
+            ErrorCode.CONFIG_ERROR,
+            f"bloom_filter_fp_chance must be larger than 0 and less than or equal to 1.0 (got {fp})",
+        )
+    flush = opts.get("memtable_flush_period_in_ms", 0)
+    if flush != 0 and flush < 60000:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "memtable_flush_period_in_ms must be 0 or greater than 60000")
 
 
 _TABLET_OPTIONS = ("min_tablet_count", "max_tablet_count", "min_per_shard_tablet_count",
@@ -394,9 +456,11 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         )
     d = rt.d.copy()
     if rt.d.is_cdc_log and st.action in ("add", "drop", "alter"):
-        raise inv(_LOG_COLUMNS_MSG)
+        raise inv(_LOG_COLUMNS_MSG if _log_active(ks, rt) else _INACTIVE_LOG_COLUMNS_MSG)
     if rt.d.is_cdc_log and st.action == "rename":
-        raise inv("Cannot rename a column of a CDC log table.")
+        raise inv(
+            "Cannot rename a column of a CDC log table." if _log_active(ks, rt) else _INACTIVE_LOG_RENAME_MSG
+        )
     log = _log_of(ks, rt)
     now_us = eng.now_us()
     if st.action == "add":
@@ -409,8 +473,11 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
                     "clustering column"
                 )
             t = eng.catalog.resolve(ty, ks.name)
-            if t.name == "counter" and not rt.is_counter:
-                raise inv("Cannot add a counter column (" + name + ") in a non counter column family")
+            if t.name == "counter" and not rt.is_counter:  # a configuration_exception in Scylla
+                raise CqlError(
+                    ErrorCode.CONFIG_ERROR,
+                    f"Cannot add a counter column ({name}) in a non counter column family",
+                )
             if rt.is_counter and t.name != "counter":
                 raise inv("Cannot add a non counter column (" + name + ") in a counter column family")
             if t.name == "counter" and d.cdc is not None and d.cdc.enabled:
@@ -507,11 +574,12 @@ def _reattach(eng: EmulatorEngine, base: TableDef, log: TableRt, st: A.AlterTabl
             log.store.drop_column(c.name)
     for n in keep:
         dropped.pop(n, None)
+    # cdc/log.cc create_log_schema: "If the user reattaches the log table, do not change its
+    # properties" (set_properties(old->get_properties())), whatever the base's ALTER was.
     opts = dict(old.options)
-    for k in ("comment", "compaction", "gc_grace_seconds"):
-        if k in fresh.options:
-            opts[k] = fresh.options[k]
-    d = TableDef(old.keyspace, old.name, fresh.columns, opts, None, True, 0, old.table_id, dropped)
+    d = TableDef(
+        old.keyspace, old.name, fresh.columns, opts, None, True, old.default_ttl, old.table_id, dropped
+    )
     return eng.catalog.make_rt(d, log.store)
 
 
