@@ -274,3 +274,22 @@ def test_bad_tablet_options_are_refused(session: Session) -> None:
         session.execute(f"ALTER TABLE {ks}.t WITH tablets = {{'min_tablet_count': -1}}")
     with pytest.raises(ConfigurationException, match="Unknown tablet option"):
         session.execute(f"ALTER TABLE {ks}.t WITH tablets = {{'bogus': 1}}")
+    vn = fresh_keyspace(session, "{'enabled': false}")
+    with pytest.raises(
+        ConfigurationException, match="tablet options cannot be used when tablets are disabled"
+    ):
+        session.execute(f"CREATE TABLE {vn}.t (pk int PRIMARY KEY) WITH tablets = {{'min_tablet_count': 2}}")
+
+
+def test_tablet_count_from_table_and_keyspace_options(session: Session) -> None:
+    ks = fresh_keyspace(session, "{'enabled': true, 'initial': 3}")  # rounded up to 4 tablets
+    session.execute(f"CREATE TABLE {ks}.a (pk int PRIMARY KEY) WITH cdc = {{'enabled': true}}")
+    session.execute(
+        f"CREATE TABLE {ks}.b (pk int PRIMARY KEY) WITH cdc = {{'enabled': true}} AND tablets = {{'min_tablet_count': 5}}"
+    )
+    session.execute(
+        f"CREATE TABLE {ks}.c (pk int PRIMARY KEY) WITH tablets = {{'min_tablet_count': 16, 'max_tablet_count': 12}}"
+    )
+    session.execute(f"ALTER TABLE {ks}.c WITH cdc = {{'enabled': true}}")  # the log (and streams) appear now
+    counts = {t: len(streams(session, ks, t, timestamps(session, ks, t)[0])) for t in ("a", "b", "c")}
+    assert counts == {"a": 4, "b": 8, "c": 8}

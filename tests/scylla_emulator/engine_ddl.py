@@ -344,6 +344,7 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
             )
         cols.append(ColumnDef(n, t, "static" if static else "regular"))
     opts, cdc, ttl = _options(st.options)
+    _check_tablet_options(ks, opts)
     d = TableDef(ks.name, st.name, cols, opts, cdc, False, ttl or 0, uuid.uuid4())
     rt = eng.catalog.make_rt(d)  # resolves types (unknown types raise here)
     for c in cols:
@@ -376,6 +377,14 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
         extra.append(SchemaChangeResult("CREATED", "TABLE", ks.name, log_rt.name))
         _new_stream_set(eng, ks, d)
     return _changed(eng, "CREATED", "TABLE", ks.name, st.name, extra)
+
+
+def _check_tablet_options(ks: KeyspaceDef, opts: dict[str, Any]) -> None:
+    """cf_prop_defs::validate: table tablet options need a tablet keyspace."""
+    if "tablets" in opts and ks.tablets is None:
+        raise CqlError(
+            ErrorCode.CONFIG_ERROR, "tablet options cannot be used when tablets are disabled for the keyspace"
+        )
 
 
 def _tablet_count(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> int:
@@ -513,6 +522,7 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         raise inv("Altering of types is not allowed")
     else:
         opts, cdc, ttl = _options(st.options)
+        _check_tablet_options(ks, opts)
         if rt.d.is_cdc_log and cdc is not None:
             _cdc_module().log_table_def(rt.d)  # raises the nested-log error
         d.options.update(opts)
