@@ -45,7 +45,12 @@ def fail(msg: str) -> None:
 
 def find_python(explicit: str | None) -> str:
     """An interpreter >= 3.12 (ScyllaDB's test code uses 3.12 syntax)."""
-    candidates = [explicit] if explicit else ["python3.13", "python3.12", "python3"]
+    pyenv = sorted(
+        Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob("versions/3.1[2-9]*/bin/python3")
+    )
+    candidates = (
+        [explicit] if explicit else ["python3.13", "python3.12", "python3", *map(str, reversed(pyenv))]
+    )
     for c in candidates:
         path = shutil.which(c) if c else None
         if path is None:
@@ -60,7 +65,7 @@ def find_python(explicit: str | None) -> str:
             return path
         if explicit:
             fail(f"--python {explicit} is older than Python 3.12 (ScyllaDB's tests need 3.12+)")
-    fail("no Python >= 3.12 found (python3.13, python3.12, python3); pass --python")
+    fail("no Python >= 3.12 found (python3.13, python3.12, python3, pyenv versions); pass --python")
     raise AssertionError
 
 
