@@ -21,6 +21,9 @@ Shape (style.md §7.4)::
 * **Checkpoints** are this destination's own: the contiguous watermark of resolved batches
   (written, rejected or filtered), saved by the ``Committer``; a kill -9 at any moment loses
   nothing and applies nothing twice (writes are idempotent, checkpoints never pass unresolved work).
+  A sink with ``records_applied`` (``cdcd.flow.applied.RecordingSink``) is handed, with each chunk
+  it writes, the positions that chunk completes (``completed_positions``), recorded with the data;
+  the checkpoint store is then ``DestinationCheckpoints`` (Redis and the destination).
 * **Sink errors** (``SinkWriter``): retriable ones are retried forever behind the destination's
   circuit breaker; ``BadRows`` rows go to the dead-letter store after ``max_attempts``; others stop
   the branch (raised from ``run()``).
