@@ -10,7 +10,7 @@ import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import redis.exceptions
 from cassandra import Unauthorized
@@ -32,6 +32,7 @@ from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
+from cdcd.flow.applied import DestinationCheckpoints, records_applied
 from cdcd.flow.load import LoopLoad
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
@@ -44,6 +45,7 @@ from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
+from cdcd.sinks.offsets import RecordsApplied
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
 __all__ = ["Daemon", "StartAt"]
@@ -288,8 +290,12 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _start_floor(self, table: TableConfig, dest: str) -> int:
-        """Where streams without a checkpoint start (ms); see the module docstring."""
+    async def _start_floor(
+        self, table: TableConfig, dest: str, sink: Sink | None = None, mapping: Any = None
+    ) -> int:
+        """Where streams without a checkpoint start (ms); see the module docstring. Kept in Redis;
+        when Redis has none (first start, or Redis lost its state), the destination's recorded
+        floor (``cdcd.sinks.offsets``) if it holds positions, else now."""
         assert self.deps.redis is not None
         key = f"{self.cfg.state.key_prefix}:start:{dest}:{table.source}"
         now_ms = int(time.time() * 1000)
@@ -297,8 +303,16 @@ class Daemon:
             floor = start_floor_ms(self.start_at, now_ms)
             await self.deps.redis.set(key, str(floor))
             return floor
-        await self.deps.redis.set(key, str(now_ms), nx=True)
+        held = None
+        if await self.deps.redis.get(key) is None and sink is not None and records_applied(sink):
+            held = await cast(RecordsApplied, sink).applied_start(mapping)
+        await self.deps.redis.set(key, str(now_ms if held is None else held), nx=True)
         stored = await self.deps.redis.get(key)
+        if held is not None:
+            log.warning(
+                "Redis had no start position: restored from the destination's offsets table",
+                table=table.source, destination=dest, start_ms=held,
+            )  # fmt: skip
         return int(stored) if stored is not None else now_ms
 
     async def _sink(self, dest: str) -> Sink | None:
@@ -319,7 +333,7 @@ class Daemon:
             return
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
         await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, schema))
-        floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
+        floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
         emit.table_ready(table=table.source, destination=dest, ttl=schema.cdc.ttl)
@@ -453,6 +467,12 @@ class Daemon:
 
     def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
         dest_cfg = self.cfg.destinations[dest]
+        mapping = self.mapping_factory(table, dest_cfg)
+        sink: Any = self.deps.sinks[dest]
+        checkpoints: Any = self.checkpoints
+        if records_applied(sink):  # positions also kept by the destination (cdcd.flow.applied)
+            checkpoints = DestinationCheckpoints(self.checkpoints, sink, mapping, group, start_ms=floor)
+            sink = checkpoints.writer
 
         def catch_up(start: Mapping[bytes, Any]) -> Any:
             reader = self._group_reader(table, group, floor, dest)
@@ -462,9 +482,9 @@ class Daemon:
         return Branch(
             destination=dest,
             group=group,
-            mapping=self.mapping_factory(table, dest_cfg),
-            sink=self.deps.sinks[dest],
-            checkpoints=self.checkpoints,
+            mapping=mapping,
+            sink=sink,
+            checkpoints=checkpoints,
             deadletters=self.deadletters,
             breaker=self.breakers[dest],
             config=pipeline_config(self.cfg, dest_cfg),

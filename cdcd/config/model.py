@@ -179,6 +179,9 @@ class _Destination(_Section, frozen=True, kw_only=True, tag_field="type"):
     create_tables: bool = True  # create missing target tables (else they must exist)
     batch_max_rows: PosInt | None = None  # override pipeline.batch.max_rows for this destination
     batch_max_wait: Duration | None = None  # override pipeline.batch.max_wait for this destination
+    # table where the destination records the positions it applied, with the data (cdcd.sinks.offsets)
+    offsets_table: Identifier = "cdcd_offsets"
+    offsets_schema: Identifier | None = None  # its schema / ClickHouse database (default: each table's)
 
     def batch(self, default: BatchConfig) -> BatchConfig:
         """The batch policy of this destination: its overrides on top of ``pipeline.batch``."""

@@ -21,6 +21,9 @@ Shape (style.md §7.4)::
 * **Checkpoints** are this destination's own: the contiguous watermark of resolved batches
   (written, rejected or filtered), saved by the ``Committer``; a kill -9 at any moment loses
   nothing and applies nothing twice (writes are idempotent, checkpoints never pass unresolved work).
+  A sink with ``records_applied`` (``cdcd.flow.applied.RecordingSink``) is handed, with each chunk
+  it writes, the positions that chunk completes (``completed_positions``), recorded with the data;
+  the checkpoint store is then ``DestinationCheckpoints`` (Redis and the destination).
 * **Sink errors** (``SinkWriter``): retriable ones are retried forever behind the destination's
   circuit breaker; ``BadRows`` rows go to the dead-letter store after ``max_attempts``; others stop
   the branch (raised from ``run()``).
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from cdcd.events import ChangeEvent, EventBatch, Position, timeuuid_to_micros
+from cdcd.flow.applied import DestinationCheckpoints
 from cdcd.flow.batcher import Batcher, BatchPolicy
 from cdcd.flow.clock import Clock, SystemClock, wait_first
 from cdcd.flow.committer import CommitPolicy, Committer
@@ -98,12 +102,19 @@ def default_rejection_kind(rejection: RejectionLike) -> Kind:
 class _Unit:
     """One read batch after the stages, on its way to the writer."""
 
-    __slots__ = ("events", "nbytes", "rejections", "ticket")
+    __slots__ = ("events", "nbytes", "rejections", "ticket", "upto")
 
-    def __init__(self, events: list[ChangeEvent], rejections: list[RejectionLike], ticket: Ticket) -> None:
+    def __init__(
+        self,
+        events: list[ChangeEvent],
+        rejections: list[RejectionLike],
+        ticket: Ticket,
+        upto: Mapping[bytes, Position] | None = None,
+    ) -> None:
         self.events = events
         self.rejections = rejections
         self.ticket = ticket
+        self.upto = upto  # positions this batch completes (recorded with its write)
         self.nbytes = _approx_size(events)
 
 
@@ -176,7 +187,7 @@ class Branch:
         group: GroupRef,
         mapping: Any,
         sink: BatchSink,
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | DestinationCheckpoints,
         deadletters: DeadLetterStore,
         breaker: CircuitBreaker | None = None,
         stages: Sequence[StageFn | Stage] = (),
@@ -191,6 +202,7 @@ class Branch:
         self.group = group
         self.mapping = mapping
         self.sink = sink
+        self._records = bool(getattr(sink, "records_applied", False))  # hand positions to writes
         self.checkpoints = checkpoints
         self.deadletters = deadletters
         self.stages = Chain(stages)
@@ -561,7 +573,7 @@ class Branch:
             ticket.resolve()  # an empty window: committable as soon as what precedes it is
             self._room.set()
             return
-        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket))
+        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto))
 
     def _unseen(
         self,
@@ -629,8 +641,9 @@ class Branch:
             await self._record_rejections(rejections)
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
-        for i in range(0, len(events), rows):
-            await self._writer_policy.write(events[i : i + rows])
+        marks = completed_positions(units, rows) if self._records else None
+        for n, i in enumerate(range(0, len(events), rows)):
+            await self._writer_policy.write(events[i : i + rows], None if marks is None else marks[n])
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -708,6 +721,23 @@ class Branch:
             return
         self.last_error = f"{type(error).__name__}: {error}"
         self._set_state("failed")
+
+
+def completed_positions(units: Sequence[_Unit], rows: int) -> list[dict[bytes, Position]]:
+    """For each ``rows``-event chunk of the units' events, the positions completed once it is
+    written: the merged ``upto`` of every unit whose events all lie in it or before (a unit split
+    over chunks counts with its last one, so a CDC log group is never recorded half-written)."""
+    total = sum(len(u.events) for u in units)
+    out: list[dict[bytes, Position]] = []
+    merged: dict[bytes, Position] = {}
+    end = k = 0
+    for limit in range(rows, total + rows, rows):
+        while k < len(units) and end + len(units[k].events) <= limit:
+            end += len(units[k].events)
+            merged.update(units[k].upto or {})
+            k += 1
+        out.append(dict(merged))
+    return out
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:

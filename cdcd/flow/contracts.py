@@ -31,6 +31,7 @@ __all__ = [
     "PipelineId",
     "PipelineState",
     "PipelineStatus",
+    "PositionSink",
     "RejectionLike",
     "SourceFactory",
     "StageFn",
@@ -72,6 +73,17 @@ class BatchSink(Protocol):
     def name(self) -> str: ...
 
     async def write(self, mapping: Any, events: Sequence[ChangeEvent]) -> WriteOutcomeLike: ...
+
+
+class PositionSink(Protocol):
+    """A ``BatchSink`` with ``records_applied = True`` (``cdcd.flow.applied.RecordingSink``): its
+    write also records the positions the events complete, atomically with them."""
+
+    records_applied: bool
+
+    async def write(
+        self, mapping: Any, events: Sequence[ChangeEvent], positions: Mapping[bytes, Position] | None = None
+    ) -> WriteOutcomeLike: ...
 
 
 class PipelineId(msgspec.Struct, frozen=True, kw_only=True):
