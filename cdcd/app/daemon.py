@@ -33,6 +33,7 @@ from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.load import LoopLoad
+from cdcd.masking.runtime import Masking
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
@@ -113,6 +114,8 @@ class Daemon:
             )
         )
         self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
+        self.masking = Masking(cfg, replica=emit.replica)  # masks once, before the fan-out
+        self.local_metrics.register(self.masking.collector())
         self.horizon_every = 10.0  # seconds between data-loss checks
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -197,6 +200,7 @@ class Daemon:
                 return
             self.schemas[table.source] = schema
             self.ttls[table.source] = schema.cdc.ttl
+        self.masking.check(self.schemas)
         # What start-up built (modules, driver metadata, config) lives as long as the process:
         # keep it out of the collector's scans (measured: garbage collection per 100k changes
         # 1.63 -> 1.19 CPU-s, bench/all_destinations.py --gc-stats=--freeze).
@@ -255,6 +259,7 @@ class Daemon:
         if self.http is not None:
             await self.http.aclose()
         await self.deps.aclose()
+        await self.masking.aclose()
         tracing.shutdown()
         self.state = "stopped"
         emit.shutdown_complete(seconds=time.monotonic() - started, abandoned=abandoned)
@@ -318,7 +323,8 @@ class Daemon:
         if sink is None:
             return
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
-        await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, schema))
+        dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
+        await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema))
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
         if floor is None or self.stopping:
             return
@@ -427,6 +433,7 @@ class Daemon:
         shared = SharedReader(
             group=group,
             source=tracing.traced_source(reader.read, table=table.source, destination="*", group=group.key),
+            stages=self.masking.stages(table.source),
             expected=len(table.destinations),
             clock=self.clock,
             retry=retry_policy(self.cfg),
@@ -540,7 +547,7 @@ class Daemon:
 
     # ---------------------------------------------------------------------------- http views
     def _statuses(self) -> list[Any]:
-        return [p.status() for p in list(self.pipelines.values())]
+        return self.masking.override([p.status() for p in list(self.pipelines.values())])
 
     def status(self) -> Mapping[str, Any]:
         return build_status(
@@ -572,6 +579,7 @@ class Daemon:
             detail += "; failing: " + ", ".join(f"{t} -> {d}" for t, d in sorted(failing))
         checks: dict[str, CheckResult] = {
             "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
+            **self.masking.ready_checks(CheckResult),
         }
         probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:

@@ -501,7 +501,9 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    await self._admit(*shared.common.run(batch.events), batch)
+                    passed, rejected = shared.common.run(batch.events)
+                    await shared.common.settle()
+                    await self._admit(passed, rejected, batch)
                     if shared.reached(self):
                         await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
