@@ -3,7 +3,7 @@
 ::
 
     cdcd --version
-    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
+    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
     cdcd vault reveal TOKEN --config cdcd.toml
 
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level"
     )
+    run.add_argument(
+        "--backfill",
+        action="store_true",
+        help="apply events however old: turns off [staleness] max_age (the staleness audit records it)",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -107,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return reveal(config, args.token)
     if args.command == "run":
-        return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
+        return app.run(
+            config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,
+            backfill=args.backfill,
+        )  # fmt: skip
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 
 

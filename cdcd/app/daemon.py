@@ -45,6 +45,7 @@ from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
+from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
 __all__ = ["Daemon", "StartAt"]
@@ -73,8 +74,11 @@ class Daemon:
         start_at: StartAt = None,
         sink_factory: SinkFactory = default_sink_factory,
         mapping_factory: MappingFactory = table_mapping,
+        backfill: bool = False,
     ) -> None:
         self.cfg = cfg
+        # why the too_old check is off (--backfill, config), or None
+        self.staleness_off = off_reason(cfg, backfill=backfill)
         self.config_file = config_file
         self.start_at = start_at
         self.deps = Dependencies(cfg, sink_factory)
@@ -216,6 +220,9 @@ class Daemon:
                     asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
                 )
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        if self.staleness_off:
+            log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
+        self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -479,6 +486,7 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
+            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
         )
 
     async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:

@@ -659,7 +659,8 @@ class Branch:
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
-            by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
+            label = getattr(r, "label", r.stage)  # e.g. staleness: "too_old"
+            by_stage[label] = by_stage.get(label, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
 
