@@ -49,7 +49,10 @@ def expected_hash(text: str) -> str:
         (decimal.Decimal("1E+3"), "1000"),
         (uuid.UUID("123E4567-E89B-12D3-A456-426614174000"), "123e4567-e89b-12d3-a456-426614174000"),
         (dt.datetime(2026, 1, 31, 12, 0, 0, 123456, tzinfo=dt.UTC), "2026-01-31T12:00:00.123Z"),
-        (dt.datetime(2026, 1, 31, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1))), "2026-01-31T12:00:00.000Z"),
+        (
+            dt.datetime(2026, 1, 31, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+            "2026-01-31T12:00:00.000Z",
+        ),
         (dt.datetime(33, 1, 2, tzinfo=dt.UTC), "0033-01-02T00:00:00.000Z"),
         (dt.date(2026, 2, 3), "2026-02-03"),
         (b"\x00\xff\x10", "00ff10"),
@@ -81,7 +84,9 @@ def test_uuids_lowercase_hyphenated(u: uuid.UUID) -> None:
 def test_timestamps_rfc3339_ms(t: dt.datetime) -> None:
     text = canonical_text(t)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
-    assert dt.datetime.fromisoformat(text.replace("Z", "+00:00")) == t.replace(microsecond=t.microsecond // 1000 * 1000)
+    assert dt.datetime.fromisoformat(text.replace("Z", "+00:00")) == t.replace(
+        microsecond=t.microsecond // 1000 * 1000
+    )
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
@@ -239,7 +244,10 @@ def test_masked_schema_makes_masked_columns_text() -> None:
     out = {c.name: c.type for c in masked_schema(schema, p).columns}
     assert out["id"] == CqlType("text") and out["ssn"] == CqlType("text")
     assert out["tags"] == CqlType("set", (CqlType("text"),))
-    assert out["address"].udt is not None and out["address"].udt.field_types == (CqlType("text"), CqlType("text"))
+    assert out["address"].udt is not None and out["address"].udt.field_types == (
+        CqlType("text"),
+        CqlType("text"),
+    )
     assert out["notes"] == CqlType("blob") and out["age"] == CqlType("int")
     bad = plan({"id": ColumnRule(strategy="redact", origin="tables[0].masking.id")})
     problems = bad.check_keys(schema, lambda c: c)
@@ -320,3 +328,16 @@ def test_hash_key_file(tmp_path: object) -> None:
     path.write_text(KEY_HEX + "\n")
     cfg = loads(f'[masking]\nhash_key_file = "{path}"\n' + BASE, env=ENV)
     assert cfg.masking.hash_key is not None and cfg.masking.hash_key.get() == KEY_HEX
+
+
+def test_start_up_refuses_a_key_column_masked_by_redact() -> None:
+    from cdcd.masking.runtime import Masking
+
+    cfg = loads("[masking]\n" + BASE + '\n[tables.masking]\nid = "redact"\nemail = "redact"\n', env=ENV)
+    schema = TableSchema(
+        "clinic", "patients",
+        (Column("id", CqlType("int"), "partition_key"), Column("email", CqlType("text"), "regular")),
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Masking(cfg).check({"clinic.patients": schema})
+    assert info.value.key == "tables[0].masking.id" and "only hash or tokenize" in info.value.detail
