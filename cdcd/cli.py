@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     vault = sub.add_parser("vault", help="the token vault of masking (strategy tokenize)")
     vault_sub = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
-    reveal = vault_sub.add_parser("reveal", help="print the original value behind a token (needs the vault key)")
+    reveal = vault_sub.add_parser(
+        "reveal", help="print the original value behind a token (needs the vault key)"
+    )
     reveal.add_argument("token", help='a token as found in a destination ("tok_...")')
     reveal.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
     return parser

@@ -331,7 +331,9 @@ class Daemon:
             return
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
         dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
-        await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema))
+        await self._until_up(
+            f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema)
+        )
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
         if floor is None or self.stopping:
             return

@@ -276,7 +276,8 @@ class StalenessConfig(_Section, frozen=True, kw_only=True):
     """Events too old to apply (R-22): rejected to the staleness audit, never applied."""
 
     enabled: bool = True  # false: no max_age check (as ``cdcd run --backfill``)
-    max_age: Duration = Duration(7 * 86400.0)  # an event written longer ago than this when read is too_old; "0" = off
+    # an event written longer ago than this when it is read is too_old; "0" = off
+    max_age: Duration = Duration(7 * 86400.0)
     audit_retention: Duration = Duration(7 * 86400.0)  # staleness audit entries are kept this long
 
 
