@@ -59,6 +59,17 @@ class Masking:
                 continue
             for key, message in [*plan.check_keys(schema, lambda c: c), *plan.unknown_fields(schema)]:
                 problems.append(ConfigError(message, key=key))
+            for name, dest in self.cfg.destinations.items():
+                ht = getattr(dest, "hypertables", {}).get(t.source)
+                if ht is None:
+                    continue
+                m = plan.masker(ht.time_column)
+                if m is not None and (m.changes_type or m.fields):
+                    problems.append(ConfigError(
+                        f"{t.source}.{ht.time_column} is masked (text in the destinations): it cannot be "
+                        "the hypertable's time column",
+                        key=f'destinations.{name}.hypertables."{t.source}".time_column',
+                    ))  # fmt: skip
             self._stages[t.source] = table_stage(
                 plan, schema, self.vault, on_settled=functools.partial(self._settled, t.source)
             )

@@ -341,3 +341,21 @@ def test_start_up_refuses_a_key_column_masked_by_redact() -> None:
     with pytest.raises(ConfigError) as info:
         Masking(cfg).check({"clinic.patients": schema})
     assert info.value.key == "tables[0].masking.id" and "only hash or tokenize" in info.value.detail
+
+
+def test_start_up_refuses_a_masked_hypertable_time_column() -> None:
+    from cdcd.masking.runtime import Masking
+
+    toml = (
+        '[masking]\n[[masking.rules]]\npattern = "^seen_at$"\nstrategy = "redact"\n' + BASE
+        + '[destinations.ts]\ntype = "timescaledb"\ndsn = "${PG_DSN}"\n'
+        + '[destinations.ts.hypertables."clinic.patients"]\ntime_column = "seen_at"\n'
+    )  # fmt: skip
+    cfg = loads(toml.replace('destinations = ["pg"]', 'destinations = ["pg", "ts"]'), env=ENV)
+    schema = TableSchema(
+        "clinic", "patients",
+        (Column("id", CqlType("int"), "partition_key"), Column("seen_at", CqlType("timestamp"), "regular")),
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Masking(cfg).check({"clinic.patients": schema})
+    assert info.value.key == 'destinations.ts.hypertables."clinic.patients".time_column'
