@@ -77,6 +77,7 @@ class TokenVault:
         self._remember = remember
         self._known: OrderedDict[str, None] = OrderedDict()  # tokens known to be stored (bounded)
         self._pending: dict[str, tuple[str, str]] = {}  # token -> (canonical text, class)
+        self._writing: dict[str, tuple[str, str]] = {}  # what the settle() in flight is storing
         self._lock = asyncio.Lock()
         self._pool: Any = None
         self.last_error: str | None = None
@@ -91,7 +92,8 @@ class TokenVault:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Originals not stored yet (noted, or being written)."""
+        return len(self._pending) + len(self._writing)
 
     def seal(self, token: str, plaintext: str) -> bytes:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -114,7 +116,7 @@ class TokenVault:
         async with self._lock:
             if not self._pending:
                 return
-            batch = self._pending
+            batch = self._writing = self._pending
             self._pending = {}
             try:
                 rows = [(tok, cls, self.seal(tok, text)) for tok, (text, cls) in batch.items()]
@@ -128,12 +130,16 @@ class TokenVault:
                     ),
                     self.timeout,
                 )  # fmt: skip
-            except Exception as exc:
-                for tok, entry in batch.items():
+            except BaseException as exc:
+                for tok, entry in batch.items():  # (also when cancelled: another caller may need them)
                     self._pending.setdefault(tok, entry)
+                if not isinstance(exc, Exception):
+                    raise
                 self.last_error = f"token vault: {type(exc).__name__}: {exc}"
                 await self._drop_pool()
                 raise MaskingUnavailable(self.last_error) from None
+            finally:
+                self._writing = {}
             self.last_error = None
             for tok in batch:
                 self._known[tok] = None

@@ -109,3 +109,26 @@ async def test_nothing_is_handed_on_while_the_vault_is_down(stores: Any, proxy: 
         down = TokenVault(dsn, KEY, timeout=1.0)
         down.token("x", "pii")
         await down.settle()
+
+
+async def test_a_cancelled_settle_keeps_its_entries_pending() -> None:
+    """A write cancelled mid-way (shutdown) must not lose what another caller noted meanwhile."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers: the connect hangs
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    vault = TokenVault(f"postgresql://u@127.0.0.1:{port}/db", KEY, timeout=30.0)
+    try:
+        tok = vault.token("MRN-9", "phi")
+        writing = asyncio.ensure_future(vault.settle())
+        await asyncio.sleep(0.3)
+        assert vault.pending == 1  # in flight
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert vault.pending == 1 and vault._pending == {tok: ("MRN-9", "phi")}
+    finally:
+        server.close()
+        await vault.aclose()
