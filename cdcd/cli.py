@@ -3,8 +3,9 @@
 ::
 
     cdcd --version
-    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
+    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
+    cdcd vault reveal TOKEN --config cdcd.toml
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level"
     )
+    run.add_argument(
+        "--backfill",
+        action="store_true",
+        help="apply events however old: turns off [staleness] max_age (the staleness audit records it)",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -74,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=15.0, help="seconds per dependency check (default 15)"
     )
+    vault = sub.add_parser("vault", help="the token vault of masking (strategy tokenize)")
+    vault_sub = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
+    reveal = vault_sub.add_parser(
+        "reveal", help="print the original value behind a token (needs the vault key)"
+    )
+    reveal.add_argument("token", help='a token as found in a destination ("tok_...")')
+    reveal.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
     return parser
 
 
@@ -96,8 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(errors) > 1:
             print(f"cdcd: {len(errors)} configuration errors; nothing was started", file=sys.stderr)
         return 2
+    if args.command == "vault":
+        from cdcd.masking.cli import reveal
+
+        return reveal(config, args.token)
     if args.command == "run":
-        return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
+        return app.run(
+            config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,
+            backfill=args.backfill,
+        )  # fmt: skip
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 
 

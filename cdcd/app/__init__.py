@@ -52,7 +52,14 @@ def _exit_at_once(signum: int, frame: object) -> None:
     os._exit(1)
 
 
-def run(cfg: Config, *, config_file: str, start_at: StartAt = None, log_level: str | None = None) -> int:
+def run(
+    cfg: Config,
+    *,
+    config_file: str,
+    start_at: StartAt = None,
+    log_level: str | None = None,
+    backfill: bool = False,
+) -> int:
     """``cdcd run``: configure logging, install uvloop, serve until stopped; the exit code."""
     import uvloop
 
@@ -60,7 +67,7 @@ def run(cfg: Config, *, config_file: str, start_at: StartAt = None, log_level: s
         signal.signal(sig, _exit_at_once)  # the daemon's own handlers replace it while it serves
     configure_logging(level=log_level or cfg.logging.level, fmt=cfg.logging.format)
     emit.config_loaded(config_file=config_file)
-    daemon = Daemon(cfg, config_file=config_file, start_at=start_at)
+    daemon = Daemon(cfg, config_file=config_file, start_at=start_at, backfill=backfill)
     code: int = uvloop.run(daemon.serve())
     return code
 

@@ -34,6 +34,7 @@ from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.applied import DestinationCheckpoints, records_applied
 from cdcd.flow.load import LoopLoad
+from cdcd.masking.runtime import Masking
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
@@ -46,6 +47,7 @@ from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
 from cdcd.sinks.offsets import RecordsApplied
+from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
 __all__ = ["Daemon", "StartAt"]
@@ -74,8 +76,11 @@ class Daemon:
         start_at: StartAt = None,
         sink_factory: SinkFactory = default_sink_factory,
         mapping_factory: MappingFactory = table_mapping,
+        backfill: bool = False,
     ) -> None:
         self.cfg = cfg
+        # why the too_old check is off (--backfill, config), or None
+        self.staleness_off = off_reason(cfg, backfill=backfill)
         self.config_file = config_file
         self.start_at = start_at
         self.deps = Dependencies(cfg, sink_factory)
@@ -115,6 +120,8 @@ class Daemon:
             )
         )
         self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
+        self.masking = Masking(cfg, replica=emit.replica)  # masks once, before the fan-out
+        self.local_metrics.register(self.masking.collector())
         self.horizon_every = 10.0  # seconds between data-loss checks
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,6 +206,7 @@ class Daemon:
                 return
             self.schemas[table.source] = schema
             self.ttls[table.source] = schema.cdc.ttl
+        self.masking.check(self.schemas)
         # What start-up built (modules, driver metadata, config) lives as long as the process:
         # keep it out of the collector's scans (measured: garbage collection per 100k changes
         # 1.63 -> 1.19 CPU-s, bench/all_destinations.py --gc-stats=--freeze).
@@ -214,6 +222,9 @@ class Daemon:
                     asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
                 )
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        if self.staleness_off:
+            log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
+        self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -257,6 +268,7 @@ class Daemon:
         if self.http is not None:
             await self.http.aclose()
         await self.deps.aclose()
+        await self.masking.aclose()
         tracing.shutdown()
         self.state = "stopped"
         emit.shutdown_complete(seconds=time.monotonic() - started, abandoned=abandoned)
@@ -332,7 +344,10 @@ class Daemon:
         if sink is None:
             return
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
-        await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, schema))
+        dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
+        await self._until_up(
+            f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema)
+        )
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
@@ -441,6 +456,7 @@ class Daemon:
         shared = SharedReader(
             group=group,
             source=tracing.traced_source(reader.read, table=table.source, destination="*", group=group.key),
+            stages=self.masking.stages(table.source),
             expected=len(table.destinations),
             clock=self.clock,
             retry=retry_policy(self.cfg),
@@ -492,6 +508,7 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
+            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
         )
 
     async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:
@@ -560,7 +577,7 @@ class Daemon:
 
     # ---------------------------------------------------------------------------- http views
     def _statuses(self) -> list[Any]:
-        return [p.status() for p in list(self.pipelines.values())]
+        return self.masking.override([p.status() for p in list(self.pipelines.values())])
 
     def status(self) -> Mapping[str, Any]:
         return build_status(
@@ -592,6 +609,7 @@ class Daemon:
             detail += "; failing: " + ", ".join(f"{t} -> {d}" for t, d in sorted(failing))
         checks: dict[str, CheckResult] = {
             "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
+            **self.masking.ready_checks(CheckResult),
         }
         probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:

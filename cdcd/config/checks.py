@@ -112,6 +112,9 @@ class Finisher:
         for name, dest in cfg.destinations.items():
             self.check_destination(name, dest, cfg)
         self.check_tables(cfg)
+        from cdcd.masking.config import check_masking
+
+        cfg = check_masking(self, cfg)
         if not cfg.instance.replica:
             cfg = msgspec.structs.replace(cfg, instance=InstanceConfig(replica=socket.gethostname()))
         elif not _SAFE_NAME.fullmatch(cfg.instance.replica):

@@ -13,16 +13,20 @@ __all__ = [
     "BatchConfig",
     "BreakerConfig",
     "ClickHouseDestination",
+    "ColumnMask",
     "Config",
     "Destination",
     "HttpConfig",
     "HypertableConfig",
     "InstanceConfig",
     "LoggingConfig",
+    "MaskRule",
+    "MaskingConfig",
     "PipelineConfig",
     "PostgresDestination",
     "RetryConfig",
     "SourceConfig",
+    "StalenessConfig",
     "StateConfig",
     "TableConfig",
     "TimescaleDestination",
@@ -245,6 +249,51 @@ class ClickHouseDestination(_Destination, frozen=True, kw_only=True, tag="clickh
 Destination = PostgresDestination | TimescaleDestination | ClickHouseDestination
 
 
+# ---------------------------------------------------------------------------- masking, staleness
+MaskStrategy = Literal["hash", "tokenize", "redact", "keep_last", "passthrough"]
+# a data class label ("pii", "phi", ...): letters, digits, _ and -
+DataClass = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+class ColumnMask(_Section, frozen=True, kw_only=True):
+    """How one column (or ``col.field``) is masked, with options (cdcd.masking.plan)."""
+
+    strategy: MaskStrategy  # hash | tokenize | redact | keep_last | passthrough
+    class_: DataClass = msgspec.field(default="pii", name="class")  # data class, e.g. "pii", "phi"
+    keep: PosInt = 4  # keep_last: characters kept at the end
+    value: str = "[REDACTED]"  # redact: the fixed text written instead
+    null: bool = False  # redact: write null instead of ``value``
+
+
+class MaskRule(ColumnMask, frozen=True, kw_only=True):
+    """Masks every column whose name matches ``pattern``, in every table, also columns added later."""
+
+    pattern: str  # Python regular expression searched in the column name, e.g. "(?i)^(e_?mail|ssn)$"
+
+
+class MaskingConfig(_Section, frozen=True, kw_only=True):
+    """PII/PHI masking before anything leaves cdcd (R-21). Keys are 32 random bytes as 64 hex
+    characters, from the environment or a file, never written in this file."""
+
+    hash_key: Secret | None = None  # "${CDCD_HASH_KEY}": HMAC-SHA-256 key of strategy hash
+    hash_key_file: str | None = None  # file holding the hash key
+    vault_key: Secret | None = None  # "${CDCD_VAULT_KEY}": AES-256-GCM key of the token vault
+    vault_key_file: str | None = None  # file holding the vault key
+    vault_dsn: Secret | None = None  # "${CDCD_VAULT_DSN}": PostgreSQL database of the token vault
+    vault_dsn_file: str | None = None  # file holding the vault DSN
+    vault_table: TargetTable = "cdcd_vault.tokens"  # "schema.table" of the vault (created when missing)
+    rules: list[MaskRule] = []  # [[masking.rules]], by column name in every table; first match wins
+
+
+class StalenessConfig(_Section, frozen=True, kw_only=True):
+    """Events too old to apply (R-22): rejected to the staleness audit, never applied."""
+
+    enabled: bool = True  # false: no max_age check (as ``cdcd run --backfill``)
+    # an event written longer ago than this when it is read is too_old; "0" = off
+    max_age: Duration = Duration(7 * 86400.0)
+    audit_retention: Duration = Duration(7 * 86400.0)  # staleness audit entries are kept this long
+
+
 class TableConfig(_Section, frozen=True, kw_only=True):
     """One replicated table."""
 
@@ -252,6 +301,8 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     destinations: Annotated[list[str], msgspec.Meta(min_length=1)]  # names under [destinations]
     delete: Literal["hard", "soft", "tombstone"] = "hard"  # delete strategy (R-02)
     target: TargetTable | None = None  # "schema.table" in the destinations (default: the source name)
+    # column (or "col.field") -> strategy name or { strategy = ..., class = ..., ... }; wins over rules
+    masking: dict[str, MaskStrategy | ColumnMask] = {}
 
     @property
     def keyspace(self) -> str:
@@ -280,5 +331,7 @@ class Config(_Section, frozen=True, kw_only=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     instance: InstanceConfig = msgspec.field(default_factory=InstanceConfig)
+    masking: MaskingConfig = msgspec.field(default_factory=MaskingConfig)
+    staleness: StalenessConfig = msgspec.field(default_factory=StalenessConfig)
     destinations: Annotated[dict[str, Destination], msgspec.Meta(min_length=1)]
     tables: Annotated[list[TableConfig], msgspec.Meta(min_length=1)]

@@ -513,7 +513,9 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    await self._admit(*shared.common.run(batch.events), batch)
+                    passed, rejected = shared.common.run(batch.events)
+                    await shared.common.settle()
+                    await self._admit(passed, rejected, batch)
                     if shared.reached(self):
                         await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
@@ -670,7 +672,8 @@ class Branch:
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
-            by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
+            label = getattr(r, "label", r.stage)  # e.g. staleness: "too_old"
+            by_stage[label] = by_stage.get(label, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
 

@@ -49,6 +49,7 @@ PipelineState = Literal[
     "closed",  # close() finished: drained and committed
     "terminated",  # terminate() or a close() deadline: abandoned, nothing more committed
     "failed",  # stopped by a non-retriable error (see last_error)
+    "masking-unavailable",  # the token vault (or hash key) cannot be used: the table reads nothing more
 ]
 
 # How a destination branch gets its events (``cdcd.flow.branch``):

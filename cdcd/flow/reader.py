@@ -231,9 +231,10 @@ class SharedReader:
             b.set_mode("shared", "start", ahead=start)
 
     async def _fan_out(self, batch: EventBatch) -> None:
+        events, rejections = self.common.run(batch.events)
+        await self.common.settle()  # (raises before ``delivered`` moves: the batch is read again)
         self.delivered.update(batch.upto)  # first: a branch rejoining meanwhile must include this batch
         targets = self.attached()
-        events, rejections = self.common.run(batch.events)
         detach_after = self.detach_after if len(targets) > 1 else None
         for b in targets:
             if b.mode != "shared" or b not in self.branches:

@@ -182,6 +182,7 @@ STATES = (
     "closed",
     "terminated",
     "failed",
+    "masking-unavailable",
 )
 
 

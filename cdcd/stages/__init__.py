@@ -83,11 +83,12 @@ class Chain:
     """Stages applied in order. ``run(events)`` returns ``(passed, rejections)``; an empty chain
     hands the input back untouched (no copy: the hot path of a table without stages)."""
 
-    __slots__ = ("_fns", "stages")
+    __slots__ = ("_fns", "_settles", "stages")
 
     def __init__(self, stages: Sequence[StageFn | Stage] = ()) -> None:
         self.stages = tuple(stages)
         self._fns = tuple(_as_fn(s) for s in self.stages)
+        self._settles = tuple(f for s in self.stages if callable(f := getattr(s, "settle", None)))
 
     def __bool__(self) -> bool:
         return bool(self._fns)
@@ -108,3 +109,10 @@ class Chain:
             events = passed
             rejections.extend(rejected)
         return events, rejections
+
+    async def settle(self) -> None:
+        """Await each stage's optional ``settle()``: I/O a stage needs done before what ``run``
+        returned may be handed on (``MaskStage`` stores new tokens in the vault). Call it after
+        ``run`` and before handing anything on; a raise means: hand nothing on, read again."""
+        for settle in self._settles:
+            await settle()

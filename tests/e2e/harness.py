@@ -70,6 +70,7 @@ class TableSpec:
     target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
+    extra: str = ""  # raw TOML lines inside this [[tables]] entry, e.g. a [tables.masking] table
 
 
 @dataclass
@@ -86,8 +87,10 @@ class ConfigOptions:
     batch_max_wait: str = "100ms"
     log_level: str = "info"
     # section -> raw TOML lines appended: "source", "pipeline", and "destinations" (whole
-    # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB).
+    # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB, and any other
+    # top-level tables such as [masking]).
     extra: dict[str, str] = field(default_factory=dict)
+    retry_max_attempts: int = 10
 
 
 def write_config(
@@ -137,6 +140,7 @@ max_wait = "{o.batch_max_wait}"
 [pipeline.retry]
 initial = "200ms"
 max = "2s"
+max_attempts = {o.retry_max_attempts}
 
 [logging]
 level = "{o.log_level}"
@@ -152,6 +156,7 @@ pool_size = 2
         dests = ", ".join(json.dumps(d) for d in t.destinations)
         text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
+        text += t.extra
     path.write_text(text)
     return path
 
