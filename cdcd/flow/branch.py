@@ -63,6 +63,9 @@ from cdcd.flow.contracts import (
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.flow.watermark import Ticket, WatermarkTracker
 from cdcd.flow.writer import SinkWriter
+from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
+from cdcd.ops.logging import correlation
 from cdcd.stages import Chain, RejectionLike, Stage, StageFn
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
 from cdcd.state.deadletter import DeadLetterStore, Kind
@@ -102,7 +105,7 @@ def default_rejection_kind(rejection: RejectionLike) -> Kind:
 class _Unit:
     """One read batch after the stages, on its way to the writer."""
 
-    __slots__ = ("events", "nbytes", "rejections", "ticket", "upto")
+    __slots__ = ("events", "nbytes", "rejections", "ticket", "trace", "upto")
 
     def __init__(
         self,
@@ -110,11 +113,13 @@ class _Unit:
         rejections: list[RejectionLike],
         ticket: Ticket,
         upto: Mapping[bytes, Position] | None = None,
+        trace: Any = None,
     ) -> None:
         self.events = events
         self.rejections = rejections
         self.ticket = ticket
         self.upto = upto  # positions this batch completes (recorded with its write)
+        self.trace = trace  # the read batch's span context (tracing on), parent of its write span
         self.nbytes = _approx_size(events)
 
 
@@ -214,6 +219,7 @@ class Branch:
         self.catch_up = catch_up  # opens a reader of its own while detached (None: never detaches)
         self.floor_time = floor_time  # where streams without a checkpoint start (None: the reader's)
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
+        self._last_trace: Any = None  # span context of the last read batch written (tracing)
         self.state: PipelineState = "starting"
         self.mode: BranchMode = "shared"
         self.rejected = 0
@@ -259,7 +265,7 @@ class Branch:
             self._committer = Committer(
                 store=self.checkpoints, destination=self.destination, group=self.group,
                 tracker=self._tracker, policy=self.config.commit, retry=self.config.retry,
-                clock=self.clock, events=self.events, pid=self.pid,
+                clock=self.clock, events=self.events, pid=self.pid, trace_parent=lambda: self._last_trace,
             )  # fmt: skip
             if self._closing or self._terminated:
                 self._set_state("terminated" if self._terminated else "closed")
@@ -513,9 +519,13 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    passed, rejected = shared.common.run(batch.events)
-                    await shared.common.settle()
-                    await self._admit(passed, rejected, batch)
+                    with tracing.in_batch(batch.trace):
+                        observe = tracing.stage_observer(
+                            batch.trace, table=self.pid.table, group=self.pid.group
+                        )
+                        passed, rejected = shared.common.run(batch.events, observe)
+                        await shared.common.settle()
+                        await self._admit(passed, rejected, batch)
                     if shared.reached(self):
                         await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
@@ -552,7 +562,10 @@ class Branch:
         events, rejections, upto = self._unseen(events, rejections, upto)
         if not upto:
             return None
-        passed, rejected = self.stages.run(events)
+        observe = tracing.stage_observer(
+            tracing.batch_trace(), table=self.pid.table, destination=self.destination, group=self.pid.group
+        )
+        passed, rejected = self.stages.run(events, observe)
         return passed, [*rejections, *rejected] if rejected else rejections, upto
 
     async def _until(self, condition: Callable[[], bool]) -> None:
@@ -575,7 +588,7 @@ class Branch:
             ticket.resolve()  # an empty window: committable as soon as what precedes it is
             self._room.set()
             return
-        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto))
+        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto, tracing.batch_trace()))
 
     def _unseen(
         self,
@@ -640,12 +653,22 @@ class Branch:
     async def _deliver(self, units: list[_Unit]) -> None:
         rejections = [r for u in units for r in u.rejections]
         if rejections:
-            await self._record_rejections(rejections)
+            with correlation([r.event for r in rejections]):
+                await self._record_rejections(rejections)
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
         marks = completed_positions(units, rows) if self._records else None
+        traces = [u.trace for u in units for _ in u.events] if tracing.active() else []
         for n, i in enumerate(range(0, len(events), rows)):
-            await self._writer_policy.write(events[i : i + rows], None if marks is None else marks[n])
+            chunk = events[i : i + rows]
+            attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
+                     "rows": len(chunk), **batch_fields(chunk)}  # fmt: skip
+            with correlation(chunk), tracing.child_span("cdcd.write", traces[i : i + rows], attrs) as span:
+                await self._writer_policy.write(chunk, None if marks is None else marks[n])
+                if span is not None:
+                    span.set_attribute("outcome", "written")
+        if traces:
+            self._last_trace = traces[-1]
         resolved = 0
         for u in units:
             u.ticket.resolve()

@@ -17,12 +17,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+
 from cdcd import __version__
 from cdcd.errors import CdcdError
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import BranchMode, PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
-from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
 
@@ -257,11 +259,10 @@ class FlowTelemetry:
             m.EVENTS_APPLIED.labels(t, d, label, _replica).inc(n)
         if outcome.skipped_stale:
             m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(outcome.skipped_stale)
-        end = time.time_ns()
-        tracing.record_span("cdcd.write", end - int(seconds * 1e9), end,
-                            {"table": t, "destination": d, "group": pid.group, "rows": len(events),
-                             "applied": outcome.applied})  # fmt: skip
-        log.debug("batch written", table=t, destination=d, group=pid.group, rows=len(events),
+        span = trace.get_current_span()  # the branch's cdcd.write span (tracing on)
+        if span.is_recording():
+            span.set_attributes({"applied": outcome.applied, "skipped_stale": outcome.skipped_stale})
+        log.debug("batch written", table=t, destination=d, group=pid.group, **batch_fields(events),
                   applied=outcome.applied, skipped_stale=outcome.skipped_stale,
                   seconds=round(seconds, 4))  # fmt: skip
 
