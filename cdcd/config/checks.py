@@ -246,6 +246,8 @@ class Finisher:
             self.fail("state.key_prefix", "expected letters, digits and _ . - : { }")
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
+        if not 3 <= st.lease_ttl <= 600:
+            self.fail("state.lease_ttl", f'expected a duration from "3s" to "10m", got "{st.lease_ttl}"')
 
     def check_http(self, http: HttpConfig) -> None:
         host, sep, port = http.listen.rpartition(":")

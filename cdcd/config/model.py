@@ -86,6 +86,9 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     checkpoint_every: PosInt = 1000  # ...or after this many applied events, whichever is first
     connect_timeout: Duration = Duration(5.0)  # Redis connect/command timeout
     ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
+    # lease on each (table, stream group): replicas share the groups (renewed every third of it; a
+    # dead replica's groups are taken over after it; work stops before it can expire). 3s..10m
+    lease_ttl: Duration = Duration(10.0)
 
 
 class HttpConfig(_Section, frozen=True, kw_only=True):
