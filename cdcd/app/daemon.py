@@ -649,6 +649,8 @@ class Daemon:
         for pair in sorted(plan.removed | plan.restart):
             await self._stop_pair(*pair)
         self.cfg = new
+        if self.leases is not None:
+            self.leases.fingerprint = live.fingerprint(new)
         for source, schema in schemas.items():
             self.schemas[source] = schema
             self.ttls[source] = schema.cdc.ttl
