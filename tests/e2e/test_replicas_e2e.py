@@ -170,7 +170,7 @@ def _cluster(proc: CdcdProcess) -> Any:
     return json.loads(out.stdout)
 
 
-@pytest.mark.slow  # ~90-120 s; part of the default run
+@pytest.mark.slow  # ~100 s; part of the default run
 async def test_replicas_share_groups_through_kills_and_a_new_replica(
     cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, clickhouse_url: str, ch_database: str
 ) -> None:
@@ -202,7 +202,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
         assert not cluster["unowned"] and all(r["config_matches"] for r in cluster["replicas"].values())
         assert {g["owner"] for g in cluster["groups"]} == set(cluster["replicas"])
 
-        changes, chunk, seconds = 16_000, 400, 45.0
+        changes, chunk, seconds = 8_000, 400, 35.0
 
         def paced() -> int:
             done, started = 0, time.monotonic()
@@ -276,11 +276,8 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
             assert at is not None, f"{group} of killed {rid} never ran elsewhere"
             takeovers.append(at - when)
     assert takeovers and max(takeovers) <= 30, takeovers
-    first = sampler.first_held(added.pid) if added.starts == 1 else None
-    if first is not None:
-        assert first - added_at <= 30
-    else:  # the added replica was a victim later: its first process still held groups in time
-        assert any(p == added.pid or t - added_at <= 30 for t, _, p, h in sampler.seen if h and t > added_at)
+    first = sampler.first_held(added.pid)  # (never a victim: its first process is still running)
+    assert first is not None and first - added_at <= 30, first
     for p in procs:
         assert p.stop() == 0, p.log_tail()
         assert not [m for m in p.log_messages() if "dead-letter" in m.get("message", "")]
