@@ -413,6 +413,7 @@ class Daemon:
                     await self._run_under(hold, pipeline, self._shared_reader(table, group))
                 except Exception as exc:
                     if isinstance(exc, LeaseLost) or hold.ending:
+                        self._drop_branch(pipeline)
                         continue  # the lease went: wait for it again
                     failures += 1
                     pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
@@ -424,6 +425,7 @@ class Daemon:
                 finally:
                     hold.leave()
                 if pipeline.state != "done" and hold.ending and not self.stopping:
+                    self._drop_branch(pipeline)
                     continue  # handed over or lost while running
                 emit.group_finished(
                     table=table.source, destination=dest, group=group.key, state=pipeline.state
@@ -432,6 +434,12 @@ class Daemon:
             return False
         finally:
             self.leases.unwant(table.source, group.key)
+
+    def _drop_branch(self, pipeline: Branch) -> None:
+        """The group went to another replica: its branch leaves /status and the metrics here."""
+        key = (pipeline.pid.destination, pipeline.pid.table, pipeline.pid.group)
+        if self.pipelines.get(key) is pipeline:
+            del self.pipelines[key]
 
     async def _lease(self, dest: str, group: StreamGroup) -> Hold | None:
         """This replica's hold on the group once it has one; None when the group is done for

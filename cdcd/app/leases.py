@@ -326,9 +326,10 @@ class LeaseCoordinator:
             self._releasing.discard(gid)
 
     async def _release(self, gid: GroupId, hold: Hold, reason: str) -> None:
+        if self.holds.get(gid) is not hold:
+            return  # lost meanwhile (already counted and logged)
         hold.lost.set()  # whatever still runs under it stops now (nothing may save any more)
-        if self.holds.get(gid) is hold:
-            del self.holds[gid]
+        del self.holds[gid]
         try:
             await self.store.release(gid[0], gid[1], hold.token)
         except Exception as exc:  # it expires on its own
