@@ -468,7 +468,9 @@ class Daemon:
                     pipeline.terminate()
                 else:
                     assert self.leases is not None
-                    closing = asyncio.create_task(pipeline.close(deadline=self.leases.handover_timeout - 2))
+                    closing = asyncio.create_task(
+                        pipeline.close(deadline=max(1.0, self.leases.handover_timeout - 2))
+                    )
                     await asyncio.wait({closing, lost}, return_when=asyncio.FIRST_COMPLETED)
                     if not closing.done():  # lost while draining: abandon the rest
                         pipeline.terminate()

@@ -77,7 +77,7 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
-    """Redis: checkpoints and the dead-letter store."""
+    """Redis: checkpoints, the dead-letter store, the replicas' leases and heartbeats."""
 
     redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
     redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
