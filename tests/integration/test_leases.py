@@ -210,3 +210,38 @@ async def test_work_stops_before_the_lease_can_expire_and_resumes_after_redis_re
             await replica.stop()
         await client.aclose()
         server.stop()
+
+
+async def test_cdcd_status_prints_replicas_owners_lag_and_unowned(
+    client: aioredis.Redis, redis_url: str, redis_prefix: str
+) -> None:
+    """``cdcd status`` reads the cluster from Redis only (heartbeats and leases)."""
+    import io
+
+    from cdcd.app.cluster import print_status
+    from cdcd.app.reload import fingerprint
+    from cdcd.config import loads
+
+    cfg = loads(
+        f'[state]\nredis_url = "{redis_url}"\nkey_prefix = "{redis_prefix}"\n'
+        '[destinations.pg]\ntype = "postgres"\ndsn = "${PG}"\n'
+        '[[tables]]\nsource = "ks.t"\ndestinations = ["pg"]\n',
+        env={"PG": "postgresql://u@127.0.0.1/db"},
+    )
+    store = LeaseStore(client, prefix=redis_prefix)
+    a, b = group(0).key, group(1).key
+    token = await store.acquire("ks.t", a, "r1", 10)
+    assert token is not None
+    now = time.time()
+    await store.heartbeat("r1", {"name": "one", "fingerprint": fingerprint(cfg), "started_at": now, "at": now,
+                                 "held": [{"table": "ks.t", "group": a, "epoch": 1, "lags": {"pg": 1.5}}],
+                                 "wanted": [f"ks.t {a}", f"ks.t {b}"]}, 10)  # fmt: skip
+    await store.heartbeat("r2", {"name": "two", "fingerprint": "other", "started_at": now, "at": now,
+                                 "held": [], "wanted": [f"ks.t {a}", f"ks.t {b}"]}, 10)  # fmt: skip
+    out = io.StringIO()
+    assert await asyncio.to_thread(print_status, cfg, out=out) == 0
+    text = out.getvalue()
+    assert "replicas (2):" in text
+    assert "r2  name=two  leases=0  config=other" in text and "CONFIG DIFFERS" in text
+    assert f"ks.t {a}  owner=r1  epoch=1" in text and "lag: pg=1.5s" in text
+    assert f"unowned groups (1):\n  ks.t {b}" in text
