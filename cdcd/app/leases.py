@@ -23,6 +23,11 @@ The unit of work is a (table, stream group): its ``SharedReader`` and every dest
   when this one is cut off from Redis. A renewal that finds another token (the lease was taken
   over, or Redis lost its data) stops the work at once. Checkpoints are fenced by the token
   (``lease_for``: this coordinator is the ``CheckpointStore``'s ``Fence``).
+* **Restart after kill -9.** A replica whose heartbeat names the same replica name, kernel boot
+  id and pid namespace as this process, and whose pid no longer exists, is this replica's
+  previous process: its heartbeat is removed and its leases are taken over at once (a Lua swap
+  from its token to a new epoch) instead of after they expire. Anything uncertain (another
+  name, another host or container, a pid that exists) waits for the expiry.
 * **Redis down.** Nothing can be renewed: every group stops before its lease expires; when Redis
   answers again, leases are taken again at the next ticks (after two heartbeats, so the other
   replicas are seen first) and work resumes from the checkpoints.
@@ -41,7 +46,7 @@ from cdcd.errors import LeaseLost
 from cdcd.ops import emit
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.state.checkpoints import GroupRef
-from cdcd.state.leases import LeaseStore, epoch_of
+from cdcd.state.leases import LeaseStore, epoch_of, gone_here, host_identity
 
 __all__ = ["Hold", "LeaseCoordinator"]
 
@@ -117,6 +122,8 @@ class LeaseCoordinator:
         self._releasing: set[GroupId] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.host = host_identity()
+        self._gone: set[str] = set()  # replicas of this host known dead (kill -9, then restarted)
 
     # ------------------------------------------------------------------------------- the fence
 
@@ -183,6 +190,19 @@ class LeaseCoordinator:
         self._beats_ok += 1
         await self._renew_all()
         replicas = await asyncio.wait_for(self.store.replicas(), self.tick)
+        for r, info in list(replicas.items()):
+            if (
+                r != self.replica
+                and info.get("name") == self.name
+                and gone_here(self.host, info.get("host") or {})
+            ):
+                # this replica's previous process, gone (killed with -9 and restarted as this
+                # one): its leases are taken over without waiting for them to expire
+                del replicas[r]
+                if r not in self._gone:
+                    self._gone.add(r)
+                    log.info("a replica on this host is gone; taking its leases over", replica=r)
+                await self.store.forget_replica(r)
         replicas.setdefault(self.replica, self._info())
         self.replicas = replicas
         self._check_configs(replicas)
@@ -202,7 +222,7 @@ class LeaseCoordinator:
                 "lags": {d: lag for (t, g, d), lag in lags.items() if t == table and g == group},
             })  # fmt: skip
         return {
-            "name": self.name, "fingerprint": self.fingerprint, "started_at": self.started_at,
+            "name": self.name, "fingerprint": self.fingerprint, "started_at": self.started_at, "host": self.host,
             "at": time.time(), "held": held, "wanted": [f"{t} {g}" for t, g in sorted(self.demand)],
         }  # fmt: skip
 
@@ -280,18 +300,25 @@ class LeaseCoordinator:
         room = hi - len(mine)
         if room <= 0:
             return
-        leases = {(x.table, x.group) for x in await self.store.leases()}
+        leases = {(x.table, x.group): x for x in await self.store.leases()}
         starved = any(c < lo for r, c in counts.items() if r != self.replica)
         for gid in sorted(self.demand):
             if room <= 0:
                 break
-            if gid in self.holds or gid in leases:
+            held = leases.get(gid)
+            dead = held is not None and held.owner in self._gone
+            if gid in self.holds or (held is not None and not dead):
                 self._free_since.pop(gid, None)
                 continue
             first = self._free_since.setdefault(gid, self._ticks)
             if len(mine) >= lo and (starved or first == self._ticks):
                 continue  # between floor and ceil: leave it a tick for replicas with less
-            token = await self.store.acquire(gid[0], gid[1], self.replica, self.ttl)
+            if held is not None:
+                token = await self.store.take_over(
+                    gid[0], gid[1], f"{held.epoch}:{held.owner}", self.replica, self.ttl
+                )
+            else:
+                token = await self.store.acquire(gid[0], gid[1], self.replica, self.ttl)
             if token is None:
                 continue
             sent = time.monotonic()

@@ -19,12 +19,14 @@ name never share a token. Heartbeats carry what ``cdcd status`` prints (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,7 +34,7 @@ import redis.asyncio as aioredis
 
 from cdcd.state.common import check_client, check_prefix, key_part, redis_errors
 
-__all__ = ["LeaseInfo", "LeaseStore", "replica_id"]
+__all__ = ["LeaseInfo", "LeaseStore", "gone_here", "host_identity", "replica_id"]
 
 _GROUP_KEY = re.compile(r"^[0-9]{1,20}:[0-9]{1,9}$")
 
@@ -42,6 +44,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local epoch = redis.call('INCR', KEYS[2])
 local token = epoch .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS[1] lease, KEYS[2] epoch counter; ARGV[1] the dead holder's token, ARGV[2] replica id,
+# ARGV[3] TTL (ms). The new token, or nil if the lease no longer holds that token.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local epoch = redis.call('INCR', KEYS[2])
+local token = epoch .. ':' .. ARGV[2]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
 return token
 """
 
@@ -70,6 +82,39 @@ def replica_id(name: str) -> str:
     return f"{base}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
+def host_identity() -> dict[str, Any]:
+    """Where this process runs: kernel boot id, pid namespace and pid. Two replicas with the same
+    boot id and pid namespace see the same processes, so one can tell that the other is gone."""
+    boot = ""
+    with contextlib.suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    pidns = 0
+    with contextlib.suppress(OSError):
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    return {"boot": boot, "pidns": pidns, "pid": os.getpid()}
+
+
+def gone_here(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    """True only when ``theirs`` (a heartbeat's ``host``) names a process of this very kernel and
+    pid namespace that no longer exists. Anything unknown counts as alive."""
+    if not mine.get("boot") or not mine.get("pidns"):
+        return False
+    if theirs.get("boot") != mine["boot"] or theirs.get("pidns") != mine["pidns"]:
+        return False
+    pid = theirs.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False  # (several coordinators in one process: tests) unknown: count it alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists (another user's process)
+    return False
+
+
 class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One lease as Redis holds it now."""
 
@@ -94,6 +139,7 @@ class LeaseStore:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     # ------------------------------------------------------------------------------------- keys
 
@@ -118,6 +164,14 @@ class LeaseStore:
         keys = [self.lease_key(table, group), self.epoch_key(table, group)]
         with redis_errors(f"acquire lease {keys[0]}"):
             token = await self._acquire(keys=keys, args=[replica, int(ttl * 1000)])
+        return None if token is None else _text(token)
+
+    async def take_over(self, table: str, group: str, dead: str, replica: str, ttl: float) -> str | None:
+        """Take a lease still held by ``dead`` (a token of a process known to be gone) before it
+        expires: the new token, or None if the lease changed meanwhile."""
+        keys = [self.lease_key(table, group), self.epoch_key(table, group)]
+        with redis_errors(f"take over lease {keys[0]}"):
+            token = await self._take_over(keys=keys, args=[dead, replica, int(ttl * 1000)])
         return None if token is None else _text(token)
 
     async def renew(self, table: str, group: str, token: str, ttl: float) -> bool:

@@ -1,7 +1,8 @@
 """Replicas share the work through leases (R-50, R-04), end to end with real processes.
 
 * Three ``cdcd run`` replicas on one configuration, a random workload, ``kill -9`` of a random
-  replica every ~10 s (restarted at once, as systemd would) and a fourth replica added mid-way:
+  replica every ~10 s (restarted at the next kill, so its groups must be taken over by the
+  others through lease expiry, as on another machine) and a fourth replica added mid-way:
   PostgreSQL and ClickHouse equal the source, the tombstone history holds each delete once.
   Every live replica's ``/status`` is sampled twice a second: no group is ever claimed by two
   replicas at overlapping times (a lease from ``acquired_at`` to the sample's ``now``; a running
@@ -162,6 +163,14 @@ class Sampler:
         return None
 
 
+def _named(proc: CdcdProcess, i: int) -> CdcdProcess:
+    """Each replica its own name, as on separate machines: only a restarted process of the same
+    replica takes its predecessor's leases over before they expire (cdcd.app.leases)."""
+    text = proc.config.read_text()
+    proc.config.write_text(text.replace('replica = "e2e"', f'replica = "e2e-{i}"', 1))
+    return proc
+
+
 def _cluster(proc: CdcdProcess) -> Any:
     out = subprocess.run(
         [sys.executable, "-m", "cdcd", "status", "--config", str(proc.config), "--json"],
@@ -182,7 +191,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
         extra={"destinations": f'\n[destinations.ch]\ntype = "clickhouse"\nurl = "{clickhouse_url}"\n'},
     )  # fmt: skip
     spec = [TableSpec("chaos.t", target, delete="tombstone", destinations=("pg", "ch"))]
-    procs = [make_cdcd(spec, options) for _ in range(3)]
+    procs = [_named(make_cdcd(spec, options), i) for i in range(3)]
     for p in procs:
         p.start()
     for p in procs:
@@ -215,6 +224,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
 
         writer = asyncio.create_task(asyncio.to_thread(paced))
         kills: list[tuple[float, str, set[str]]] = []  # (wall time, replica id, groups it held)
+        dead: CdcdProcess | None = None  # the last victim, restarted at the next kill
         added: CdcdProcess | None = None
         added_at = 0.0
         began = time.monotonic()
@@ -223,7 +233,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
             if writer.done():
                 break
             if added is None and time.monotonic() - began > 18:
-                added = make_cdcd(spec, options)
+                added = _named(make_cdcd(spec, options), 3)
                 added_at = time.time()
                 added.start()
                 procs.append(added)
@@ -232,7 +242,11 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(
             victim.kill9()
             if last is not None:
                 kills.append((time.time(), last[0], last[1]))
-            victim.start()
+            if dead is not None:
+                dead.start()  # dead for ~10 s: the others took its groups over meanwhile
+            dead = victim
+        if dead is not None:
+            dead.start()
         assert (await writer) >= changes
         assert len(kills) >= 3 and added is not None
 

@@ -245,3 +245,34 @@ async def test_cdcd_status_prints_replicas_owners_lag_and_unowned(
     assert "r2  name=two  leases=0  config=other" in text and "CONFIG DIFFERS" in text
     assert f"ks.t {a}  owner=r1  epoch=1" in text and "lag: pg=1.5s" in text
     assert f"unowned groups (1):\n  ks.t {b}" in text
+
+
+async def test_a_restarted_replica_takes_over_its_dead_predecessors_leases_at_once(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Same name, same kernel and pid namespace, pid gone: no waiting for the lease TTL. A
+    predecessor whose pid still exists, or another replica name, is waited for."""
+    from cdcd.state.leases import host_identity
+
+    store = LeaseStore(client, prefix=redis_prefix)
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+    here = host_identity()
+    cases = {  # group index -> (name, pid) of the holder
+        0: ("same", dead.pid),  # our previous process: taken over
+        1: ("same", os.getppid()),  # alive: wait
+        2: ("other", dead.pid),  # another replica's process: wait (as on another machine)
+    }
+    for i, (name, pid) in cases.items():
+        owner = f"{name}.{pid}.x{i}"
+        assert await store.acquire("ks.t", group(i).key, owner, 60) is not None
+        await store.heartbeat(owner, {"name": name, "host": {**here, "pid": pid}, "held": [{}]}, 60)
+    coord = LeaseCoordinator(store, replica=replica_id("same"), name="same", ttl=60, fingerprint="f")
+    for i in cases:
+        coord.want("ks.t", group(i).key)
+    await coord.step()
+    await coord.step()
+    assert set(coord.holds) == {("ks.t", group(0).key)}
+    assert coord.holds[("ks.t", group(0).key)].epoch == 2
+    assert set(await store.replicas()) == {f"same.{os.getppid()}.x1", f"other.{dead.pid}.x2", coord.replica}
+    await coord.close()
