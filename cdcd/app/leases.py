@@ -177,7 +177,10 @@ class LeaseCoordinator:
                 except Exception as exc:  # Redis trouble: the watchdog stops what cannot be renewed
                     log.warning("lease round failed", error=scrub(f"{type(exc).__name__}: {exc}"))
                     self._beats_ok = 0
-                await asyncio.sleep(max(0.05, self.tick - (time.monotonic() - started)))
+                # the first round is followed soon by a second: the others' heartbeats (refreshed
+                # every tick, kept for a TTL) are seen by then, so a restart resumes quickly
+                pause = min(1.0, self.tick) if self._ticks == 1 else self.tick
+                await asyncio.sleep(max(0.05, pause - (time.monotonic() - started)))
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
