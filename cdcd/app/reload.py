@@ -10,8 +10,9 @@
   the log line names every refused key.
 * **Live**: tables and destinations added or removed, a table's destinations / delete strategy /
   target, a destination's batch overrides and ``create_tables``, everything under ``[pipeline]``
-  (batch, retry, breaker, queue sizes, ...), ``state.checkpoint_interval``/``checkpoint_every``
-  and the reading knobs of ``[source]`` (windows, polls, fetch size, read caps). The daemon
+  (batch, retry, breaker, queue sizes, ...), ``state.checkpoint_interval``/``checkpoint_every``,
+  the reading knobs of ``[source]`` (windows, polls, fetch size, read caps) and any other
+  top-level section not listed in ``NON_LIVE`` (all pairs restart for those). The daemon
   applies them by draining and restarting the (table, destination) pairs they touch
   (``Plan.restart``), stopping removed pairs and starting added ones; each restart resumes from
   its checkpoint, so nothing is lost or applied twice.
@@ -103,7 +104,9 @@ def plan(old: Config, new: Config) -> Plan:
             out.changes.append(key)
             if any(key == p or key.startswith(p + ".") for p in NON_LIVE):
                 out.refused.append(key)
-    restart_all = any(k.split(".")[0] in ("pipeline", "state", "source") for k in out.changes)
+    # any other section that changed (pipeline, the live part of state and source, sections added
+    # later): every pair restarts with the new configuration
+    restart_all = bool(out.changes)
     for name in sorted(set(old.destinations) | set(new.destinations)):
         was, now = old.destinations.get(name), new.destinations.get(name)
         if was is None or now is None:
