@@ -6,6 +6,7 @@
     cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
     cdcd vault reveal TOKEN --config cdcd.toml
+    cdcd status --config cdcd.toml [--json]
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     reveal.add_argument("token", help='a token as found in a destination ("tok_...")')
     reveal.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status = sub.add_parser(
+        "status",
+        help="print the cluster from Redis: replicas, who owns each stream group, lag, unowned groups",
+    )
+    status.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
@@ -118,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,
             backfill=args.backfill,
         )  # fmt: skip
+    if args.command == "status":
+        from cdcd.app.cluster import print_status
+
+        return print_status(config, as_json=args.json)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 
 

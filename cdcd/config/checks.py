@@ -261,6 +261,8 @@ class Finisher:
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
         self.check_tls(st, "state", scheme, "rediss")
+        if not 3 <= st.lease_ttl <= 600:
+            self.fail("state.lease_ttl", f'expected a duration from "3s" to "10m", got "{st.lease_ttl}"')
 
     def check_tracing(self, tr: TracingConfig) -> None:
         if tr.endpoint:

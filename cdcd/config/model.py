@@ -81,7 +81,7 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
-    """Redis: checkpoints and the dead-letter store."""
+    """Redis: checkpoints, the dead-letter store, the replicas' leases and heartbeats."""
 
     redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
     redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
@@ -92,6 +92,9 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
     cert_file: str | None = None  # client certificate (PEM) for rediss:// with mutual TLS
     key_file: str | None = None  # its private key (PEM); give both or neither
+    # lease on each (table, stream group): replicas share the groups (renewed every third of it; a
+    # dead replica's groups are taken over after it; work stops before it can expire). 3s..10m
+    lease_ttl: Duration = Duration(10.0)
 
 
 class HttpConfig(_Section, frozen=True, kw_only=True):
