@@ -3,10 +3,12 @@
 ::
 
     cdcd --version
-    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
+    cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
     cdcd resume --config cdcd.toml --table ks.t
     cdcd schema history --config cdcd.toml --table ks.t [--json]
+    cdcd vault reveal TOKEN --config cdcd.toml
+    cdcd status --config cdcd.toml [--json]
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -65,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level"
     )
+    run.add_argument(
+        "--backfill",
+        action="store_true",
+        help="apply events however old: turns off [staleness] max_age (the staleness audit records it)",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -86,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
     hist.add_argument("--table", required=True, help="the source table, keyspace.table")
     hist.add_argument("--json", action="store_true", help="print JSON")
+    vault = sub.add_parser("vault", help="the token vault of masking (strategy tokenize)")
+    vault_sub = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
+    reveal = vault_sub.add_parser(
+        "reveal", help="print the original value behind a token (needs the vault key)"
+    )
+    reveal.add_argument("token", help='a token as found in a destination ("tok_...")')
+    reveal.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status = sub.add_parser(
+        "status",
+        help="print the cluster from Redis: replicas, who owns each stream group, lag, unowned groups",
+    )
+    status.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
@@ -114,8 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resume":
             return commands.resume(config, args.table)
         return commands.history(config, args.table, as_json=args.json)
+    if args.command == "vault":
+        from cdcd.masking.cli import reveal
+
+        return reveal(config, args.token)
     if args.command == "run":
-        return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
+        return app.run(
+            config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,
+            backfill=args.backfill,
+        )  # fmt: skip
+    if args.command == "status":
+        from cdcd.app.cluster import print_status
+
+        return print_status(config, as_json=args.json)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 
 

@@ -30,6 +30,7 @@ SKIP_SYSTEM=${CDCD_SKIP_SYSTEM:-0}
 TSDB_VERSION=2.19.3
 TSDB_SHA256=09fd11191768c220b071f61a108df9bd1df5522fbe4e7c2229f30f69b195454a
 PG_MAJOR=15
+COMPOSE_VERSION=v5.6.0
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 apt_install() {
@@ -52,6 +53,18 @@ if [ "$SKIP_SYSTEM" != 1 ]; then
     need=()
     for pkg in prometheus chromium; do installed "$pkg" || need+=("$pkg"); done
     [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+    # `docker compose config` checks compose.yaml. The machine has the docker client but not its
+    # compose plugin: build it from the Go module proxy (a few minutes, once).
+    if command -v docker >/dev/null && command -v go >/dev/null && ! docker compose version >/dev/null 2>&1; then
+      log "building the docker compose CLI plugin $COMPOSE_VERSION (go build, a few minutes)"
+      work=$(mktemp -d)
+      ( cd "$work" && go mod init compose-build >/dev/null 2>&1 \
+        && go get "github.com/docker/compose/v5/cmd@$COMPOSE_VERSION" >"$work/get.log" 2>&1 \
+        && go build -o docker-compose github.com/docker/compose/v5/cmd >"$work/build.log" 2>&1 ) \
+        || { tail -20 "$work"/*.log; exit 1; }
+      $SUDO install -D -m 0755 "$work/docker-compose" /usr/local/lib/docker/cli-plugins/docker-compose
+      rm -rf "$work"
+    fi
   fi
 
   # ---------------------------------------------------------------------------- TimescaleDB

@@ -10,13 +10,14 @@ import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import redis.exceptions
 from cassandra import Unauthorized
 from prometheus_client import CollectorRegistry
 
 from cdcd import __version__
+from cdcd.app import reload as live
 from cdcd.app.deps import (
     Dependencies,
     MappingFactory,
@@ -28,11 +29,14 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
-from cdcd.config import Config, TableConfig, redacted
-from cdcd.errors import CdcdError, ConfigError
+from cdcd.app.leases import Hold, LeaseCoordinator
+from cdcd.config import Config, TableConfig, load, redacted
+from cdcd.errors import CdcdError, ConfigError, LeaseLost
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
+from cdcd.flow.applied import DestinationCheckpoints, records_applied
 from cdcd.flow.load import LoopLoad
+from cdcd.masking.runtime import Masking
 from cdcd.ops import emit, metrics, tracing
 from cdcd.ops.horizon import DataLossWatch, fold_lag
 from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
@@ -45,7 +49,10 @@ from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
+from cdcd.sinks.offsets import RecordsApplied
+from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
+from cdcd.state.leases import LeaseStore, replica_id
 
 __all__ = ["Daemon", "StartAt"]
 
@@ -73,8 +80,11 @@ class Daemon:
         start_at: StartAt = None,
         sink_factory: SinkFactory = default_sink_factory,
         mapping_factory: MappingFactory = table_mapping,
+        backfill: bool = False,
     ) -> None:
         self.cfg = cfg
+        # R-22: why the too_old check is off (--backfill, config), or None
+        self.staleness_off = off_reason(cfg, backfill=backfill)
         self.config_file = config_file
         self.start_at = start_at
         self.deps = Dependencies(cfg, sink_factory)
@@ -114,12 +124,22 @@ class Daemon:
             )
         )
         self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
+        self.masking = Masking(cfg, replica=emit.replica)  # R-21: masks once, before the fan-out
+        self._masking_metrics: Any = self.masking.collector()  # follows self.masking across reloads
+        self.local_metrics.register(self._masking_metrics)
         self.horizon_every = 10.0  # seconds between data-loss checks
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: dict[str, asyncio.Task[Sink | None]] = {}
         self._active: set[tuple[str, str]] = set()  # (table, destination) replicating
         self._ready_cache: tuple[float, dict[str, CheckResult]] | None = None
+        # leases (cdcd.app.leases): which stream groups this replica runs; supervisors per
+        # (table, destination), started and stopped by config reloads (cdcd.app.reload)
+        self.replica_id = replica_id(cfg.instance.replica)
+        self.leases: LeaseCoordinator | None = None
+        self._supervisors: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reloading = asyncio.Lock()
+        self._side_tasks: set[asyncio.Task[Any]] = set()  # config reloads under way
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -132,6 +152,8 @@ class Daemon:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
+        previous_hup = signal.getsignal(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.startup()
             if not self.stopping:
@@ -149,6 +171,9 @@ class Daemon:
                 loop.remove_signal_handler(sig)
                 if previous[sig] is not None:  # (cdcd run's: exit at once while the process winds down)
                     signal.signal(sig, previous[sig])
+            loop.remove_signal_handler(signal.SIGHUP)
+            if previous_hup is not None:
+                signal.signal(signal.SIGHUP, previous_hup)
         return 1 if self.force_exit else self.exit_code
 
     def handle_signal(self, sig: signal.Signals) -> None:
@@ -158,7 +183,7 @@ class Daemon:
             emit.shutdown_requested(signal=sig.name, forced=True)
             for p in self.pipelines.values():
                 p.terminate()
-            for task in [*self._tasks, *self._reader_tasks.values()]:
+            for task in [*self._tasks, *self._supervisors.values(), *self._reader_tasks.values()]:
                 task.cancel()
             return
         emit.shutdown_requested(signal=sig.name, forced=False)
@@ -186,7 +211,13 @@ class Daemon:
         if self.stopping:
             return
         assert self.deps.redis is not None and self.deps.scylla is not None
-        self.checkpoints = CheckpointStore(self.deps.redis, prefix=cfg.state.key_prefix)
+        self.leases = LeaseCoordinator(
+            LeaseStore(self.deps.redis, prefix=cfg.state.key_prefix),
+            replica=self.replica_id, name=cfg.instance.replica, ttl=cfg.state.lease_ttl,
+            fingerprint=live.fingerprint(cfg), lags=self._group_lags,
+            handover_timeout=min(20.0, cfg.pipeline.shutdown_timeout),
+        )  # fmt: skip
+        self.checkpoints = CheckpointStore(self.deps.redis, prefix=cfg.state.key_prefix, fence=self.leases)
         self.deadletters = DeadLetterStore(self.deps.redis, prefix=cfg.state.key_prefix)
         self.discovery = StreamDiscovery(self.deps.scylla, tablet_group_size=cfg.source.tablet_group_size)
         self.schemas: dict[str, TableSchema] = {}
@@ -198,6 +229,7 @@ class Daemon:
                 return
             self.schemas[table.source] = schema
             self.ttls[table.source] = schema.cdc.ttl
+        self.masking.check(self.schemas)
         # schema changes (cdcd.schema_watch): versions in Redis, detection, per-table policy
         self.schema_watch = SchemaWatcher(
             self.deps.scylla,
@@ -221,12 +253,15 @@ class Daemon:
 
     async def main_loop(self) -> None:
         assert self._stop is not None
+        assert self.leases is not None
+        self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
         for table in self.cfg.tables:
             for dest in table.destinations:
-                self._tasks.append(
-                    asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
-                )
+                self._start_supervisor(table, dest)
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        if self.staleness_off:
+            log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
+        self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
         self._tasks.append(asyncio.create_task(self.schema_watch.run(), name="schema-watch"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
@@ -263,14 +298,22 @@ class Daemon:
         for p in pipelines:
             if p.state not in ("closed", "done", "terminated", "failed"):
                 p.terminate()
-        tasks = [*self._tasks, *self._sink_tasks.values(), *self._reader_tasks.values()]
+        tasks = [
+            *self._tasks,
+            *self._supervisors.values(),
+            *self._sink_tasks.values(),
+            *self._reader_tasks.values(),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         abandoned = sum(1 for p in pipelines if p.state == "terminated")
+        if self.leases is not None:  # the branches stopped: give the groups to the other replicas now
+            await self.leases.close()
         if self.http is not None:
             await self.http.aclose()
         await self.deps.aclose()
+        await self.masking.aclose()
         tracing.shutdown()
         self.state = "stopped"
         emit.shutdown_complete(seconds=time.monotonic() - started, abandoned=abandoned)
@@ -304,8 +347,12 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _start_floor(self, table: TableConfig, dest: str) -> int:
-        """Where streams without a checkpoint start (ms); see the module docstring."""
+    async def _start_floor(
+        self, table: TableConfig, dest: str, sink: Sink | None = None, mapping: Any = None
+    ) -> int:
+        """Where streams without a checkpoint start (ms); see the module docstring. Kept in Redis;
+        when Redis has none (first start, or Redis lost its state), the destination's recorded
+        floor (``cdcd.sinks.offsets``) if it holds positions, else now."""
         assert self.deps.redis is not None
         key = f"{self.cfg.state.key_prefix}:start:{dest}:{table.source}"
         now_ms = int(time.time() * 1000)
@@ -313,8 +360,16 @@ class Daemon:
             floor = start_floor_ms(self.start_at, now_ms)
             await self.deps.redis.set(key, str(floor))
             return floor
-        await self.deps.redis.set(key, str(now_ms), nx=True)
+        held = None
+        if await self.deps.redis.get(key) is None and sink is not None and records_applied(sink):
+            held = await cast(RecordsApplied, sink).applied_start(mapping)
+        await self.deps.redis.set(key, str(now_ms if held is None else held), nx=True)
         stored = await self.deps.redis.get(key)
+        if held is not None:
+            log.warning(
+                "Redis had no start position: restored from the destination's offsets table",
+                table=table.source, destination=dest, start_ms=held,
+            )  # fmt: skip
         return int(stored) if stored is not None else now_ms
 
     async def _sink(self, dest: str) -> Sink | None:
@@ -335,12 +390,15 @@ class Daemon:
             return
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
         assert self.deps.redis is not None
+        # schema changes: the table is watched (also one added by a reload), the gate applies its policy
+        await self.schema_watch.track(table.source, table.schema_changes, schema)
         gate = self.gates[(table.source, dest)] = SchemaGate(
             watcher=self.schema_watch, table=table.source, destination=dest, sink=sink, mapping=mapping,
             redis=self.deps.redis, prefix=self.cfg.state.key_prefix,
+            dest_schema=functools.partial(self._masked_schema, table.source),  # masked columns: text
         )  # fmt: skip
         await self._until_up(f"destination:{dest}", gate.ensure)  # sink.ensure_table at the applied schema
-        floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
+        floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
         emit.table_ready(table=table.source, destination=dest, ttl=schema.cdc.ttl)
@@ -384,30 +442,99 @@ class Daemon:
 
     async def _run_group(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> bool:
         """Run the destination's branch of one group until it is done (True) or cdcd stops
-        (False); restart it from its checkpoint after an error, with a growing pause."""
+        (False); restart it from its checkpoint after an error, with a growing pause. It runs only
+        while this replica holds the group's lease (``cdcd.app.leases``): a lease lost or handed
+        over stops the branch (drained and checkpointed when handed over) and it waits for the
+        lease again, or until another replica has finished the group."""
+        assert self.leases is not None
         failures = 0
         emit.group_started(table=table.source, destination=dest, group=group.key,
                            streams=len(group.streams), end=group.end)  # fmt: skip
-        while not self.stopping:
-            pipeline = self._branch(table, dest, group, floor)
-            self._forget_cached_rows(dest, pipeline.mapping)
-            self.pipelines[(dest, table.source, group.key)] = pipeline
-            try:
-                await pipeline.run(self._shared_reader(table, group))
-            except asyncio.CancelledError:
-                pipeline.terminate()
-                raise
-            except Exception as exc:
-                failures += 1
-                pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
-                emit.pipeline_failed(
-                    table=table.source, destination=dest, group=group.key, error=exc, retry_in=pause
+        self.leases.want(table.source, group.key)
+        try:
+            while not self.stopping:
+                hold = await self._lease(dest, group)
+                if hold is None:  # finished by another replica, or cdcd stops
+                    return not self.stopping
+                pipeline = self._branch(table, dest, group, floor)
+                self._forget_cached_rows(dest, pipeline.mapping)
+                self.pipelines[(dest, table.source, group.key)] = pipeline
+                hold.enter()
+                try:
+                    await self._run_under(hold, pipeline, self._shared_reader(table, group))
+                except Exception as exc:
+                    if isinstance(exc, LeaseLost) or hold.ending:
+                        self._drop_branch(pipeline)
+                        continue  # the lease went: wait for it again
+                    failures += 1
+                    pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
+                    emit.pipeline_failed(
+                        table=table.source, destination=dest, group=group.key, error=exc, retry_in=pause
+                    )
+                    await self._sleep(pause)
+                    continue
+                finally:
+                    hold.leave()
+                if pipeline.state != "done" and hold.ending and not self.stopping:
+                    self._drop_branch(pipeline)
+                    continue  # handed over or lost while running
+                emit.group_finished(
+                    table=table.source, destination=dest, group=group.key, state=pipeline.state
                 )
-                await self._sleep(pause)
-                continue
-            emit.group_finished(table=table.source, destination=dest, group=group.key, state=pipeline.state)
-            return pipeline.state == "done"
-        return False
+                return pipeline.state == "done"
+            return False
+        finally:
+            self.leases.unwant(table.source, group.key)
+
+    def _drop_branch(self, pipeline: Branch) -> None:
+        """The group went to another replica: its branch leaves /status and the metrics here."""
+        key = (pipeline.pid.destination, pipeline.pid.table, pipeline.pid.group)
+        if self.pipelines.get(key) is pipeline:
+            del self.pipelines[key]
+
+    async def _lease(self, dest: str, group: StreamGroup) -> Hold | None:
+        """This replica's hold on the group once it has one; None when the group is done for
+        ``dest`` meanwhile (another replica finished it) or cdcd stops."""
+        assert self.leases is not None
+        while not self.stopping:
+            try:
+                return await self.leases.hold_for(group.table, group.key)
+            except TimeoutError:
+                pass
+            with contextlib.suppress(Exception):
+                if await self.checkpoints.is_done(dest, group):
+                    return None
+        return None
+
+    async def _run_under(self, hold: Hold, pipeline: Branch, shared: SharedReader) -> None:
+        """``pipeline.run`` while ``hold`` lasts: terminated at once when the lease is lost,
+        drained and checkpointed when it is handed over."""
+        run = asyncio.create_task(pipeline.run(shared), name=f"branch:{pipeline.pid}")
+        lost = asyncio.create_task(hold.lost.wait())
+        release = asyncio.create_task(hold.release.wait())
+        try:
+            await asyncio.wait({run, lost, release}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                if hold.lost.is_set():
+                    pipeline.terminate()
+                else:
+                    assert self.leases is not None
+                    closing = asyncio.create_task(
+                        pipeline.close(deadline=max(1.0, self.leases.handover_timeout - 2))
+                    )
+                    await asyncio.wait({closing, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if not closing.done():  # lost while draining: abandon the rest
+                        pipeline.terminate()
+                    await asyncio.gather(closing, return_exceptions=True)
+            await run
+        except asyncio.CancelledError:
+            pipeline.terminate()
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise
+        finally:
+            lost.cancel()
+            release.cancel()
 
     def _forget_cached_rows(self, dest: str, mapping: Any) -> None:
         """A group (re)starts for ``mapping``: while it was not ours (another replica held it,
@@ -448,6 +575,7 @@ class Daemon:
         shared = SharedReader(
             group=group,
             source=tracing.traced_source(reader.read, table=table.source, destination="*", group=group.key),
+            stages=self.masking.stages(table.source),
             expected=len(table.destinations),
             clock=self.clock,
             retry=retry_policy(self.cfg),
@@ -474,6 +602,12 @@ class Daemon:
 
     def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
         dest_cfg = self.cfg.destinations[dest]
+        mapping = self.mapping_factory(table, dest_cfg)
+        sink: Any = self.deps.sinks[dest]
+        checkpoints: Any = self.checkpoints
+        if records_applied(sink):  # positions also kept by the destination (cdcd.flow.applied)
+            checkpoints = DestinationCheckpoints(self.checkpoints, sink, mapping, group, start_ms=floor)
+            sink = checkpoints.writer
 
         def catch_up(start: Mapping[bytes, Any]) -> Any:
             reader = self._group_reader(table, group, floor, dest)
@@ -483,9 +617,9 @@ class Daemon:
         return Branch(
             destination=dest,
             group=group,
-            mapping=self.mapping_factory(table, dest_cfg),
-            sink=self.deps.sinks[dest],
-            checkpoints=self.checkpoints,
+            mapping=mapping,
+            sink=sink,
+            checkpoints=checkpoints,
             deadletters=self.deadletters,
             breaker=self.breakers[dest],
             config=pipeline_config(self.cfg, dest_cfg),
@@ -493,8 +627,146 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
+            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
             gate=self.gates.get((table.source, dest)),
         )
+
+    def _start_supervisor(self, table: TableConfig, dest: str) -> None:
+        task = asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
+        self._supervisors[(table.source, dest)] = task
+        task.add_done_callback(self._supervisor_done)
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        """A supervisor that raised stops the daemon (as before leases, main_loop's rule)."""
+        if task.cancelled() or task.exception() is None or self.stopping:
+            return
+        err = task.exception()
+        if isinstance(err, Unauthorized):  # a grant is missing (docs/permissions.md)
+            log.error("Scylla refused a read: the role lacks a permission (see docs/permissions.md)",
+                      task=task.get_name(), error=scrub(str(err)))  # fmt: skip
+        else:
+            log.error("supervisor crashed; shutting down", task=task.get_name(), error=scrub(repr(err)))
+        self.exit_code = 1
+        self.request_stop()
+
+    async def _stop_pair(self, table: str, dest: str) -> None:
+        """Stop one (table, destination): drain and checkpoint its branches, end its supervisor."""
+        branches = [p for (d, t, _), p in list(self.pipelines.items()) if (t, d) == (table, dest)]
+        await asyncio.gather(
+            *(p.close(deadline=self.cfg.pipeline.shutdown_timeout) for p in branches), return_exceptions=True
+        )
+        task = self._supervisors.pop((table, dest), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for key in [k for k in self.pipelines if (k[1], k[0]) == (table, dest)]:
+            del self.pipelines[key]
+        self._active.discard((table, dest))
+        self.stored_lags.pop((table, dest), None)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def reload(self) -> Mapping[str, Any]:
+        """SIGHUP / ``POST /admin/reload``: re-read the config file and apply what may change
+        live (``cdcd.app.reload``); if any setting that cannot change live differs, nothing is
+        applied and the refused keys are logged."""
+        async with self._reloading:
+            try:
+                new = load(self.config_file)
+                plan = live.plan(self.cfg, new)
+            except Exception as exc:
+                emit.config_reloaded(
+                    result="failed", changes=[], refused=[], error=f"{type(exc).__name__}: {exc}"
+                )
+                return {"result": "failed", "error": scrub(f"{type(exc).__name__}: {exc}")}
+            if plan.refused:
+                emit.config_reloaded(result="refused", changes=plan.changes, refused=plan.refused)
+                return {"result": "refused", "refused": plan.refused, "changes": plan.changes}
+            if not plan.changes:
+                emit.config_reloaded(result="unchanged", changes=[], refused=[])
+                return {"result": "unchanged", "changes": []}
+            if self.state != "running":
+                return {"result": "failed", "error": f"cdcd is {self.state}"}
+            try:
+                await self._apply(new, plan)
+            except Exception as exc:
+                emit.config_reloaded(
+                    result="failed", changes=plan.changes, refused=[], error=f"{type(exc).__name__}: {exc}"
+                )
+                return {"result": "failed", "error": scrub(f"{type(exc).__name__}: {exc}")}
+            emit.config_reloaded(result="applied", changes=plan.changes, refused=[])
+            return {"result": "applied", "changes": plan.changes,
+                    "started": sorted(f"{t} -> {d}" for t, d in plan.added),
+                    "stopped": sorted(f"{t} -> {d}" for t, d in plan.removed),
+                    "restarted": sorted(f"{t} -> {d}" for t, d in plan.restart)}  # fmt: skip
+
+    async def _apply(self, new: Config, plan: live.Plan) -> None:
+        """Switch to ``new``: schemas of new tables first (a missing one fails the reload before
+        anything changed), then stop, restart and start the pairs of ``plan``."""
+        old = self.cfg
+        self.deps.cfg = new
+        masking: Masking | None = None
+        try:
+            schemas = {}
+            for table in new.tables:
+                if table.source in plan.new_tables:
+                    schemas[table.source] = await self.deps.table_schema(table)
+            if _masking_rules(old) != _masking_rules(new) or plan.new_tables:
+                masking = Masking(new, replica=emit.replica)  # the new rules, checked before any stop
+                masking.check({**self.schemas, **schemas})
+        except BaseException:
+            self.deps.cfg = old
+            if masking is not None:
+                await masking.aclose()
+            raise
+        if masking is not None:  # every running pair's shared stages hold the old masking
+            plan.restart |= {(t.source, d) for t in old.tables for d in t.destinations} - plan.removed
+        for pair in sorted(plan.removed | plan.restart):
+            await self._stop_pair(*pair)
+        if masking is not None:  # every pair using the old rules is stopped (a rule change restarts all)
+            previous, self.masking = self.masking, masking
+            self._masking_metrics.masking = masking
+            await previous.aclose()
+        self.cfg = new
+        if self.leases is not None:
+            self.leases.fingerprint = live.fingerprint(new)
+        for source, schema in schemas.items():
+            self.schemas[source] = schema
+            self.ttls[source] = schema.cdc.ttl
+        for name in new.destinations:
+            if (
+                name in plan.destinations
+                or name not in self.breakers
+                or old.pipeline.breaker != new.pipeline.breaker
+            ):
+                self.breakers[name] = CircuitBreaker(self.clock,
+                    failure_threshold=new.pipeline.breaker.failure_threshold,
+                    reset_timeout=new.pipeline.breaker.reset_timeout)  # fmt: skip
+        for name in [n for n in list(self.deps.sinks) if n not in new.destinations]:
+            sink = self.deps.sinks.pop(name)
+            self._sink_tasks.pop(name, None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sink.aclose(), 10)
+        for name in plan.destinations & set(self.deps.sinks):  # batch overrides: a fresh sink object
+            self._sink_tasks.pop(name, None)
+        self.limiter = ReadLimiter(
+            max_concurrent=new.source.max_concurrent_reads, max_rate=new.source.max_read_rate
+        )
+        for table in new.tables:
+            for dest in table.destinations:
+                if (table.source, dest) in plan.added | plan.restart:
+                    self._start_supervisor(table, dest)
+
+    def _group_lags(self) -> dict[tuple[str, str, str], float | None]:
+        """(table, group, destination) -> lag of the running branches (for the heartbeat)."""
+        return {
+            (p.pid.table, p.pid.group, p.pid.destination): p.status().lag_seconds
+            for p in list(self.pipelines.values())
+            if p.state not in ("done", "closed", "terminated", "failed")
+        }
 
     async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:
         """Lag of a (table, destination) whose pipelines are not running, from what Redis holds:
@@ -562,7 +834,7 @@ class Daemon:
 
     # ---------------------------------------------------------------------------- http views
     def _statuses(self) -> list[Any]:
-        return [p.status() for p in list(self.pipelines.values())]
+        return self.masking.override([p.status() for p in list(self.pipelines.values())])
 
     def status(self) -> Mapping[str, Any]:
         out = dict(self._status())
@@ -583,6 +855,8 @@ class Daemon:
             replica=self.cfg.instance.replica,
             state=self.state,
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
+            now=time.time(),
+            **(self.leases.status() if self.leases is not None else {"replica_id": self.replica_id}),
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:
@@ -604,6 +878,7 @@ class Daemon:
             detail += "; failing: " + ", ".join(f"{t} -> {d}" for t, d in sorted(failing))
         checks: dict[str, CheckResult] = {
             "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
+            **self.masking.ready_checks(CheckResult),
         }
         watch = getattr(self, "schema_watch", None)
         halted = {t: w.halt for t, w in watch.tables.items() if w.halt is not None} if watch else {}
@@ -647,6 +922,11 @@ class Daemon:
                 errors.append(scrub(f"{dest} {table} {group}: {type(exc).__name__}: {exc}"))
         return {"pipelines": flushed, "saved": saved, "failed": len(errors), "errors": errors[:20]}
 
+    def _masked_schema(self, source: str, schema: TableSchema) -> TableSchema:
+        """The destination's schema of ``schema``: masked columns are text (the current rules)."""
+        out: TableSchema = self.masking.schema_for(source, schema)
+        return out
+
     async def _resume(self, table: str) -> Mapping[str, Any]:
         """Admin ``resume/<table>``: lift a schema-change halt (``cdcd resume --table`` does the same)."""
         watch = getattr(self, "schema_watch", None)
@@ -663,6 +943,7 @@ class Daemon:
             admin_token=self.cfg.http.admin_token,
             admin_actions={
                 "checkpoints/flush": self.flush_checkpoints,
+                "reload": self.reload,
                 # POST /admin/resume/<keyspace.table>: lift a schema-change halt
                 **{f"resume/{t.source}": functools.partial(self._resume, t.source) for t in self.cfg.tables},
             },
@@ -675,3 +956,8 @@ def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:
     for g in groups:
         out.setdefault(g.generation, []).append(g)
     return [out[k] for k in sorted(out)]
+
+
+def _masking_rules(cfg: Config) -> Any:
+    """What masking is built from, but the keys and the vault (those cannot change live)."""
+    return (cfg.masking.rules, {t.source: t.masking for t in cfg.tables})

@@ -112,6 +112,9 @@ class Finisher:
         for name, dest in cfg.destinations.items():
             self.check_destination(name, dest, cfg)
         self.check_tables(cfg)
+        from cdcd.masking.config import check_masking
+
+        cfg = check_masking(self, cfg)
         if not cfg.instance.replica:
             cfg = msgspec.structs.replace(cfg, instance=InstanceConfig(replica=socket.gethostname()))
         elif not _SAFE_NAME.fullmatch(cfg.instance.replica):
@@ -258,6 +261,8 @@ class Finisher:
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
         self.check_tls(st, "state", scheme, "rediss")
+        if not 3 <= st.lease_ttl <= 600:
+            self.fail("state.lease_ttl", f'expected a duration from "3s" to "10m", got "{st.lease_ttl}"')
 
     def check_tracing(self, tr: TracingConfig) -> None:
         if tr.endpoint:

@@ -13,16 +13,20 @@ __all__ = [
     "BatchConfig",
     "BreakerConfig",
     "ClickHouseDestination",
+    "ColumnMask",
     "Config",
     "Destination",
     "HttpConfig",
     "HypertableConfig",
     "InstanceConfig",
     "LoggingConfig",
+    "MaskRule",
+    "MaskingConfig",
     "PipelineConfig",
     "PostgresDestination",
     "RetryConfig",
     "SourceConfig",
+    "StalenessConfig",
     "StateConfig",
     "TableConfig",
     "TimescaleDestination",
@@ -86,7 +90,7 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
-    """Redis: checkpoints and the dead-letter store."""
+    """Redis: checkpoints, the dead-letter store, the replicas' leases and heartbeats."""
 
     redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
     redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
@@ -97,6 +101,9 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
     cert_file: str | None = None  # client certificate (PEM) for rediss:// with mutual TLS
     key_file: str | None = None  # its private key (PEM); give both or neither
+    # lease on each (table, stream group): replicas share the groups (renewed every third of it; a
+    # dead replica's groups are taken over after it; work stops before it can expire). 3s..10m
+    lease_ttl: Duration = Duration(10.0)
 
 
 class HttpConfig(_Section, frozen=True, kw_only=True):
@@ -188,6 +195,9 @@ class _Destination(_Section, frozen=True, kw_only=True, tag_field="type"):
     create_tables: bool = True  # create missing target tables (else they must exist)
     batch_max_rows: PosInt | None = None  # override pipeline.batch.max_rows for this destination
     batch_max_wait: Duration | None = None  # override pipeline.batch.max_wait for this destination
+    # table where the destination records the positions it applied, with the data (cdcd.sinks.offsets)
+    offsets_table: Identifier = "cdcd_offsets"
+    offsets_schema: Identifier | None = None  # its schema / ClickHouse database (default: each table's)
 
     def batch(self, default: BatchConfig) -> BatchConfig:
         """The batch policy of this destination: its overrides on top of ``pipeline.batch``."""
@@ -251,6 +261,51 @@ class ClickHouseDestination(_Destination, frozen=True, kw_only=True, tag="clickh
 Destination = PostgresDestination | TimescaleDestination | ClickHouseDestination
 
 
+# ---------------------------------------------------------------------------- masking, staleness
+MaskStrategy = Literal["hash", "tokenize", "redact", "keep_last", "passthrough"]
+# a data class label ("pii", "phi", ...): letters, digits, _ and -
+DataClass = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+class ColumnMask(_Section, frozen=True, kw_only=True):
+    """How one column (or ``col.field``) is masked, with options (cdcd.masking.plan)."""
+
+    strategy: MaskStrategy  # hash | tokenize | redact | keep_last | passthrough
+    class_: DataClass = msgspec.field(default="pii", name="class")  # data class, e.g. "pii", "phi"
+    keep: PosInt = 4  # keep_last: characters kept at the end
+    value: str = "[REDACTED]"  # redact: the fixed text written instead
+    null: bool = False  # redact: write null instead of ``value``
+
+
+class MaskRule(ColumnMask, frozen=True, kw_only=True):
+    """Masks every column whose name matches ``pattern``, in every table, also columns added later."""
+
+    pattern: str  # Python regular expression searched in the column name, e.g. "(?i)^(e_?mail|ssn)$"
+
+
+class MaskingConfig(_Section, frozen=True, kw_only=True):
+    """PII/PHI masking before anything leaves cdcd (R-21). Keys are 32 random bytes as 64 hex
+    characters, from the environment or a file, never written in this file."""
+
+    hash_key: Secret | None = None  # "${CDCD_HASH_KEY}": HMAC-SHA-256 key of strategy hash
+    hash_key_file: str | None = None  # file holding the hash key
+    vault_key: Secret | None = None  # "${CDCD_VAULT_KEY}": AES-256-GCM key of the token vault
+    vault_key_file: str | None = None  # file holding the vault key
+    vault_dsn: Secret | None = None  # "${CDCD_VAULT_DSN}": PostgreSQL database of the token vault
+    vault_dsn_file: str | None = None  # file holding the vault DSN
+    vault_table: TargetTable = "cdcd_vault.tokens"  # "schema.table" of the vault (created when missing)
+    rules: list[MaskRule] = []  # [[masking.rules]], by column name in every table; first match wins
+
+
+class StalenessConfig(_Section, frozen=True, kw_only=True):
+    """Events too old to apply (R-22): rejected to the staleness audit, never applied."""
+
+    enabled: bool = True  # false: no max_age check (as ``cdcd run --backfill``)
+    # an event written longer ago than this when it is read is too_old; "0" = off
+    max_age: Duration = Duration(7 * 86400.0)
+    audit_retention: Duration = Duration(7 * 86400.0)  # staleness audit entries are kept this long
+
+
 class TableConfig(_Section, frozen=True, kw_only=True):
     """One replicated table."""
 
@@ -261,6 +316,8 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     # what a schema change of the source table does (cdcd.schema_watch): "propagate" adds new
     # columns to destination tables cdcd created, "log" leaves them out, "halt" stops the table
     schema_changes: Literal["propagate", "log", "halt"] = "propagate"
+    # column (or "col.field") -> strategy name or { strategy = ..., class = ..., ... }; wins over rules
+    masking: dict[str, MaskStrategy | ColumnMask] = {}
 
     @property
     def keyspace(self) -> str:
@@ -289,5 +346,7 @@ class Config(_Section, frozen=True, kw_only=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     instance: InstanceConfig = msgspec.field(default_factory=InstanceConfig)
+    masking: MaskingConfig = msgspec.field(default_factory=MaskingConfig)
+    staleness: StalenessConfig = msgspec.field(default_factory=StalenessConfig)
     destinations: Annotated[dict[str, Destination], msgspec.Meta(min_length=1)]
     tables: Annotated[list[TableConfig], msgspec.Meta(min_length=1)]

@@ -21,6 +21,9 @@ Shape (style.md §7.4)::
 * **Checkpoints** are this destination's own: the contiguous watermark of resolved batches
   (written, rejected or filtered), saved by the ``Committer``; a kill -9 at any moment loses
   nothing and applies nothing twice (writes are idempotent, checkpoints never pass unresolved work).
+  A sink with ``records_applied`` (``cdcd.flow.applied.RecordingSink``) is handed, with each chunk
+  it writes, the positions that chunk completes (``completed_positions``), recorded with the data;
+  the checkpoint store is then ``DestinationCheckpoints`` (Redis and the destination).
 * **Sink errors** (``SinkWriter``): retriable ones are retried forever behind the destination's
   circuit breaker; ``BadRows`` rows go to the dead-letter store after ``max_attempts``; others stop
   the branch (raised from ``run()``).
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from cdcd.events import ChangeEvent, EventBatch, Position, timeuuid_to_micros
+from cdcd.flow.applied import DestinationCheckpoints
 from cdcd.flow.batcher import Batcher, BatchPolicy
 from cdcd.flow.clock import Clock, SystemClock, wait_first
 from cdcd.flow.committer import CommitPolicy, Committer
@@ -59,6 +63,9 @@ from cdcd.flow.contracts import (
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.flow.watermark import Ticket, WatermarkTracker
 from cdcd.flow.writer import SinkWriter
+from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
+from cdcd.ops.logging import correlation
 from cdcd.stages import Chain, RejectionLike, Stage, StageFn
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
 from cdcd.state.deadletter import DeadLetterStore, Kind
@@ -98,12 +105,21 @@ def default_rejection_kind(rejection: RejectionLike) -> Kind:
 class _Unit:
     """One read batch after the stages, on its way to the writer."""
 
-    __slots__ = ("events", "nbytes", "rejections", "ticket")
+    __slots__ = ("events", "nbytes", "rejections", "ticket", "trace", "upto")
 
-    def __init__(self, events: list[ChangeEvent], rejections: list[RejectionLike], ticket: Ticket) -> None:
+    def __init__(
+        self,
+        events: list[ChangeEvent],
+        rejections: list[RejectionLike],
+        ticket: Ticket,
+        upto: Mapping[bytes, Position] | None = None,
+        trace: Any = None,
+    ) -> None:
         self.events = events
         self.rejections = rejections
         self.ticket = ticket
+        self.upto = upto  # positions this batch completes (recorded with its write)
+        self.trace = trace  # the read batch's span context (tracing on), parent of its write span
         self.nbytes = _approx_size(events)
 
 
@@ -176,7 +192,7 @@ class Branch:
         group: GroupRef,
         mapping: Any,
         sink: BatchSink,
-        checkpoints: CheckpointStore,
+        checkpoints: CheckpointStore | DestinationCheckpoints,
         deadletters: DeadLetterStore,
         breaker: CircuitBreaker | None = None,
         stages: Sequence[StageFn | Stage] = (),
@@ -192,6 +208,7 @@ class Branch:
         self.group = group
         self.mapping = mapping
         self.sink = sink
+        self._records = bool(getattr(sink, "records_applied", False))  # hand positions to writes
         self.checkpoints = checkpoints
         self.deadletters = deadletters
         self.stages = Chain(stages)
@@ -204,6 +221,7 @@ class Branch:
         self.floor_time = floor_time  # where streams without a checkpoint start (None: the reader's)
         self.gate = gate  # schema changes (cdcd.schema_watch.SchemaGate): admit(events) before writes
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
+        self._last_trace: Any = None  # span context of the last read batch written (tracing)
         self.state: PipelineState = "starting"
         self.mode: BranchMode = "shared"
         self.rejected = 0
@@ -249,7 +267,7 @@ class Branch:
             self._committer = Committer(
                 store=self.checkpoints, destination=self.destination, group=self.group,
                 tracker=self._tracker, policy=self.config.commit, retry=self.config.retry,
-                clock=self.clock, events=self.events, pid=self.pid,
+                clock=self.clock, events=self.events, pid=self.pid, trace_parent=lambda: self._last_trace,
             )  # fmt: skip
             if self._closing or self._terminated:
                 self._set_state("terminated" if self._terminated else "closed")
@@ -503,7 +521,13 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    await self._admit(*shared.common.run(batch.events), batch)
+                    with tracing.in_batch(batch.trace):
+                        observe = tracing.stage_observer(
+                            batch.trace, table=self.pid.table, group=self.pid.group
+                        )
+                        passed, rejected = shared.common.run(batch.events, observe)
+                        await shared.common.settle()
+                        await self._admit(passed, rejected, batch)
                     if shared.reached(self):
                         await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
@@ -540,7 +564,10 @@ class Branch:
         events, rejections, upto = self._unseen(events, rejections, upto)
         if not upto:
             return None
-        passed, rejected = self.stages.run(events)
+        observe = tracing.stage_observer(
+            tracing.batch_trace(), table=self.pid.table, destination=self.destination, group=self.pid.group
+        )
+        passed, rejected = self.stages.run(events, observe)
         return passed, [*rejections, *rejected] if rejected else rejections, upto
 
     async def _until(self, condition: Callable[[], bool]) -> None:
@@ -563,7 +590,7 @@ class Branch:
             ticket.resolve()  # an empty window: committable as soon as what precedes it is
             self._room.set()
             return
-        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket))
+        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto, tracing.batch_trace()))
 
     def _unseen(
         self,
@@ -628,18 +655,42 @@ class Branch:
     async def _deliver(self, units: list[_Unit]) -> None:
         rejections = [r for u in units for r in u.rejections]
         if rejections:
-            await self._record_rejections(rejections)
+            with correlation([r.event for r in rejections]):
+                await self._record_rejections(rejections)
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
-        if self.gate is not None:  # schema changes: alter the target, leave columns out, or halt
-            async for part in self.gate.admit(events, self._set_state):
-                if part.rejections:
+        marks = completed_positions(units, rows) if self._records else None
+        traces = [u.trace for u in units for _ in u.events] if tracing.active() else []
+        # schema changes (cdcd.schema_watch.SchemaGate): alter the target, leave columns out, or
+        # halt; its parts keep one event per input, so chunks and marks stay those of ``events``
+        parts = self.gate.admit(events, self._set_state) if self.gate is not None else _whole(events)
+        base = 0
+        async for part in parts:
+            if part.rejections:
+                with correlation([r.event for r in part.rejections]):
                     await self._record_rejections(part.rejections)
-                for i in range(0, len(part.events), rows):
-                    await self._writer_policy.write(part.events[i : i + rows])
-            events = []
-        for i in range(0, len(events), rows):
-            await self._writer_policy.write(events[i : i + rows])
+            pe, j = part.events, 0
+            while j < len(pe):
+                i = base + j
+                n = i // rows
+                end = min(len(pe), (n + 1) * rows - base)
+                chunk = pe[j:end]
+                done = base + end == min((n + 1) * rows, len(events))  # this write completes chunk n
+                attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
+                         "rows": len(chunk), **batch_fields(chunk)}  # fmt: skip
+                with (
+                    correlation(chunk),
+                    tracing.child_span("cdcd.write", traces[i : i + len(chunk)], attrs) as span,
+                ):
+                    await self._writer_policy.write(chunk, None if marks is None or not done else marks[n])
+                    if span is not None:
+                        span.set_attribute("outcome", "written")
+                j = end
+            base += len(pe)
+        if base != len(events):
+            raise RuntimeError(f"schema gate returned {base} events for {len(events)}")
+        if traces:
+            self._last_trace = traces[-1]
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -666,7 +717,8 @@ class Branch:
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
-            by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
+            label = getattr(r, "label", r.stage)  # e.g. staleness: "too_old"
+            by_stage[label] = by_stage.get(label, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
 
@@ -717,6 +769,36 @@ class Branch:
             return
         self.last_error = f"{type(error).__name__}: {error}"
         self._set_state("failed")
+
+
+async def _whole(events: list[ChangeEvent]) -> AsyncIterator[Any]:
+    """``events`` as the one part a branch without a schema gate writes."""
+    yield _Part(events)
+
+
+class _Part:
+    __slots__ = ("events", "rejections")
+
+    def __init__(self, events: list[ChangeEvent]) -> None:
+        self.events = events
+        self.rejections: list[RejectionLike] = []
+
+
+def completed_positions(units: Sequence[_Unit], rows: int) -> list[dict[bytes, Position]]:
+    """For each ``rows``-event chunk of the units' events, the positions completed once it is
+    written: the merged ``upto`` of every unit whose events all lie in it or before (a unit split
+    over chunks counts with its last one, so a CDC log group is never recorded half-written)."""
+    total = sum(len(u.events) for u in units)
+    out: list[dict[bytes, Position]] = []
+    merged: dict[bytes, Position] = {}
+    end = k = 0
+    for limit in range(rows, total + rows, rows):
+        while k < len(units) and end + len(units[k].events) <= limit:
+            end += len(units[k].events)
+            merged.update(units[k].upto or {})
+            k += 1
+        out.append(dict(merged))
+    return out
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:

@@ -31,6 +31,7 @@ __all__ = [
     "PipelineId",
     "PipelineState",
     "PipelineStatus",
+    "PositionSink",
     "RejectionLike",
     "SourceFactory",
     "StageFn",
@@ -49,6 +50,7 @@ PipelineState = Literal[
     "closed",  # close() finished: drained and committed
     "terminated",  # terminate() or a close() deadline: abandoned, nothing more committed
     "failed",  # stopped by a non-retriable error (see last_error)
+    "masking-unavailable",  # the token vault (or hash key) cannot be used: the table reads nothing more
 ]
 
 # How a destination branch gets its events (``cdcd.flow.branch``):
@@ -73,6 +75,17 @@ class BatchSink(Protocol):
     def name(self) -> str: ...
 
     async def write(self, mapping: Any, events: Sequence[ChangeEvent]) -> WriteOutcomeLike: ...
+
+
+class PositionSink(Protocol):
+    """A ``BatchSink`` with ``records_applied = True`` (``cdcd.flow.applied.RecordingSink``): its
+    write also records the positions the events complete, atomically with them."""
+
+    records_applied: bool
+
+    async def write(
+        self, mapping: Any, events: Sequence[ChangeEvent], positions: Mapping[bytes, Position] | None = None
+    ) -> WriteOutcomeLike: ...
 
 
 class PipelineId(msgspec.Struct, frozen=True, kw_only=True):

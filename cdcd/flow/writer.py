@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 from cdcd.errors import BadRows
-from cdcd.events import ChangeEvent
+from cdcd.events import ChangeEvent, Position
 from cdcd.flow.clock import Clock, wait_first
-from cdcd.flow.contracts import BatchSink, FlowEvents, PipelineId, PipelineState
+from cdcd.flow.contracts import BatchSink, FlowEvents, PipelineId, PipelineState, PositionSink
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.state.deadletter import DeadLetter, DeadLetterStore
 
@@ -78,8 +78,12 @@ class SinkWriter:
         self.set_state = set_state  # None = back to normal after a retry/breaker wait
         self.stats = WriteStats()
 
-    async def write(self, events: list[ChangeEvent]) -> None:
-        """Return once every row of ``events`` is applied or dead-lettered. See the module doc."""
+    async def write(
+        self, events: list[ChangeEvent], positions: Mapping[bytes, Position] | None = None
+    ) -> None:
+        """Return once every row of ``events`` is applied or dead-lettered. See the module doc.
+        ``positions`` (the positions this chunk completes) go with every attempt to a sink that
+        records them (``cdcd.flow.applied.RecordingSink``)."""
         pending = events
         attempts = [0] * len(pending)
         first_failed: list[float | None] = [None] * len(pending)
@@ -92,9 +96,12 @@ class SinkWriter:
                 continue
             started = self.clock.monotonic()
             try:
-                ok, outcome = await wait_first(
-                    self.clock, self.sink.write(self.mapping, pending), self.write_timeout
+                attempt = (
+                    self.sink.write(self.mapping, pending)
+                    if positions is None
+                    else cast(PositionSink, self.sink).write(self.mapping, pending, positions)
                 )
+                ok, outcome = await wait_first(self.clock, attempt, self.write_timeout)
                 if not ok or outcome is None:
                     raise TimeoutError(f"sink {self.sink.name} write took over {self.write_timeout} s")
             except BadRows as exc:

@@ -17,23 +17,30 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+
 from cdcd import __version__
 from cdcd.errors import CdcdError
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import BranchMode, PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
-from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
 
 __all__ = [
     "FlowTelemetry",
     "config_loaded",
+    "config_reloaded",
     "dependency_checked",
     "dlq_size",
     "generation_switched",
     "group_finished",
     "group_started",
+    "lease_acquired",
+    "lease_lost",
+    "lease_rebalanced",
+    "lease_released",
     "operation_label",
     "pipeline_failed",
     "replica",
@@ -211,6 +218,44 @@ def dlq_size(*, destination: str, kind: str, size: int) -> None:
     m.DLQ_SIZE.labels(destination, kind, _replica).set(size)
 
 
+# ------------------------------------------------------------------------------------- leases
+def lease_acquired(*, table: str, group: str, epoch: int) -> None:
+    m.LEASE_CHANGES.labels("acquired", _replica).inc()
+    m.LEASES_HELD.labels(_replica).inc()
+    log.info("lease acquired", table=table, group=group, epoch=epoch)
+
+
+def lease_released(*, table: str, group: str, epoch: int, reason: str) -> None:
+    """A lease given up on purpose (hand-over, shutdown) after its work stopped."""
+    m.LEASE_CHANGES.labels("released", _replica).inc()
+    m.LEASES_HELD.labels(_replica).dec()
+    log.info("lease released", table=table, group=group, epoch=epoch, reason=reason)
+
+
+def lease_lost(*, table: str, group: str, epoch: int, reason: str) -> None:
+    """A lease could not be renewed (Redis unreachable) or was taken over: its work stops."""
+    m.LEASE_CHANGES.labels("lost", _replica).inc()
+    m.LEASES_HELD.labels(_replica).dec()
+    log.warning("lease lost; the group's work stops", table=table, group=group, epoch=epoch, reason=reason)
+
+
+def lease_rebalanced(*, held: int, share: int, replicas: int) -> None:
+    m.REBALANCES.labels(_replica).inc()
+    log.info("handing stream groups over", held=held, share=share, replicas=replicas)
+
+
+def config_reloaded(*, result: str, changes: Sequence[str], refused: Sequence[str], error: str = "") -> None:
+    """SIGHUP or POST /admin/reload: applied, unchanged, refused (non-live keys changed) or failed."""
+    m.CONFIG_RELOADS.labels(result, _replica).inc()
+    if result == "refused":
+        log.error("configuration reload refused: these settings cannot change while running; "
+                  "the old configuration stays in force", refused=list(refused))  # fmt: skip
+    elif result == "failed":
+        log.error("configuration reload failed; the old configuration stays in force", error=scrub(error))
+    else:
+        log.info("configuration reloaded", result=result, changes=list(changes))
+
+
 # ------------------------------------------------------------------------------------ pipelines
 def _observe_many(histogram: Any, amounts: Sequence[float]) -> None:
     """``histogram.observe(a)`` for each of ``amounts``, as one update per bucket: prometheus_client
@@ -257,11 +302,10 @@ class FlowTelemetry:
             m.EVENTS_APPLIED.labels(t, d, label, _replica).inc(n)
         if outcome.skipped_stale:
             m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(outcome.skipped_stale)
-        end = time.time_ns()
-        tracing.record_span("cdcd.write", end - int(seconds * 1e9), end,
-                            {"table": t, "destination": d, "group": pid.group, "rows": len(events),
-                             "applied": outcome.applied})  # fmt: skip
-        log.debug("batch written", table=t, destination=d, group=pid.group, rows=len(events),
+        span = trace.get_current_span()  # the branch's cdcd.write span (tracing on)
+        if span.is_recording():
+            span.set_attributes({"applied": outcome.applied, "skipped_stale": outcome.skipped_stale})
+        log.debug("batch written", table=t, destination=d, group=pid.group, **batch_fields(events),
                   applied=outcome.applied, skipped_stale=outcome.skipped_stale,
                   seconds=round(seconds, 4))  # fmt: skip
 

@@ -30,6 +30,7 @@ __all__ = [
     "BUILD_INFO",
     "CDC_TTL",
     "CHECKPOINTS_SAVED",
+    "CONFIG_RELOADS",
     "DEAD_LETTERS",
     "DEPENDENCY_UP",
     "DLQ_SIZE",
@@ -37,7 +38,10 @@ __all__ = [
     "EVENTS_APPLIED",
     "EVENTS_SKIPPED",
     "GENERATION_SWITCHES",
+    "LEASES_HELD",
+    "LEASE_CHANGES",
     "OPERATIONS",
+    "REBALANCES",
     "REGISTRY",
     "REPLICATION_LATENCY",
     "RETRIES",
@@ -171,6 +175,38 @@ LOG_ROWS_READ = Counter(
     registry=REGISTRY,
 )
 
+# Leases on (table, stream group) this replica holds now (cdcd.app.leases).
+LEASES_HELD = Gauge(
+    "cdcd_leases_held",
+    "Stream group leases held by this replica",
+    ["replica"],
+    registry=REGISTRY,
+)
+
+# Leases taken, and leases lost (not renewed in time, or taken over) or released (hand-over).
+LEASE_CHANGES = Counter(
+    "cdcd_lease_changes_total",
+    "Stream group leases acquired, released (hand-over, shutdown) or lost",
+    ["change", "replica"],
+    registry=REGISTRY,
+)
+
+# Rounds in which this replica handed groups over because it held more than its share.
+REBALANCES = Counter(
+    "cdcd_rebalances_total",
+    "Rebalances: this replica handed groups over to get down to its share",
+    ["replica"],
+    registry=REGISTRY,
+)
+
+# Config reloads (SIGHUP, POST /admin/reload) by result: applied, unchanged, refused, failed.
+CONFIG_RELOADS = Counter(
+    "cdcd_config_reloads_total",
+    "Configuration reloads by result",
+    ["result", "replica"],
+    registry=REGISTRY,
+)
+
 # Pipeline states counted by PipelineCollector (cdcd.flow.PipelineState values).
 STATES = (
     "starting",
@@ -183,6 +219,7 @@ STATES = (
     "closed",
     "terminated",
     "failed",
+    "masking-unavailable",
 )
 
 

@@ -131,6 +131,7 @@ class SchemaGate:
         mapping: Any,
         redis: aioredis.Redis,
         prefix: str,
+        dest_schema: Callable[[TableSchema], TableSchema] = lambda s: s,
     ) -> None:
         self.watcher = watcher
         self.watch: TableWatch = watcher.tables[table]
@@ -139,6 +140,7 @@ class SchemaGate:
         self.sink = sink
         self.mapping = mapping
         self.redis = redis
+        self.dest_schema = dest_schema  # source schema -> the destination's (masked columns are text)
         self.key = f"{prefix.rstrip(':')}:schema:applied:{key_part(destination, 'destination')}:{key_part(table, 'table')}"
         self.applied: TableSchema | None = None
         self.applied_version = -1
@@ -175,7 +177,7 @@ class SchemaGate:
         self._names = frozenset(c.name for c in schema.columns)
 
     async def _ensure(self, schema: TableSchema) -> None:
-        await self.sink.ensure_table(self.mapping, schema)
+        await self.sink.ensure_table(self.mapping, self.dest_schema(schema))
 
     async def _apply(self, schema: TableSchema) -> None:
         await self._ensure(schema)

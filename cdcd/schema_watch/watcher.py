@@ -111,33 +111,47 @@ class SchemaWatcher:
     # ------------------------------------------------------------------------------ start
     async def start(self) -> None:
         """Compare every table with the version recorded in Redis (or record the first one)."""
-        for w in self.tables.values():
-            live, live_id = w.schema, await self._table_id(w.table)
-            w.table_id = live_id
-            stored = await self.store.current(w.table)
-            if stored is None:
-                new, _ = await self.store.record(
-                    w.table, live, live_id, changes=[], columns_before=[],
-                    columns_after=column_list(live), replica=self.replica,
-                )  # fmt: skip
-                w.version = new.version
-            elif stored.schema is not None:
-                w.version = stored.version
-                cached = await self.store.cached(w.table)
-                # events from the last time the old schema was seen on are held if this halts
-                w.schema, w.fingerprint = stored.schema, stored.fingerprint
-                w.exists, w.table_id = stored.table_id is not None, stored.table_id
-                w.confirmed_us = int(max(stored.at, cached.at if cached is not None else 0.0) * 1e6)
-                await self._changed(w, live, live_id, prev_id=stored.table_id)
-            w.checked_at = time.monotonic()
-            if not w.last_changes:
-                w.confirmed_us = int(time.time() * 1e6)
-            w.halt = await self.store.halted(w.table)
-            if w.halt is not None:
-                log.error(
-                    "table halted by a schema change; resume with `cdcd resume --table`",
-                    table=w.table, version=w.halt.version, reason=w.halt.reason,
-                )  # fmt: skip
+        for w in list(self.tables.values()):
+            await self._start_one(w)
+
+    async def track(self, table: str, policy: Policy, schema: TableSchema) -> TableWatch:
+        """Watch ``table`` too (a table added by a config reload), or take its new policy."""
+        w = self.tables.get(table)
+        if w is None:
+            w = self.tables[table] = TableWatch(table, policy, schema)
+            await self._start_one(w)
+        elif w.policy != policy:
+            log.info("schema_changes policy changed", table=table, old=w.policy, new=policy)
+            w.policy = policy
+        return w
+
+    async def _start_one(self, w: TableWatch) -> None:
+        live, live_id = w.schema, await self._table_id(w.table)
+        w.table_id = live_id
+        stored = await self.store.current(w.table)
+        if stored is None:
+            new, _ = await self.store.record(
+                w.table, live, live_id, changes=[], columns_before=[],
+                columns_after=column_list(live), replica=self.replica,
+            )  # fmt: skip
+            w.version = new.version
+        elif stored.schema is not None:
+            w.version = stored.version
+            cached = await self.store.cached(w.table)
+            # events from the last time the old schema was seen on are held if this halts
+            w.schema, w.fingerprint = stored.schema, stored.fingerprint
+            w.exists, w.table_id = stored.table_id is not None, stored.table_id
+            w.confirmed_us = int(max(stored.at, cached.at if cached is not None else 0.0) * 1e6)
+            await self._changed(w, live, live_id, prev_id=stored.table_id)
+        w.checked_at = time.monotonic()
+        if not w.last_changes:
+            w.confirmed_us = int(time.time() * 1e6)
+        w.halt = await self.store.halted(w.table)
+        if w.halt is not None:
+            log.error(
+                "table halted by a schema change; resume with `cdcd resume --table`",
+                table=w.table, version=w.halt.version, reason=w.halt.reason,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------------------- run
     async def run(self) -> None:

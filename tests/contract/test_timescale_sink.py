@@ -123,7 +123,8 @@ async def test_hypertable_created_side_tables_plain(
     tables = {
         r["t"] for r in await conn.fetch("SELECT tablename AS t FROM pg_tables WHERE schemaname = 'ks'")
     }
-    assert tables == {"m", "m_static", "m_history"}  # static side table and history: plain tables
+    # static side table, history and the offsets table (cdcd.sinks.offsets): plain tables
+    assert tables == {"m", "m_static", "m_history", "cdcd_offsets"}
     ext = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     assert ext == sink.features.version
     m = mapping(delete="tombstone")

@@ -71,6 +71,7 @@ class TableSpec:
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
     schema_changes: str = ""  # "propagate" | "log" | "halt"; empty: the default (not written)
+    extra: str = ""  # raw TOML lines inside this [[tables]] entry, e.g. a [tables.masking] table
 
 
 @dataclass
@@ -87,8 +88,10 @@ class ConfigOptions:
     batch_max_wait: str = "100ms"
     log_level: str = "info"
     # section -> raw TOML lines appended: "source", "pipeline", "http", and "destinations" (whole
-    # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB).
+    # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB, and any other
+    # top-level tables such as [masking]).
     extra: dict[str, str] = field(default_factory=dict)
+    retry_max_attempts: int = 10
 
 
 def write_config(
@@ -139,6 +142,7 @@ max_wait = "{o.batch_max_wait}"
 [pipeline.retry]
 initial = "200ms"
 max = "2s"
+max_attempts = {o.retry_max_attempts}
 
 [logging]
 level = "{o.log_level}"
@@ -156,6 +160,7 @@ pool_size = 2
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
         if t.schema_changes:
             text += f'schema_changes = "{t.schema_changes}"\n'
+        text += t.extra
     path.write_text(text)
     return path
 

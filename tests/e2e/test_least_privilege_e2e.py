@@ -47,6 +47,16 @@ def documented_grants(table: str, password: str) -> list[str]:
     return out
 
 
+def documented_tablet_grants() -> list[str]:
+    """The second ``cql`` block of docs/permissions.md (tablet keyspaces, once per cluster)."""
+    text = (ROOT / "docs" / "permissions.md").read_text()
+    blocks = re.findall(r"```cql\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2, "docs/permissions.md has no cql block for tablet keyspaces"
+    out = [line.strip().rstrip(";") for line in blocks[1].splitlines() if line.strip()]
+    assert out and all(s.startswith("GRANT SELECT ON system.") for s in out), out
+    return out
+
+
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
     """The emulator with PasswordAuthenticator and permissions (``make_cdcd`` points cdcd at it)."""
@@ -105,6 +115,35 @@ async def test_documented_grants_are_enough(
         ("system_distributed", "cdc_streams_descriptions_v2"),
         ("lp", "items"),
         ("lp", "items_scylla_cdc_log"),
+    }
+
+
+async def test_documented_grants_are_enough_in_a_tablet_keyspace(
+    emulator: EmulatorServer, admin: Any, make_cdcd: MakeCdcd, pg_dsn: str
+) -> None:
+    """The same with the table in a tablet keyspace: the tablet grants of docs/permissions.md make
+    system.cdc_timestamps / system.cdc_streams readable; a split mid-way is followed."""
+    work = Workload(admin, TABLE, seed=43, partitions=10, rows_per_partition=20)
+    work.create(tablets=True)
+    for stmt in documented_grants(TABLE, PASSWORD) + documented_tablet_grants():
+        admin.execute(stmt)
+    cdcd = make_cdcd([TableSpec(TABLE, "dst.items")], _options(), env={"SCYLLA_PASSWORD": PASSWORD})
+    cdcd.start()
+    cdcd.wait_ready()
+    await asyncio.to_thread(work.run, 600)
+    admin.execute(f"ALTER TABLE {TABLE} WITH tablets = {{'min_tablet_count': 8}}")
+    await asyncio.to_thread(work.run, 600)
+
+    def alive() -> None:
+        assert cdcd.running(), f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}"
+
+    await wait_converged(admin, source_schema(admin, TABLE), pg_dsn, "dst.items", timeout=90, alive=alive)
+    assert cdcd.stop() == 0, cdcd.log_tail()
+    assert not cdcd.errors(), cdcd.errors()
+    auth = emulator.engine.auth
+    assert {r for r, perms in auth.roles["cdcd"].permissions.items() if perms} >= {
+        ("system", "cdc_timestamps"),
+        ("system", "cdc_streams"),
     }
 
 

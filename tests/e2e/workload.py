@@ -78,12 +78,15 @@ class Workload:
         self._names = [n for n, _ in OPS]
 
     # -- schema -------------------------------------------------------------------------------
-    def create(self, *, keyspace: bool = True) -> None:
+    def create(self, *, keyspace: bool = True, tablets: bool | None = None) -> None:
+        """``tablets``: create the keyspace with ``tablets = {'enabled': true|false}`` (None: the
+        server's default for new keyspaces)."""
         s = self.session
         if keyspace:
+            opt = "" if tablets is None else f" AND tablets = {{'enabled': {str(tablets).lower()}}}"
             s.execute(
                 f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = "
-                "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+                "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}" + opt
             )
         s.execute(f"CREATE TYPE IF NOT EXISTS {self.keyspace}.wl_udt (a int, b text)")
         ck_type = "timestamp" if self.time_ck else "int"

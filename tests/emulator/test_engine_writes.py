@@ -161,21 +161,41 @@ def test_batches_timestamps_and_empty_batch() -> None:
         )
 
 
-def test_lwt_results_like_cassandra() -> None:
+def test_lwt_results_like_scylla() -> None:
+    """Scylla (cas_request.cc::build_cas_result_set, test/cql/cdc_with_lwt_test.result): applied or
+    not, ``[applied]`` plus every column for IF [NOT] EXISTS (the condition columns otherwise),
+    with the row as it was before the write (all null when there was none)."""
     e = new_engine()
     run(e, "CREATE TABLE t (pk int, ck int, v int, PRIMARY KEY (pk, ck))")
-    assert rows(e, "INSERT INTO t (pk, ck, v) VALUES (1, 1, 111) IF NOT EXISTS") == [{"[applied]": True}]
+    none = {"pk": None, "ck": None, "v": None}
+    assert rows(e, "INSERT INTO t (pk, ck, v) VALUES (1, 1, 111) IF NOT EXISTS") == [
+        {"[applied]": True, **none}
+    ]
     assert rows(e, "INSERT INTO t (pk, ck, v) VALUES (1, 1, 222) IF NOT EXISTS") == [
         {"[applied]": False, "pk": 1, "ck": 1, "v": 111}
     ]
-    assert rows(e, "UPDATE t SET v = 333 WHERE pk = 1 AND ck = 1 IF EXISTS") == [{"[applied]": True}]
-    assert rows(e, "UPDATE t SET v = 333 WHERE pk = 8 AND ck = 8 IF EXISTS") == [{"[applied]": False}]
+    assert rows(e, "UPDATE t SET v = 333 WHERE pk = 1 AND ck = 1 IF EXISTS") == [
+        {"[applied]": True, "pk": 1, "ck": 1, "v": 111}
+    ]
+    assert rows(e, "UPDATE t SET v = 333 WHERE pk = 8 AND ck = 8 IF EXISTS") == [{"[applied]": False, **none}]
     assert rows(e, "UPDATE t SET v = 444 WHERE pk = 1 AND ck = 1 IF v = 1") == [
         {"[applied]": False, "v": 333}
     ]
-    assert rows(e, "UPDATE t SET v = 444 WHERE pk = 1 AND ck = 1 IF v IN (1, 333)") == [{"[applied]": True}]
-    assert rows(e, "DELETE FROM t WHERE pk = 1 AND ck = 1 IF v > 400") == [{"[applied]": True}]
+    assert rows(e, "UPDATE t SET v = 444 WHERE pk = 1 AND ck = 1 IF v IN (1, 333)") == [
+        {"[applied]": True, "v": 333}
+    ]
+    assert rows(e, "DELETE FROM t WHERE pk = 1 AND ck = 1 IF v > 400") == [{"[applied]": True, "v": 444}]
+    assert rows(e, "DELETE FROM t WHERE pk = 1 AND ck = 1 IF EXISTS") == [{"[applied]": False, **none}]
     assert rows(e, "SELECT * FROM t") == []
+    # static columns come before regular ones (schema::all_columns), each by name
+    run(e, "CREATE TABLE s (pk int, ck int, b int, a int static, PRIMARY KEY (pk, ck))")
+    assert list(rows(e, "INSERT INTO s (pk, ck, b) VALUES (1, 1, 1) IF NOT EXISTS")[0]) == [
+        "[applied]",
+        "pk",
+        "ck",
+        "a",
+        "b",
+    ]
     with pytest.raises(CqlError, match="Cannot provide custom timestamp for conditional updates"):
         run(e, "INSERT INTO t (pk, ck) VALUES (1, 1) IF NOT EXISTS USING TIMESTAMP 5")
 

@@ -1,4 +1,4 @@
-"""``python -m tests.scylla_emulator --host 127.0.0.1 --port 9042 [--vnodes N --shards N]``.
+"""``python -m tests.scylla_emulator --host 127.0.0.1 --port 9042 [--vnodes N --shards N] [--tablets]``.
 
 Runs one emulator until SIGTERM/SIGINT and prints exactly one ``listening on host:port`` line
 (flushed) once the socket accepts connections.
@@ -21,6 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=9042, help="0 picks a free port")
     ap.add_argument("--vnodes", type=int, default=16, help="vnode tokens of the node (default 16)")
     ap.add_argument("--shards", type=int, default=2, help="shards advertised to the driver (default 2)")
+    ap.add_argument(
+        "--tablets", action="store_true",
+        help="new keyspaces use tablets unless created with tablets = {'enabled': false} "
+        "(Scylla's tablets_mode_for_new_keyspaces: enabled); default: vnodes",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tablet-count", type=int, default=4,
+        help="tablets of a new table without initial/min_tablet_count (rounded up to a power of two; default 4)",
+    )  # fmt: skip
     ap.add_argument("--user", help="require PasswordAuthenticator login; this user is a superuser")
     ap.add_argument("--password", help="password for --user")
     ap.add_argument(
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         credentials=creds,
         log_read_delay=args.log_read_delay,
         tls=tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        tablets=args.tablets,
+        tablet_count=args.tablet_count,
     )
     server.start()
     server.engine.auth.cdc_log_permissions = args.cdc_log_permissions  # a plain attribute

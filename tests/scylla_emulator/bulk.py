@@ -155,7 +155,7 @@ class _Direct:
                 build = self._builders.get(key)
                 if build is None:
                     build = self._builders[key] = plan.builder(row_shape(ck, cells, names, None, ttl or 0))
-            log = log_row(self.cdc, self.cdc.router, plan, token, pk, ck, cells, 1 if marker is None else 2,
+            log = log_row(self.cdc, self.cdc.router_for(plan.base), plan, token, pk, ck, cells, 1 if marker is None else 2,
                           ttl or 0, ts, now, names, live, build)  # fmt: skip
         if ttl and now is None:
             now = self.engine.now_us()
@@ -201,7 +201,9 @@ class _Direct:
         if self.plan is not None:
             op = Op.PARTITION_DELETE if ck is None else Op.ROW_DELETE
             now = self.engine.now_us() if self.one_clock else None
-            log = log_row(self.cdc, self.cdc.router, self.plan, token, pk, ck, None, op, 0, ts, now)
+            log = log_row(
+                self.cdc, self.cdc.router_for(self.plan.base), self.plan, token, pk, ck, None, op, 0, ts, now
+            )
         p = partition_of(self.store, pk, pkb, self.rt.token_of)
         if ck is None:
             p.tomb = max(p.tomb, ts)

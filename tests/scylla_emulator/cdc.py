@@ -214,8 +214,18 @@ class CdcLog:
         self.now_us = now_us
         self.rng = rng or random.Random()
         self.router = StreamRouter(generations)
+        self.tablets: Any = None  # tablets.Tablets of the engine: per-table stream sets
         self._plans: dict[int, TablePlan] = {}
         self.fast_path = True  # False: always the general path (equivalence tests)
+
+    def router_for(self, base: TableDef) -> Any:
+        """The stream router of ``base``: its own stream sets in a tablet keyspace
+        (``tablets.TabletRouter``), else the node's vnode generations."""
+        if self.tablets is not None:
+            r = self.tablets.router(base.keyspace, base.name)
+            if r is not None:
+                return r
+        return self.router
 
     def plan(self, base: TableDef) -> TablePlan:
         """The fast-path plan of a CDC-enabled ``base`` (cached while its definition is unchanged)."""
@@ -240,7 +250,7 @@ class CdcLog:
             if pm.table == base.name and pm.keyspace == base.keyspace:
                 plan = self.plan(base)
                 if plan.fast:
-                    fast = fast_transform(self, self.router, plan, log, pm)
+                    fast = fast_transform(self, self.router_for(base), plan, log, pm)
                     if fast is not None:
                         return fast
         for pm in mutations:
@@ -404,7 +414,7 @@ class _Transformer:
         return [m for m in (b.mutation() for b in self.builders) if m is not None]
 
     def _begin(self, ts: int, is_last: bool) -> _Builder:
-        stream = self.cdc.router.stream_for(self.pm.token, ts)
+        stream = self.cdc.router_for(self.base).stream_for(self.pm.token, ts)
         self.b = _Builder(self, ts, stream)
         self.builders.append(self.b)
         self.update_state = self.opts.postimage or (not is_last and self.preimage)

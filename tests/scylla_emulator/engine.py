@@ -55,6 +55,8 @@ try:  # EMU-CDC's modules; the base write path works without them
 except ImportError:  # pragma: no cover
     CdcLog = None  # type: ignore[assignment,misc]
     LOG_SUFFIX = "_scylla_cdc_log"
+from tests.scylla_emulator.tablets import Tablets
+
 try:
     from tests.scylla_emulator.generations import Generations
 except ImportError:  # pragma: no cover
@@ -99,6 +101,8 @@ class EmulatorEngine:
         vnodes: int = 16,
         shards: int = 2,
         clock: Callable[[], float] | None = None,
+        tablets: bool = False,
+        tablet_count: int = 4,
     ) -> None:
         self.address = address
         self.port = port
@@ -116,6 +120,12 @@ class EmulatorEngine:
             raise RuntimeError("tests/scylla_emulator/generations.py is missing")
         self.generations = Generations(vnodes=vnodes, shards=shards, now_ms=self.now_ms)
         self.cdc = CdcLog(self.generations, self.now_us) if CdcLog is not None else None
+        # Tablet keyspaces (tablets.py): new keyspaces get tablets unless created with
+        # tablets = {'enabled': false} when ``tablets_default`` (Scylla's tablets_mode_for_new_keyspaces).
+        self.tablets_default = tablets
+        self.tablets = Tablets(now_ms=self.now_ms, default_count=tablet_count)
+        if self.cdc is not None:
+            self.cdc.tablets = self.tablets
         self.auth = Auth(self._resource_exists, lambda: systables.refresh_roles(self))
         systables.install(self)
         self.apply_mutations(self.generations.description_mutations(), cdc=False)
@@ -489,10 +499,11 @@ class EmulatorEngine:
                 specs.append(self.writer.insert(rt, st, terms, ts, ttl))
             else:
                 specs.append(self.writer.update(rt, st, terms, ts, ttl))
+        lwt: Result | None = None
         if conditional:
-            res = self._check_conditions(items, specs)
-            if res is not None:
-                return res
+            applied, lwt = self._check_conditions(items, specs)
+            if not applied:
+                return lwt
         muts = [m for s in specs for m in s.mutations]
         if len(items) > 1:
             cat = self.catalog
@@ -502,10 +513,8 @@ class EmulatorEngine:
                 lambda ks, t, ck: cat.table(ks, t).ck_key(ck),
             )
         self.apply_mutations(muts)
-        if conditional:
-            st0 = conditional[0]
-            rt0 = self.catalog.table(st0.keyspace, st0.table)
-            return RowsResult([ColumnSpec(rt0.keyspace, rt0.name, "[applied]", T_BOOL.cass)], [[True]])
+        if lwt is not None:
+            return lwt
         return VoidResult()
 
     def _check_writable(self, rt: TableRt, st: Any, batch_kind: str | None) -> None:
@@ -523,7 +532,9 @@ class EmulatorEngine:
         if rt.is_counter and getattr(st.using, "ttl", None) is not None:
             raise inv("Cannot provide custom TTL for counter updates")
 
-    def _check_conditions(self, items: list[tuple[Any, Terms]], specs: list[WriteSpec]) -> Result | None:
+    def _check_conditions(
+        self, items: list[tuple[Any, Terms]], specs: list[WriteSpec]
+    ) -> tuple[bool, RowsResult]:
         from tests.scylla_emulator.engine_lwt import check_conditions
 
         return check_conditions(self, items, specs)
@@ -542,15 +553,33 @@ class EmulatorEngine:
                 systables.refresh_local(self)
             elif cmd == "advance_clock":
                 self.advance_clock(float(arg or 0))
+            elif cmd.startswith("new_stream_set:"):
+                self._new_stream_set(cmd.split(":", 2)[1:], arg)
             else:
                 raise inv(
                     f"Unknown emulator control command {cmd!r} (known: new_generation, "
-                    f"new_generation:<vnodes>, advance_clock)"
+                    f"new_generation:<vnodes>, new_stream_set:<ks>.<table>[:<tablets>], advance_clock)"
                 )
         except ValueError as e:
             raise inv(f"Bad argument for emulator control command {cmd!r}: {arg!r}") from e
         systables.put_row(self, rt, {"command": cmd, "value": arg})
         return VoidResult()
+
+    def _new_stream_set(self, parts: list[str], arg: str | None) -> None:
+        """``new_stream_set:<ks>.<table>[:<tablets>]`` = ``<ms from now>``: split/merge a CDC table
+        of a tablet keyspace to ``<tablets>`` (default: its current count, i.e. only new ids)."""
+        ks, dot, table = parts[0].partition(".")
+        streams = self.tablets.get(ks, table) if dot else None
+        if streams is None:
+            raise inv(
+                f"new_stream_set: {parts[0]!r} is not a CDC-enabled table of a tablet keyspace "
+                f"(expected new_stream_set:<keyspace>.<table>[:<tablets>])"
+            )
+        count = int(parts[1]) if len(parts) > 1 else streams.tablet_count
+        if count < 1:
+            raise ValueError(count)
+        self.tablets.resize(ks, table, count, None if arg in (None, "") else int(arg))
+        systables.refresh_cdc_streams(self)
 
     def _rt(self, ks: str, name: str) -> TableRt:
         """``catalog.table`` (same errors), without its call chain for existing tables."""

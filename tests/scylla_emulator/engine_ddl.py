@@ -16,6 +16,7 @@ from tests.scylla_emulator.catalog import KeyspaceDef, TableRt, UserTypeDef
 from tests.scylla_emulator.cql import ast as A
 from tests.scylla_emulator.cqltypes_util import normalize
 from tests.scylla_emulator.model import CdcTableOptions, ColumnDef, TableDef
+from tests.scylla_emulator.tablets import tablet_count_for
 
 if TYPE_CHECKING:
     from tests.scylla_emulator.engine import EmulatorEngine
@@ -48,6 +49,28 @@ TABLE_OPTIONS = {
 _LOG_COLUMNS_MSG = (
     "You cannot modify the set of columns of a CDC log table directly. Modify the base table instead."
 )
+# cql3/statements/alter_table_statement.cc: a log table whose base has CDC disabled (or is gone)
+# is still a CDC log table ("was_cdc_log_table", by its partitioner)
+_INACTIVE_LOG_COLUMNS_MSG = (
+    "You cannot modify the set of columns of a CDC log table directly. "
+    "Although the base table has deactivated CDC, this table will continue being "
+    "a CDC log table until it is dropped. If you want to modify the columns in it, "
+    "you can only do that by reenabling CDC on the base table, which will reattach "
+    "this log table. Then you will be able to modify the columns in the base table, "
+    "and that will have effect on the log table too. Modifying the columns of a CDC "
+    "log table directly is never allowed."
+)
+_INACTIVE_LOG_RENAME_MSG = (
+    "You cannot rename a column of a CDC log table. Although the base table "
+    "has deactivated CDC, this table will continue being a CDC log table until it "
+    "is dropped."
+)
+
+
+def _log_active(ks: KeyspaceDef, log: TableRt) -> bool:
+    """cdc::is_log_for_some_table: the base exists and has CDC enabled."""
+    base = ks.tables.get(log.name[: -len("_scylla_cdc_log")])
+    return base is not None and base.d.cdc is not None and base.d.cdc.enabled
 
 
 def inv(msg: str) -> CqlError:
@@ -147,6 +170,8 @@ def create_keyspace(eng: EmulatorEngine, st: A.CreateKeyspace) -> Result:
             ErrorCode.CONFIG_ERROR, "SimpleStrategy requires a replication_factor strategy option."
         )
     tablets = st.tablets
+    if tablets is None and eng.tablets_default:
+        tablets = {"enabled": "true", "initial": 0}  # tablets_mode_for_new_keyspaces: enabled
     if tablets is not None:
         for k in tablets:
             if k not in ("enabled", "initial"):
@@ -166,6 +191,7 @@ def drop_keyspace(eng: EmulatorEngine, st: A.DropKeyspace) -> Result:
         raise CqlError(ErrorCode.CONFIG_ERROR, f"Cannot drop non existing keyspace '{st.name}'.")
     _user_keyspace(eng, st.name)
     del eng.catalog.keyspaces[st.name]
+    eng.tablets.drop(st.name)
     return _changed(eng, "DROPPED", "KEYSPACE", st.name, None)
 
 
@@ -199,9 +225,74 @@ def _options(raw: dict[str, Any]) -> tuple[dict[str, Any], CdcTableOptions | Non
             opts[k] = ttl
         elif k == "id":
             raise CqlError(ErrorCode.CONFIG_ERROR, "Cannot set the table id")
+        elif k == "tablets":
+            opts[k] = _tablet_options(v)
+        elif k in _DOUBLE_OPTIONS or k in _INT_OPTIONS:
+            opts[k] = _number(k, v)
         else:
             opts[k] = v
+    _check_numbers(opts)
     return opts, cdc, ttl
+
+
+# cql3/statements/cf_prop_defs.cc: options read with get_double / get_int (stored, and shown in
+# system_schema.tables)
+_DOUBLE_OPTIONS = (
+    "bloom_filter_fp_chance",
+    "crc_check_chance",
+    "dclocal_read_repair_chance",
+    "read_repair_chance",
+)
+_INT_OPTIONS = ("gc_grace_seconds", "max_index_interval", "min_index_interval", "memtable_flush_period_in_ms")
+
+
+def _number(k: str, v: Any) -> float | int:
+    try:
+        return float(v) if k in _DOUBLE_OPTIONS else int(str(v))
+    except (TypeError, ValueError) as e:
+        kind = "double" if k in _DOUBLE_OPTIONS else "integer"
+        raise CqlError(ErrorCode.SYNTAX_ERROR, f"Invalid {kind} value {v} for '{k}'") from e
+
+
+def _check_numbers(opts: dict[str, Any]) -> None:
+    """cf_prop_defs::validate (the checks on the options above; messages are Scylla's)."""
+    lo, hi = opts.get("min_index_interval", 128), opts.get("max_index_interval", 2048)
+    if lo < 1:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "min_index_interval must be greater than 0")
+    if hi < lo:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "max_index_interval must be greater than min_index_interval")
+    fp = opts.get("bloom_filter_fp_chance")
+    if fp is not None and not 0 < fp <= 1.0:
+        raise CqlError(
+            ErrorCode.CONFIG_ERROR,
+            f"bloom_filter_fp_chance must be larger than 0 and less than or equal to 1.0 (got {fp})",
+        )
+    flush = opts.get("memtable_flush_period_in_ms", 0)
+    if flush != 0 and flush < 60000:
+        raise CqlError(ErrorCode.CONFIG_ERROR, "memtable_flush_period_in_ms must be 0 or greater than 60000")
+
+
+_TABLET_OPTIONS = ("min_tablet_count", "max_tablet_count", "min_per_shard_tablet_count",
+                   "expected_data_size_in_gb", "pow2_count")  # fmt: skip
+
+
+def _tablet_options(v: Any) -> dict[str, str]:
+    """db/tablet_options.cc::validate (the messages are Scylla's)."""
+    if not isinstance(v, dict):
+        raise CqlError(ErrorCode.SYNTAX_ERROR, f"Invalid value for property 'tablets': {v!r}")
+    out = _str_map(v)
+    for k, val in out.items():
+        if k not in _TABLET_OPTIONS:
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Unknown tablet option: '{k}'")
+        if k == "pow2_count":
+            continue
+        try:
+            num = float(val) if k == "min_per_shard_tablet_count" else int(val)
+        except ValueError as e:
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Invalid value '{val}' for {k}") from e
+        if num < 0 or (k == "max_tablet_count" and num == 0):
+            raise CqlError(ErrorCode.CONFIG_ERROR, f"Invalid value '{val}' for {k}")
+    return out
 
 
 def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> Result:
@@ -260,6 +351,7 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
             )
         cols.append(ColumnDef(n, t, "static" if static else "regular"))
     opts, cdc, ttl = _options(st.options)
+    _check_tablet_options(ks, opts)
     d = TableDef(ks.name, st.name, cols, opts, cdc, False, ttl or 0, uuid.uuid4())
     rt = eng.catalog.make_rt(d)  # resolves types (unknown types raise here)
     for c in cols:
@@ -290,7 +382,36 @@ def create_table(eng: EmulatorEngine, st: A.CreateTable, ksname: str | None) -> 
     if log_rt is not None:
         ks.tables[log_rt.name] = log_rt
         extra.append(SchemaChangeResult("CREATED", "TABLE", ks.name, log_rt.name))
+        _new_stream_set(eng, ks, d)
     return _changed(eng, "CREATED", "TABLE", ks.name, st.name, extra)
+
+
+def _check_tablet_options(ks: KeyspaceDef, opts: dict[str, Any]) -> None:
+    """cf_prop_defs::validate: table tablet options need a tablet keyspace."""
+    if "tablets" in opts and ks.tablets is None:
+        raise CqlError(
+            ErrorCode.CONFIG_ERROR, "tablet options cannot be used when tablets are disabled for the keyspace"
+        )
+
+
+def _tablet_count(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> int:
+    """Tablets of ``d`` (tablets.tablet_count_for): the table's own tablet options, else the
+    keyspace's ``initial``, else the emulator's default."""
+    initial = int((ks.tablets or {}).get("initial", 0) or 0)
+    opts = d.options.get("tablets")
+    return tablet_count_for(_str_map(opts), initial or eng.tablets.default_count)
+
+
+def _new_stream_set(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> None:
+    """A CDC log was created for ``d``: in a tablet keyspace the table gets its stream set."""
+    if ks.tablets is not None:
+        eng.tablets.create(ks.name, d.name, _tablet_count(eng, ks, d))
+
+
+def _str_map(v: Any) -> dict[str, str]:
+    if isinstance(v, dict):
+        return {str(a): (str(b).lower() if isinstance(b, bool) else str(b)) for a, b in v.items()}
+    return {}
 
 
 def _new_log(eng: EmulatorEngine, ks: KeyspaceDef, base: TableDef) -> TableRt:
@@ -319,9 +440,12 @@ def drop_table(eng: EmulatorEngine, st: A.DropTable, ksname: str | None) -> Resu
                 f"disable CDC first"
             )
     del ks.tables[st.name]
+    if rt.d.is_cdc_log:  # its streams go with it (cdc/log.cc on_before_drop_column_family)
+        eng.tablets.drop(ks.name, st.name[: -len("_scylla_cdc_log")])
     log = ks.tables.get(st.name + "_scylla_cdc_log")
     extra = []
     if log is not None and log.d.is_cdc_log:
+        eng.tablets.drop(ks.name, st.name)
         del ks.tables[log.name]
         extra.append(SchemaChangeResult("DROPPED", "TABLE", ks.name, log.name))
     return _changed(eng, "DROPPED", "TABLE", ks.name, st.name, extra)
@@ -348,9 +472,11 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         )
     d = rt.d.copy()
     if rt.d.is_cdc_log and st.action in ("add", "drop", "alter"):
-        raise inv(_LOG_COLUMNS_MSG)
+        raise inv(_LOG_COLUMNS_MSG if _log_active(ks, rt) else _INACTIVE_LOG_COLUMNS_MSG)
     if rt.d.is_cdc_log and st.action == "rename":
-        raise inv("Cannot rename a column of a CDC log table.")
+        raise inv(
+            "Cannot rename a column of a CDC log table." if _log_active(ks, rt) else _INACTIVE_LOG_RENAME_MSG
+        )
     log = _log_of(ks, rt)
     now_us = eng.now_us()
     if st.action == "add":
@@ -363,8 +489,11 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
                     "clustering column"
                 )
             t = eng.catalog.resolve(ty, ks.name)
-            if t.name == "counter" and not rt.is_counter:
-                raise inv("Cannot add a counter column (" + name + ") in a non counter column family")
+            if t.name == "counter" and not rt.is_counter:  # a configuration_exception in Scylla
+                raise CqlError(
+                    ErrorCode.CONFIG_ERROR,
+                    f"Cannot add a counter column ({name}) in a non counter column family",
+                )
             if rt.is_counter and t.name != "counter":
                 raise inv("Cannot add a non counter column (" + name + ") in a counter column family")
             if t.name == "counter" and d.cdc is not None and d.cdc.enabled:
@@ -400,6 +529,7 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         raise inv("Altering of types is not allowed")
     else:
         opts, cdc, ttl = _options(st.options)
+        _check_tablet_options(ks, opts)
         if rt.d.is_cdc_log and cdc is not None:
             _cdc_module().log_table_def(rt.d)  # raises the nested-log error
         d.options.update(opts)
@@ -418,10 +548,13 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
             if (d.name + "_scylla_cdc_log") in ks.tables:
                 raise inv(f"{ks.name}.{d.name}_scylla_cdc_log already exists")
             new_log = _new_log(eng, ks, d)
+            _new_stream_set(eng, ks, d)
         else:
             new_log = _reattach(eng, d, log, st)
     elif log is not None and st.action in ("add", "drop", "rename"):
         pass  # detached log: untouched (Scylla mirrors only into an attached log)
+    if st.action == "with" and "tablets" in st.options and ks.tablets is not None:
+        _resize(eng, ks, d)
     ks.tables[d.name] = new_rt
     extra = []
     if new_log is not None:
@@ -432,6 +565,17 @@ def alter_table(eng: EmulatorEngine, st: A.AlterTable, ksname: str | None) -> Re
         )
         ks.tables[new_log.name] = new_log
     return _changed(eng, "UPDATED", "TABLE", ks.name, d.name, extra)
+
+
+def _resize(eng: EmulatorEngine, ks: KeyspaceDef, d: TableDef) -> None:
+    """New tablet options: the table is split or merged to the count they ask for; a CDC table
+    gets a new stream set (tablets.Tablets.resize)."""
+    streams = eng.tablets.get(ks.name, d.name)
+    if streams is None:
+        return
+    count = _tablet_count(eng, ks, d)
+    if count != streams.tablet_count:
+        eng.tablets.resize(ks.name, d.name, count)
 
 
 def _reattach(eng: EmulatorEngine, base: TableDef, log: TableRt, st: A.AlterTable) -> TableRt:
@@ -447,11 +591,12 @@ def _reattach(eng: EmulatorEngine, base: TableDef, log: TableRt, st: A.AlterTabl
             log.store.drop_column(c.name)
     for n in keep:
         dropped.pop(n, None)
+    # cdc/log.cc create_log_schema: "If the user reattaches the log table, do not change its
+    # properties" (set_properties(old->get_properties())), whatever the base's ALTER was.
     opts = dict(old.options)
-    for k in ("comment", "compaction", "gc_grace_seconds"):
-        if k in fresh.options:
-            opts[k] = fresh.options[k]
-    d = TableDef(old.keyspace, old.name, fresh.columns, opts, None, True, 0, old.table_id, dropped)
+    d = TableDef(
+        old.keyspace, old.name, fresh.columns, opts, None, True, old.default_ttl, old.table_id, dropped
+    )
     return eng.catalog.make_rt(d, log.store)
 
 

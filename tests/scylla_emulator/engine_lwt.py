@@ -1,15 +1,18 @@
 """Lightweight transactions: evaluate ``IF NOT EXISTS`` / ``IF EXISTS`` / ``IF col op v`` conditions.
 
-Result shape (Cassandra): applied -> one row ``[applied] = True``; not applied -> ``[applied] = False``
-plus, for IF NOT EXISTS, every column of the existing row (SELECT * order), for IF conditions the
-condition columns (current values), for IF EXISTS nothing. Only applied LWTs reach storage/CDC.
+Result shape (Scylla, ``cql3/statements/modification_statement.cc::build_cas_result_set_metadata``
+and ``cas_request.cc::build_cas_result_set``), applied or not: ``[applied]`` plus every column of the
+table (partition key, clustering key, static, regular columns) when a statement has IF EXISTS / IF
+NOT EXISTS, else the columns named in the conditions (schema order); one row per conditional
+statement with the row's values before the write, all null when it did not exist. Only applied
+LWTs reach storage/CDC.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tests.scylla_emulator.api import ColumnSpec, CqlError, ErrorCode, Result, RowsResult
+from tests.scylla_emulator.api import ColumnSpec, CqlError, ErrorCode, RowsResult
 from tests.scylla_emulator.cql import ast as A
 from tests.scylla_emulator.cqltypes_util import CType, sort_key_fn
 from tests.scylla_emulator.engine_bind import Terms
@@ -57,10 +60,16 @@ def _compare(op: str, actual: Any, expected: Any, t: CType) -> bool:
     return bool({"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op])
 
 
+def _schema_order(rt: Any) -> list[str]:
+    """schema::all_columns(): partition key, clustering key, static, regular (each by name)."""
+    return [*rt.pk_names, *rt.ck_names, *sorted(rt.statics), *sorted(rt.regulars)]
+
+
 def check_conditions(
     eng: EmulatorEngine, items: list[tuple[Any, Terms]], specs: list[WriteSpec]
-) -> Result | None:
-    """None when every condition holds (the caller applies the writes), else the not-applied result."""
+) -> tuple[bool, RowsResult]:
+    """(whether every condition holds, the LWT result to answer). The caller applies the writes
+    when they hold; the result is computed first, so it shows the rows as they were."""
     pk_bytes = set()
     for _item, spec in zip(items, specs, strict=True):
         if spec.pk is None:
@@ -72,8 +81,9 @@ def check_conditions(
             if len({(a, b) for a, b, _ in pk_bytes}) > 1
             else "Batch with conditions cannot span multiple partitions"
         )
-    cols: list[ColumnSpec] = []
-    row_vals: list[Any] = []
+    wanted: set[str] = set()
+    olds: list[dict[str, Any] | None] = []
+    rt0: Any = specs[0].rt
     applied = True
     for (st, terms), spec in zip(items, specs, strict=True):
         rt = spec.rt
@@ -93,17 +103,14 @@ def check_conditions(
         if rt.ck_names and spec.ck is None:
             ck = None
         cur = eng._current(rt, spec.pk, ck)  # type: ignore[arg-type]
-        if isinstance(st, A.Delete) and not rt.ck_names and cur is None:
-            cur = None
+        olds.append(cur)
         if getattr(st, "if_not_exists", False):
+            wanted.update(rt.cols)
             if cur is not None:
                 applied = False
-                for n in rt.star:
-                    if not any(c.name == n for c in cols):
-                        cols.append(ColumnSpec(rt.keyspace, rt.name, n, rt.types[n].cass))
-                        row_vals.append(_value(rt, n, cur))
             continue
         if getattr(st, "if_exists", False):
+            wanted.update(rt.cols)
             if cur is None:
                 applied = False
             continue
@@ -111,10 +118,10 @@ def check_conditions(
             col = rt.column(cond.column)
             if col.kind in ("partition_key", "clustering"):
                 raise inv(f"PRIMARY KEY column '{cond.column}' cannot have IF conditions")
+            wanted.add(cond.column)
             t = rt.types[cond.column]
             actual = _value(rt, cond.column, cur)
             et = t
-            label = cond.column
             if cond.element is not None:
                 if not t.is_collection or t.name == "set":
                     raise inv(f"Invalid element access syntax for non-list/map column {cond.column}")
@@ -125,14 +132,12 @@ def check_conditions(
                     idx = terms.value(cond.element, CType("int"))
                     actual = None if actual is None or idx is None or idx >= len(actual) else actual[idx]
                 et = t.params[-1]
-                label = f"{cond.column}[{key if t.name == 'map' else idx}]"
             elif cond.field is not None:
                 if t.name != "udt" or cond.field not in t.field_names:
                     raise inv(f"Invalid field access {cond.column}.{cond.field}")
                 i = t.field_names.index(cond.field)
                 actual = None if actual is None else actual[i]
                 et = t.params[i]
-                label = f"{cond.column}.{cond.field}"
             if cond.op == "in":
                 if isinstance(cond.value, A.Bind):
                     expected = terms.value(cond.value, CType("list", (et,), True)) or []
@@ -142,21 +147,11 @@ def check_conditions(
                 expected = terms.value(cond.value, et)
             if not _compare(cond.op, actual, expected, et):
                 applied = False
-            if not any(c.name == cond.column for c in cols) and cond.element is None and cond.field is None:
-                cols.append(ColumnSpec(rt.keyspace, rt.name, cond.column, t.cass))
-                row_vals.append(_value(rt, cond.column, cur))
-            elif cond.element is not None or cond.field is not None:  # noqa: SIM102
-                if not any(c.name == label for c in cols):
-                    cols.append(ColumnSpec(rt.keyspace, rt.name, label, et.cass))
-                    row_vals.append(actual)
-    if applied:
-        return None
-    st0 = items[0][0]
-    rt0 = specs[0].rt
-    head = ColumnSpec(rt0.keyspace, rt0.name, "[applied]", T_BOOL.cass)
-    if getattr(st0, "if_exists", False) and not cols:
-        return RowsResult([head], [[False]])
-    return RowsResult([head, *cols], [[False, *row_vals]])
+    names = [n for n in _schema_order(rt0) if n in wanted]
+    cols = [ColumnSpec(rt0.keyspace, rt0.name, "[applied]", T_BOOL.cass)]
+    cols += [ColumnSpec(rt0.keyspace, rt0.name, n, rt0.types[n].cass) for n in names]
+    rows = [[applied, *(_value(rt0, n, cur) if cur is not None else None for n in names)] for cur in olds]
+    return applied, RowsResult(cols, rows)
 
 
 def _static_only(rt: Any, st: Any) -> bool:

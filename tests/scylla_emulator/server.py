@@ -129,6 +129,8 @@ class EmulatorServer:
         credentials: tuple[str, str] | None = None,
         log_read_delay: float = 0.0,
         tls: ssl.SSLContext | None = None,
+        tablets: bool = False,
+        tablet_count: int = 4,
     ) -> None:
         if shards < 1 or vnodes < 1:
             raise ValueError(f"vnodes and shards must be >= 1 (got vnodes={vnodes}, shards={shards})")
@@ -136,6 +138,8 @@ class EmulatorServer:
         self.port = port
         self.vnodes = vnodes
         self.shards = shards
+        self.tablets = tablets  # new keyspaces use tablets unless created with {'enabled': false}
+        self.tablet_count = tablet_count  # tablets of a new table (powers of two; see tablets.py)
         self.engine: Any = engine
         self.credentials = credentials
         # Seconds every CDC log page waits before it is answered (other requests are served
@@ -189,7 +193,12 @@ class EmulatorServer:
                 from tests.scylla_emulator.engine import EmulatorEngine
 
                 self.engine = EmulatorEngine(
-                    vnodes=self.vnodes, shards=self.shards, address=self.host, port=self.port
+                    vnodes=self.vnodes,
+                    shards=self.shards,
+                    address=self.host,
+                    port=self.port,
+                    tablets=self.tablets,
+                    tablet_count=self.tablet_count,
                 )
             except BaseException:
                 self._server.close()

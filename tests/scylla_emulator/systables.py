@@ -31,7 +31,7 @@ from tests.scylla_emulator.model import (
 if TYPE_CHECKING:
     from tests.scylla_emulator.engine import EmulatorEngine
 
-__all__ = ["install", "put_row", "refresh", "refresh_local", "refresh_roles"]
+__all__ = ["install", "put_row", "refresh", "refresh_cdc_streams", "refresh_local", "refresh_roles"]
 
 _FM = "frozen<map<text, text>>"
 _FL = "frozen<list<text>>"
@@ -52,6 +52,12 @@ SYSTEM_TABLES: dict[str, list[str]] = {
         "member_of set<text>, salted_hash text)",
         "CREATE TABLE role_permissions (role text, resource text, permissions set<text>, "
         "PRIMARY KEY (role, resource))",
+        # db/virtual_tables.cc cdc_timestamps_table / cdc_streams_table (tablet keyspaces)
+        "CREATE TABLE cdc_timestamps (keyspace_name text, table_name text, timestamp timestamp, "
+        "PRIMARY KEY ((keyspace_name, table_name), timestamp)) WITH CLUSTERING ORDER BY (timestamp DESC)",
+        "CREATE TABLE cdc_streams (keyspace_name text, table_name text, timestamp timestamp, "
+        "stream_state tinyint, stream_id blob, "
+        "PRIMARY KEY ((keyspace_name, table_name), timestamp, stream_state, stream_id))",
     ],
     "system_schema": [
         f"CREATE TABLE keyspaces (keyspace_name text PRIMARY KEY, durable_writes boolean, replication {_FM})",
@@ -193,6 +199,28 @@ def refresh_local(eng: EmulatorEngine) -> None:
         put_row(eng, sl, {"key": "cluster_supports_cdc", "value": "true"})
 
 
+def refresh_cdc_streams(eng: EmulatorEngine) -> None:
+    """Rebuild system.cdc_timestamps and system.cdc_streams from ``eng.tablets`` (per base table:
+    every set's timestamp; its current streams as state 0, closed 1, opened 2)."""
+    from tests.scylla_emulator.cqltypes_util import ms_to_datetime
+
+    tablets = getattr(eng, "tablets", None)
+    if tablets is None:
+        return
+    stamps = eng.catalog.table("system", "cdc_timestamps")
+    streams = eng.catalog.table("system", "cdc_streams")
+    stamps.store.clear()
+    streams.store.clear()
+    for t in tablets.tables.values():
+        for ss in t.sets:
+            when = ms_to_datetime(ss.timestamp_ms)
+            base = {"keyspace_name": t.keyspace, "table_name": t.table, "timestamp": when}
+            put_row(eng, stamps, base)
+            for state, ids in ((0, ss.streams), (1, ss.closed), (2, ss.opened)):
+                for sid in ids:
+                    put_row(eng, streams, {**base, "stream_state": state, "stream_id": sid})
+
+
 def refresh_roles(eng: EmulatorEngine) -> None:
     """Rebuild system.roles and system.role_permissions from ``eng.auth``."""
     for name, rows in (("roles", eng.auth.role_rows()), ("role_permissions", eng.auth.permission_rows())):
@@ -268,24 +296,24 @@ def refresh(eng: EmulatorEngine) -> None:
                 {
                     "keyspace_name": ks.name,
                     "table_name": d.name,
-                    "bloom_filter_fp_chance": 0.01,
+                    "bloom_filter_fp_chance": float(o.get("bloom_filter_fp_chance", 0.01)),
                     "caching": _str_map(o.get("caching")) or {"keys": "ALL", "rows_per_partition": "ALL"},
                     "comment": str(o.get("comment", "")),
                     "compaction": _str_map(o.get("compaction"))
                     or {"class": "SizeTieredCompactionStrategy", "max_threshold": "32", "min_threshold": "4"},
                     "compression": _str_map(o.get("compression"))
                     or {"sstable_compression": "org.apache.cassandra.io.compress.LZ4Compressor"},
-                    "crc_check_chance": 1.0,
-                    "dclocal_read_repair_chance": 0.0,
+                    "crc_check_chance": float(o.get("crc_check_chance", 1.0)),
+                    "dclocal_read_repair_chance": float(o.get("dclocal_read_repair_chance", 0.0)),
                     "default_time_to_live": d.default_ttl,
                     "extensions": ext,
                     "flags": ["compound"],
                     "gc_grace_seconds": int(o.get("gc_grace_seconds", 864000)),
                     "id": d.table_id,
-                    "max_index_interval": 2048,
-                    "memtable_flush_period_in_ms": 0,
-                    "min_index_interval": 128,
-                    "read_repair_chance": 0.0,
+                    "max_index_interval": int(o.get("max_index_interval", 2048)),
+                    "memtable_flush_period_in_ms": int(o.get("memtable_flush_period_in_ms", 0)),
+                    "min_index_interval": int(o.get("min_index_interval", 128)),
+                    "read_repair_chance": float(o.get("read_repair_chance", 0.0)),
                     "speculative_retry": str(o.get("speculative_retry", "99.0PERCENTILE")),
                 },
             )
@@ -329,3 +357,4 @@ def refresh(eng: EmulatorEngine) -> None:
                     },
                 )
     refresh_local(eng)
+    refresh_cdc_streams(eng)

@@ -1,6 +1,6 @@
 """StreamDiscovery over a fake session: ttl/since filtering, empty generations, tablets grouping.
-(The vnode path is also covered against the emulator in tests/integration/test_reader.py; the
-emulator has no tablet CDC tables, so the tablet path is only tested here.)"""
+(Both paths are also covered against the emulator: vnodes in tests/integration/test_reader.py,
+tablets in tests/integration/test_tablets_reader.py.)"""
 
 from __future__ import annotations
 

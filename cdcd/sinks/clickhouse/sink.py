@@ -13,7 +13,9 @@ Per ``write()``:
    updates, exact collection deltas, deletes), giving ONE full row per touched key;
 4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
    ``<table>_history``), each with an ``insert_deduplication_token`` derived from the batch's CDC
-   positions, so a batch retried after a crash is not stored twice.
+   positions, so a batch retried after a crash is not stored twice;
+5. once they all succeeded, the positions the batch completes (``Applied``) are inserted into the
+   offsets table under the batch's token (``offsets.py``): never ahead of the data, never twice.
 
 ``SELECT .. FINAL`` then shows the source state (``WHERE _cdc_deleted = 0`` for soft deletes).
 Errors: network, timeouts, overload -> ``SinkUnavailable``; bad data (client- or server-side) ->
@@ -33,7 +35,7 @@ import clickhouse_connect
 
 from cdcd.config.endpoints import clickhouse_endpoint
 from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, client_certificate_hint, reason
-from cdcd.events import ChangeEvent, Op
+from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
@@ -48,6 +50,8 @@ from cdcd.sinks.clickhouse.fold import (
     fresh_columns,
     prepare,
 )
+from cdcd.sinks.clickhouse.offsets import COLUMNS as OFFSETS_COLUMNS
+from cdcd.sinks.clickhouse.offsets import ChOffsets
 from cdcd.sinks.clickhouse.sql import (
     DELETED_AT,
     ChLayout,
@@ -59,6 +63,7 @@ from cdcd.sinks.clickhouse.sql import (
     table_ddl,
 )
 from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
+from cdcd.sinks.offsets import Applied, offsets_location
 from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
 
 __all__ = ["ClickHouseSink"]
@@ -98,6 +103,7 @@ class ClickHouseSink:
         self.config = config
         self._client: Any = None
         self._tables: dict[tuple[str, str], _Table] = {}
+        self._offsets: dict[tuple[str, str], ChOffsets] = {}  # per mapping: its offsets table
         self._ddl_lock = asyncio.Lock()  # ensure_table of several tables at once: one at a time
         self._connect_lock = asyncio.Lock()  # one client, however many callers connect at once
 
@@ -190,9 +196,13 @@ class ClickHouseSink:
         user = str(await self._call(lambda c: c.command("SELECT currentUser()")))
         out: list[str] = []
         create = bool(getattr(self.config, "create_tables", True))
-        for database in dict.fromkeys(m.target_schema for m in mappings):
+        creates: dict[str, bool] = {}  # database -> whether cdcd creates tables there
+        for m in mappings:
+            for database in (m.target_schema, offsets_location(self.config, m.target_schema)[0]):
+                creates[database] = creates.get(database, False) or m.create
+        for database, creates_there in creates.items():
             wanted = ["SELECT", "INSERT", "DROP TABLE"]
-            if create and any(m.create for m in mappings if m.target_schema == database):
+            if create and creates_there:
                 wanted += ["CREATE TABLE", "ALTER ADD COLUMN"]
                 exists = await self._call(
                     lambda c, d=database: c.command(
@@ -240,7 +250,44 @@ class ClickHouseSink:
                     )
                 )
             await self._check(mapping.target_schema, name, table.history_types, create, ddl_settings)
+        offsets = self._offsets_of(mapping)
+        if create:
+            await self._ddl(f"CREATE DATABASE IF NOT EXISTS {ident(offsets.database)}")
+            await self._ddl(offsets.ddl)
+        await self._check(offsets.database, offsets.table, OFFSETS_COLUMNS, create)
         self._tables[(mapping.source, mapping.target)] = table
+
+    # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
+    def _offsets_of(self, mapping: TableMapping) -> ChOffsets:
+        key = (mapping.source, mapping.target)
+        offsets = self._offsets.get(key)
+        if offsets is None:
+            offsets = ChOffsets(self.name, self.config, mapping.source, mapping.target_schema)
+            self._offsets[key] = offsets
+        return offsets
+
+    async def load_applied(
+        self, mapping: TableMapping, generation: int, streams: Sequence[bytes]
+    ) -> dict[bytes, Position]:
+        """Positions recorded for these streams of ``generation`` (absent: none recorded)."""
+        offsets = self._offsets_of(mapping)
+        params = offsets.params(generation, list(streams))
+        res = await self._call(lambda c: c.query(offsets.select, parameters=params))
+        return offsets.positions(res.result_rows, generation)
+
+    async def record_applied(self, mapping: TableMapping, applied: Applied, token: str | None = None) -> None:
+        """Insert positions (alone, or after a batch's data under its ``token``)."""
+        if not applied.positions:
+            return
+        offsets = self._offsets_of(mapping)
+        base = token or f"cdcd:{mapping.source}:{mapping.target}:positions"
+        await self._insert(offsets.block(applied), offsets.token(base, applied))
+
+    async def applied_start(self, mapping: TableMapping) -> int | None:
+        """Start floor recorded with the newest generation of the mapping's source (None: none)."""
+        offsets = self._offsets_of(mapping)
+        res = await self._call(lambda c: c.query(offsets.select_start, parameters=offsets.params()))
+        return int(res.result_rows[0][0]) if res.result_rows else None
 
     async def _ddl(self, sql: str, settings: dict[str, Any] | None = None) -> None:
         """Run a ``CREATE .. IF NOT EXISTS``; losing a creation race (another replica created it
@@ -311,11 +358,15 @@ class ClickHouseSink:
                 raise SchemaMismatch(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
 
     # -- write -------------------------------------------------------------------------------
-    async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
+    async def write(
+        self, mapping: TableMapping, events: Sequence[ChangeEvent], applied: Applied | None = None
+    ) -> WriteOutcome:
         table = self._tables.get((mapping.source, mapping.target))
         if table is None:
             raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
         if not events:
+            if applied is not None:
+                await self.record_applied(mapping, applied)
             return WriteOutcome(applied=0)
         fresh = bulk_columns(table.codec, events)  # plain bulk INSERTs: converted column by column
         prepared: list[Prepared] = []
@@ -328,7 +379,7 @@ class ClickHouseSink:
             data = [fresh[n] for n in table.main_types]
             owners = [[i] for i in range(len(events))]
             blocks = [Block("main", table.main.name, table.main_types, data, owners)]
-            applied, skipped = len(events), 0
+            done, skipped = len(events), 0
         else:
             state = BatchState(table.codec, mapping.delete)
             state.blind = blind_keys(table.codec, prepared)
@@ -336,7 +387,7 @@ class ClickHouseSink:
             for p in prepared:
                 state.apply(p)
             blocks = self._blocks(table, state, events)
-            applied, skipped = state.applied, state.skipped
+            done, skipped = state.applied, state.skipped
         token = batch_token(mapping, events)
         try:
             for block in blocks:
@@ -354,8 +405,10 @@ class ClickHouseSink:
                 raise
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
         if table.cache is not None:
-            _remember(table, blocks)
-        return WriteOutcome(applied=applied, skipped_stale=skipped)
+            _remember(table, blocks)  # what is stored now, whether or not the offsets insert works
+        if applied is not None:  # only after every data block is stored: never ahead of the data
+            await self.record_applied(mapping, applied, token)
+        return WriteOutcome(applied=done, skipped_stale=skipped)
 
     def forget(self, mapping: TableMapping | None = None) -> None:
         """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another

@@ -15,6 +15,9 @@ Per ``write()``: ONE transaction.
    deletes are single statements; all deletes are guarded by write time.
 3. ``delete = "soft"`` keeps deleted rows with ``_cdc_deleted``; ``"tombstone"`` deletes them and
    appends to ``<table>_history`` (unique by CDC position: a replay adds nothing).
+4. The positions the batch completes (``Applied``, handed in by the pipeline) are upserted into
+   the offsets table (``offsets.py``, ``cdcd.sinks.offsets``) in the same transaction, so the
+   destination itself knows what it applied when Redis has lost its checkpoints.
 
 Static columns live in ``<table>_static`` (one row per partition), because they belong to the
 partition, not to its rows; ``<table>_view`` joins them back (docs/type-map.md).
@@ -41,13 +44,15 @@ import msgspec
 
 from cdcd.config.endpoints import postgres_endpoint
 from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable, reason
-from cdcd.events import ChangeEvent, Op
+from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
+from cdcd.sinks.offsets import Applied, offsets_location
 from cdcd.sinks.postgres.fold import RowPlan, Segment, fold, resolve
 from cdcd.sinks.postgres.grants import missing_grants
+from cdcd.sinks.postgres.offsets import PgOffsets
 from cdcd.sinks.postgres.sql import (
     DELETED,
     DELETED_AT,
@@ -120,6 +125,7 @@ class PostgresSink:
         self.config = config
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[tuple[str, str], PgTable] = {}
+        self._offsets: dict[tuple[str, str], PgOffsets] = {}  # per mapping: its offsets table
         self._staged: set[tuple[int, str]] = set()  # (backend pid, staging table) created
         self._connect_lock = asyncio.Lock()  # one pool, however many callers connect at once
 
@@ -184,7 +190,13 @@ class PostgresSink:
 
     async def missing_grants(self, mappings: Sequence[TableMapping]) -> list[str]:
         """The GRANT statements this role lacks for ``mappings`` (``cdcd check-config``)."""
-        return list(await self._run(lambda conn: missing_grants(conn, mappings)))
+        return list(
+            await self._run(
+                lambda conn: missing_grants(
+                    conn, mappings, lambda m: offsets_location(self.config, m.target_schema)
+                )
+            )
+        )
 
     async def aclose(self) -> None:
         """Close the pool (terminate it after 10 s); never raises."""
@@ -232,6 +244,8 @@ class PostgresSink:
                 # Serialise concurrent replicas/pipelines creating tables of the same schema
                 # (CREATE SCHEMA IF NOT EXISTS races too: unique violation on pg_namespace).
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ident(mapping.target_schema))
+                if offsets.schema != mapping.target_schema:
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ident(offsets.schema))
                 if mapping.create:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(mapping.target_schema)}")
                 for layout in (table.main, table.static):
@@ -246,23 +260,69 @@ class PostgresSink:
                             history_ddl(mapping.target_schema, mapping.target_table, schema.primary_key)
                         )
                     await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
+                await offsets.ensure(conn, mapping.create)
 
+        offsets = self._offsets_of(mapping)
         await self._run(setup)
         self._tables[(mapping.source, mapping.target)] = table
 
+    # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
+    def _offsets_of(self, mapping: TableMapping) -> PgOffsets:
+        key = (mapping.source, mapping.target)
+        offsets = self._offsets.get(key)
+        if offsets is None:
+            offsets = PgOffsets(self.name, self.config, mapping.source, mapping.target_schema)
+            self._offsets[key] = offsets
+        return offsets
+
+    async def load_applied(
+        self, mapping: TableMapping, generation: int, streams: Sequence[bytes]
+    ) -> dict[bytes, Position]:
+        """Positions recorded for these streams of ``generation`` (absent: none recorded)."""
+        offsets = self._offsets_of(mapping)
+        result: dict[bytes, Position] = await self._run(
+            lambda conn: offsets.load(conn, generation, list(streams))
+        )
+        return result
+
+    async def record_applied(self, mapping: TableMapping, applied: Applied) -> None:
+        """Record positions alone, in a transaction of their own."""
+        offsets = self._offsets_of(mapping)
+
+        async def record(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await offsets.record(conn, applied)
+
+        if applied.positions:
+            await self._run(record)
+
+    async def applied_start(self, mapping: TableMapping) -> int | None:
+        """Start floor recorded with the newest generation of the mapping's source (None: none)."""
+        offsets = self._offsets_of(mapping)
+        start: int | None = await self._run(offsets.start)
+        return start
+
     # -- write -------------------------------------------------------------------------------
-    async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:
-        """Apply ``events`` (one table, stream order) in one transaction; see the module doc."""
+    async def write(
+        self, mapping: TableMapping, events: Sequence[ChangeEvent], applied: Applied | None = None
+    ) -> WriteOutcome:
+        """Apply ``events`` (one table, stream order) in one transaction; see the module doc.
+        ``applied`` (positions covered by this write) is recorded in the same transaction."""
         table = self._tables.get((mapping.source, mapping.target))
         if table is None:
             raise SchemaMismatch(f"{self.name}: ensure_table was not called for {mapping.source}")
         if not events:
+            if applied is not None:
+                await self.record_applied(mapping, applied)
             return WriteOutcome(applied=0)
         segments, bad = fold(table.codec, events, soft=table.soft)
         if bad:
             raise BadRows(bad)
+        record = self._offsets_of(mapping) if applied is not None and applied.positions else None
         try:
-            skipped = await self._run(lambda conn: self._apply(conn, table, events, segments, probe=False))
+            skipped = await self._run(
+                lambda conn: self._apply(conn, table, events, segments, probe=False, record=(record, applied))
+            )
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as exc:
@@ -306,6 +366,8 @@ class PostgresSink:
         events: Sequence[ChangeEvent],
         segments: list[Segment],
         probe: bool,
+        *,
+        record: tuple[PgOffsets | None, Applied | None] = (None, None),
     ) -> int:
         for layout in (table.main, table.static):  # outside the transaction: a rollback keeps them
             if layout is not None:
@@ -327,6 +389,9 @@ class PostgresSink:
                     await self._wide_delete(conn, table, events[seg.breaker])
             if probe:
                 raise _Probe()
+            offsets, applied = record
+            if offsets is not None and applied is not None:
+                await offsets.record(conn, applied)  # same transaction as the data: both or neither
         return skipped
 
     async def _read_back(

@@ -65,6 +65,11 @@ def tokenize(text: str) -> list[Token]:
         elif kind == "string":
             val = raw[2:-2] if raw.startswith("$$") else raw[1:-1].replace("''", "'")
             out.append(Token("string", val, pos))
+        elif kind == "named_bind" and out and _ends_term(out[-1]):
+            # ``{'enabled':true}``: after a map key ':' separates key and value (Scylla's grammar
+            # has no named-bind token: a bind is ':' ident, read in context).
+            out.append(Token("sym", ":", pos))
+            out.append(Token("ident", raw[1:].lower(), pos + 1))
         elif kind == "named_bind":
             out.append(Token("named_bind", raw[1:].lower(), pos))
         elif kind == "duration" and raw.upper() == "P":
@@ -74,3 +79,11 @@ def tokenize(text: str) -> list[Token]:
         pos = m.end()
     out.append(Token("eof", "", n))
     return out
+
+
+_TERM_KINDS = frozenset({"string", "int", "float", "uuid", "hex", "duration", "bind", "named_bind", "qident"})
+
+
+def _ends_term(tok: Token) -> bool:
+    """``tok`` can end a map key, so a following ``:name`` is the key/value separator."""
+    return tok.kind in _TERM_KINDS or (tok.kind == "sym" and tok.value in (")", "]", "}"))
