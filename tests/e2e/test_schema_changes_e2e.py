@@ -541,3 +541,47 @@ async def test_udt_field_added_is_logged_and_replication_goes_on(  # noqa: PLR09
     await asyncio.to_thread(wait_for, logged, 30, "udt_changed logged")
     assert queued(redis_url, redis_prefix) == 0
     assert cdcd.stop() == 0
+
+
+async def test_new_column_matching_a_masking_rule_is_masked_from_its_first_event(
+    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    """R-21 with R-30: ``ADD ssn text`` under a ``[[masking.rules]]`` pattern: the destination
+    gets ``ssn`` as a text column holding only the redacted value, from the first event on."""
+    ks(cql)
+    w = Writer(cql, "sc.m", {"a": "text", "b": "int"}, seed=12)
+    w.create()
+    masking = '[masking]\n\n[[masking.rules]]\npattern = "^ssn$"\nstrategy = "redact"\n'
+    cdcd = make_cdcd(
+        [TableSpec("sc.m", "public.m")], ConfigOptions(extra={"source": FAST, "destinations": masking})
+    )
+    cdcd.start()
+    cdcd.wait_ready()
+    for _ in range(50):
+        w.step()
+    w.alter("ADD ssn text", {"a": "text", "b": "int", "ssn": "text"})
+    for i in range(100):
+        cql.execute(
+            "UPDATE sc.m SET a = %s, ssn = %s WHERE pk = %s AND ck = %s",
+            [f"m{i}", f"123-45-{i:04d}", i % 8, i % 5],
+        )
+    schema = source_schema(cql, "sc.m")
+    await wait_converged(cql, without(schema, "ssn"), pg_dsn, "public.m", timeout=60, alive=alive(cdcd))
+    conn = await pg_connect(pg_dsn)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            values = {
+                r["ssn"]
+                for r in await conn.fetch(
+                    "SELECT ssn FROM public.m WHERE NOT _cdc_deleted AND ssn IS NOT NULL"
+                )
+            }
+            if values or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+    assert values == {"[REDACTED]"}, values
+    assert queued(redis_url, redis_prefix) == 0
+    assert cdcd.stop() == 0
