@@ -391,7 +391,9 @@ class Daemon:
         mapping = self.mapping_factory(table, self.cfg.destinations[dest])
         assert self.deps.redis is not None
         # schema changes: the table is watched (also one added by a reload), the gate applies its policy
-        await self.schema_watch.track(table.source, table.schema_changes, schema)
+        await self.schema_watch.track(
+            table.source, table.schema_changes, schema, check_interval=self.cfg.source.schema_check_interval
+        )
         gate = self.gates[(table.source, dest)] = SchemaGate(
             watcher=self.schema_watch, table=table.source, destination=dest, sink=sink, mapping=mapping,
             redis=self.deps.redis, prefix=self.cfg.state.key_prefix,

@@ -114,8 +114,14 @@ class SchemaWatcher:
         for w in list(self.tables.values()):
             await self._start_one(w)
 
-    async def track(self, table: str, policy: Policy, schema: TableSchema) -> TableWatch:
-        """Watch ``table`` too (a table added by a config reload), or take its new policy."""
+    async def track(
+        self, table: str, policy: Policy, schema: TableSchema, *, check_interval: float | None = None
+    ) -> TableWatch:
+        """Watch ``table`` too (a table added by a config reload), or take its new policy (and a
+        reloaded ``source.schema_check_interval``)."""
+        if check_interval is not None:
+            self.check_interval = check_interval
+            self.store.cache_ttl = max(1, int(check_interval))
         w = self.tables.get(table)
         if w is None:
             w = self.tables[table] = TableWatch(table, policy, schema)
