@@ -28,6 +28,7 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
+from cdcd.app.validation import branch_stages, project, table_options
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
@@ -119,6 +120,9 @@ class Daemon:
         self._sink_tasks: dict[str, asyncio.Task[Sink | None]] = {}
         self._active: set[tuple[str, str]] = set()  # (table, destination) replicating
         self._ready_cache: tuple[float, dict[str, CheckResult]] | None = None
+        # (table, destination) -> the branch's own stages (ignored columns, validator), built once
+        # the destination table's definition was read (cdcd.app.validation)
+        self.branch_stages: dict[tuple[str, str], list[Any]] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -317,8 +321,23 @@ class Daemon:
         sink = await self._sink(dest)
         if sink is None:
             return
-        mapping = self.mapping_factory(table, self.cfg.destinations[dest])
+        mapping = table_options(
+            self.mapping_factory(table, self.cfg.destinations[dest]), table, dest, self.cfg
+        )
+        try:
+            schema = project(schema, table.ignore_columns)
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), key=f"tables[{self.cfg.tables.index(table)}].ignore_columns"
+            ) from None
         await self._until_up(f"destination:{dest}", functools.partial(sink.ensure_table, mapping, schema))
+        stages = await self._until_up(
+            f"destination:{dest}",
+            functools.partial(
+                branch_stages, table, dest, sink, mapping, schema, deadletters=self.deadletters
+            ),
+        )
+        self.branch_stages[(table.source, dest)] = stages or []
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest))
         if floor is None or self.stopping:
             return
@@ -462,8 +481,9 @@ class Daemon:
         return Branch(
             destination=dest,
             group=group,
-            mapping=self.mapping_factory(table, dest_cfg),
+            mapping=table_options(self.mapping_factory(table, dest_cfg), table, dest, self.cfg),
             sink=self.deps.sinks[dest],
+            stages=self.branch_stages.get((table.source, dest), ()),
             checkpoints=self.checkpoints,
             deadletters=self.deadletters,
             breaker=self.breakers[dest],

@@ -379,7 +379,7 @@ class Branch:
             last_event_age_seconds=None if stats.last_event_us is None else now - stats.last_event_us / 1e6,
             events_applied=stats.applied,
             events_skipped_stale=stats.skipped_stale,
-            events_rejected=self.rejected,
+            events_rejected=self.rejected + stats.rejected,
             events_dead_lettered=stats.dead_lettered,
             write_retries=stats.retries,
             queue_depth=len(self._buffer),
@@ -650,6 +650,8 @@ class Branch:
                 stage=r.stage,
                 attempts=0,
                 first_failed_at=now,
+                columns=getattr(r, "columns", ()),
+                rule=getattr(r, "rule", "") or r.stage,
             )
             for r in rejections
         ]

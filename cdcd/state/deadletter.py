@@ -60,6 +60,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int  # failed write attempts (0 for stage rejections)
     first_failed_at: float  # epoch seconds
     last_failed_at: float  # epoch seconds
+    columns: tuple[str, ...] = ()  # the offending column(s), when known (validation)
+    rule: str = ""  # the rule that refused it ("max_length", "not_null", "destination", ...)
 
 
 def entry_id(event: ChangeEvent) -> str:
@@ -123,6 +125,8 @@ class DeadLetterStore:
         attempts: int,
         first_failed_at: float,
         last_failed_at: float | None = None,
+        columns: Sequence[str] = (),
+        rule: str = "",
     ) -> DeadLetter:
         """Build an entry for ``event`` with its deterministic id."""
         return DeadLetter(
@@ -136,6 +140,8 @@ class DeadLetterStore:
             attempts=attempts,
             first_failed_at=first_failed_at,
             last_failed_at=first_failed_at if last_failed_at is None else last_failed_at,
+            columns=tuple(columns),
+            rule=rule,
         )
 
     # ---------------------------------------------------------------------------------- writing

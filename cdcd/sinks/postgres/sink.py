@@ -73,6 +73,7 @@ from cdcd.sinks.postgres.types import (
     json_value,
     row_key,
 )
+from cdcd.stages.targets import PG_CHECKS_SQL, PG_COLUMNS_SQL, TargetTable, pg_column, table_from_rows
 
 __all__ = ["PostgresSink"]
 
@@ -221,6 +222,7 @@ class PostgresSink:
         the source gained. Raises ``SchemaMismatch`` for names PostgreSQL cannot hold, a missing
         table/column with ``create`` off, or a column of another type."""
         table = PgTable(mapping, schema)
+        convs: dict[str, Any] = {}
 
         async def setup(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
@@ -231,7 +233,12 @@ class PostgresSink:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(mapping.target_schema)}")
                 for layout in (table.main, table.static):
                     if layout is not None:
-                        await ensure_layout(conn, layout, mapping.create)
+                        convs.update(
+                            await ensure_layout(
+                                conn, layout, mapping.create, types=mapping.column_types,
+                                bookkeeping=mapping.bookkeeping, source=mapping.source,
+                            )
+                        )  # fmt: skip
                 if table.static is not None and mapping.create:
                     for ddl in static_view_ddl(table.main, table.static):
                         await conn.execute(ddl)
@@ -243,7 +250,22 @@ class PostgresSink:
                     await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
 
         await self._run(setup)
+        if convs:
+            table = PgTable(mapping, schema, convs)
         self._tables[(mapping.source, mapping.target)] = table
+
+    async def target_definition(self, mapping: TableMapping) -> TargetTable:
+        """The target table as PostgreSQL defines it (columns, NOT NULL, CHECK constraints), for
+        the validator (``cdcd.stages.targets``)."""
+        schema, name = mapping.target_schema, mapping.target_table
+
+        async def read(conn: asyncpg.Connection) -> TargetTable:
+            cols = [pg_column(r) for r in await conn.fetch(PG_COLUMNS_SQL, schema, name)]
+            checks = [(r["name"], r["def"]) for r in await conn.fetch(PG_CHECKS_SQL, schema, name)]
+            return table_from_rows(f"{schema}.{name}", cols, checks)
+
+        result: TargetTable = await self._run(read)
+        return result
 
     # -- write -------------------------------------------------------------------------------
     async def write(self, mapping: TableMapping, events: Sequence[ChangeEvent]) -> WriteOutcome:

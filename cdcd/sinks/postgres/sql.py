@@ -12,7 +12,7 @@ columns becoming null), ``_cdc_deleted`` and ``_cdc_deleted_at`` (soft deletes).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from cdcd.errors import SchemaMismatch
@@ -127,11 +127,13 @@ def layouts_for(
     return main, static
 
 
-def column_defs(layout: TargetLayout) -> list[tuple[str, str]]:
-    """(physical column, its DDL) of every column of ``layout``, in ``all_columns()`` order."""
-    defs = [(c.name, f"{ident(c.name)} {pg_type(c.type)} NOT NULL") for c in layout.key]
+def column_defs(layout: TargetLayout, types: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(physical column, its DDL) of every column of ``layout``, in ``all_columns()`` order;
+    ``types`` overrides the type of source columns (checked by ``convert.check_type_text``)."""
+    types = types or {}
+    defs = [(c.name, f"{ident(c.name)} {types.get(c.name) or pg_type(c.type)} NOT NULL") for c in layout.key]
     for c in layout.values:
-        defs.append((c.name, f"{ident(c.name)} {pg_type(c.type)}"))
+        defs.append((c.name, f"{ident(c.name)} {types.get(c.name) or pg_type(c.type)}"))
         if c.name in layout.list_keys:
             defs.append((LIST_KEYS_PREFIX + c.name, f"{ident(LIST_KEYS_PREFIX + c.name)} uuid[]"))
     defs += [
@@ -144,9 +146,9 @@ def column_defs(layout: TargetLayout) -> list[tuple[str, str]]:
     return defs
 
 
-def table_ddl(layout: TargetLayout) -> str:
+def table_ddl(layout: TargetLayout, types: Mapping[str, str] | None = None) -> str:
     pk = ", ".join(ident(n) for n in layout.key_names)
-    cols = ", ".join(d for _, d in column_defs(layout))
+    cols = ", ".join(d for _, d in column_defs(layout, types))
     return f"CREATE TABLE IF NOT EXISTS {layout.name} ({cols}, PRIMARY KEY ({pk}))"
 
 
