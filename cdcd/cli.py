@@ -5,6 +5,7 @@
     cdcd --version
     cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z]
     cdcd check-config --config cdcd.toml [--offline]
+    cdcd dlq list|show|export|retry|edit|drop ... --config cdcd.toml   (cdcd.app.dlq_cli)
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=15.0, help="seconds per dependency check (default 15)"
     )
+    from cdcd.app.dlq_cli import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)  # cdcd dlq list|show|export|retry|edit|drop (cdcd.app.dlq_cli)
     return parser
 
 
@@ -96,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(errors) > 1:
             print(f"cdcd: {len(errors)} configuration errors; nothing was started", file=sys.stderr)
         return 2
+    if args.command == "dlq":
+        from cdcd.app.dlq_cli import main as dlq_main
+
+        return dlq_main(config, args)
     if args.command == "run":
         return app.run(config, config_file=args.config, start_at=args.start_at, log_level=args.log_level)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)

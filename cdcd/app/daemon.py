@@ -28,7 +28,7 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
-from cdcd.app.validation import branch_stages, project, table_options
+from cdcd.app.validation import branch_stages, project, table_options, undecodable_entries
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError
 from cdcd.events import timeuuid_to_micros
@@ -424,6 +424,8 @@ class Daemon:
 
         async def on_invalid(err: UndecodableGroup) -> None:
             emit.undecodable_group(table=table.source, destination=who, reason=err.reason)
+            dests = list(table.destinations) if who == "shared" else [who]  # kept: dead-letter queue
+            await self.deadletters.add(undecodable_entries(err, group.generation, dests, time.time()))
 
         return GroupReader(
             self.deps.scylla,

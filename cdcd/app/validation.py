@@ -3,6 +3,8 @@
 * ``table_options(mapping, table, dest, cfg)``: the mapping with the table's column type
   overrides for that destination and its ``add_bookkeeping_columns``;
 * ``project(schema, ignored)``: the source schema without the table's ``ignore_columns``;
+* ``undecodable_entries(...)``: dead-letter entries of a CDC log group that cannot be decoded
+  (rule ``undecodable``): its raw log rows, the reason, one entry per destination;
 * ``branch_stages(...)``: the destination branch's own stages, ``DropColumns`` (ignored columns)
   then the ``Validator`` checked against the destination table's real definition (read from the
   sink's ``target_definition``), seeded with the keys held in quarantine.
@@ -10,18 +12,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
 from typing import Any
 
 import msgspec
 
 from cdcd.config import Config, TableConfig
+from cdcd.events import ChangeEvent, Op, Position, timeuuid_to_micros
 from cdcd.schema import TableSchema
+from cdcd.scylla.decode import UndecodableGroup
 from cdcd.sinks import TableMapping
 from cdcd.stages import Stage
 from cdcd.stages.validate import ColumnRule, DropColumns, Validator, key_text
-from cdcd.state.deadletter import DeadLetterStore
+from cdcd.state.deadletter import DeadLetter, DeadLetterStore
 
-__all__ = ["branch_stages", "project", "table_options"]
+__all__ = ["branch_stages", "project", "table_options", "undecodable_entries"]
 
 
 def table_options(mapping: TableMapping, table: TableConfig, dest: str, cfg: Config) -> TableMapping:
@@ -91,3 +98,51 @@ async def branch_stages(
         )
     )
     return stages
+
+
+def _raw(v: Any) -> Any:
+    """A raw log cell the dead-letter store can keep: plain values as they are, driver objects
+    (sorted sets, serialized maps, durations) as lists/dicts or their repr."""
+    if v is None or isinstance(v, str | bytes | bool | int | float | decimal.Decimal | uuid.UUID | dt.date):
+        return v
+    if isinstance(v, dict) or hasattr(v, "items"):
+        try:
+            return {str(k): _raw(x) for k, x in v.items()}
+        except Exception:
+            return repr(v)
+    if isinstance(v, list | tuple | set | frozenset) or hasattr(v, "__iter__"):
+        try:
+            return [_raw(x) for x in v]
+        except Exception:
+            return repr(v)
+    return repr(v)
+
+
+def undecodable_entries(
+    err: UndecodableGroup, generation: int, destinations: list[str], now: float
+) -> list[DeadLetter]:
+    """Dead-letter entries (one per destination) of an undecodable CDC log group: the event holds
+    no change, only ``values["raw_rows"]`` (the log rows as read) at the group's position."""
+    pos = Position(generation=generation, stream_id=err.stream_id, time=err.time or uuid.UUID(int=0))
+    event = ChangeEvent(
+        table=err.table,
+        pos=pos,
+        batch_seq=-1,
+        op=Op.UPDATE,
+        write_time_us=timeuuid_to_micros(err.time) if err.time is not None else 0,
+        key={},
+        values={"raw_rows": [{str(k): _raw(v) for k, v in row.items()} for row in err.rows]},
+    )
+    return [
+        DeadLetterStore.make(
+            "dead",
+            dest,
+            event,
+            reason=err.reason,
+            stage="decode",
+            attempts=0,
+            first_failed_at=now,
+            rule="undecodable",
+        )
+        for dest in destinations
+    ]

@@ -199,7 +199,8 @@ def source_error(*, table: str, destination: str, error: BaseException) -> None:
 def undecodable_group(*, table: str, destination: str, reason: str) -> None:
     """A CDC log group the decoder could not turn into events (routed, not applied)."""
     m.ERRORS.labels(table, destination, "receiving", "UndecodableGroup", _replica).inc()
-    log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
+    log.error("undecodable CDC log group moved to the dead-letter queue", table=table,
+              destination=destination, reason=scrub(reason))  # fmt: skip
 
 
 def log_rows_read(table: str, rows: int) -> None:
