@@ -112,6 +112,15 @@ async def test_narrower_types_are_converted_exactly_and_refusals_are_found(
         ipaddress.ip_address("10.1.2.3"), 0.5, "kept",
     )  # fmt: skip
     assert row["at"] == dt.datetime(2026, 1, 31, 12, tzinfo=dt.UTC)
+    # A partial update of the existing row passes the NOT NULL name it does not carry; one that
+    # would create a row without a name is refused by PostgreSQL (23502), nothing written.
+    await sink.write(m, [ev(Op.UPDATE, {"pk": 1}, values={"qty": 8})])
+    assert [(r["name"], r["qty"]) for r in await rows(conn)] == [("anna", 8)]
+    with pytest.raises(BadRows) as err:
+        await sink.write(
+            m, [ev(Op.UPDATE, {"pk": 1}, values={"qty": 9}), ev(Op.UPDATE, {"pk": 99}, values={"qty": 1})]
+        )
+    assert set(err.value.errors) == {1} and "not-null" in err.value.errors[1]
 
     # What the validator reads is the real definition; it refuses what PostgreSQL would.
     target = await sink.target_definition(m)

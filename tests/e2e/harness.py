@@ -70,6 +70,7 @@ class TableSpec:
     target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
+    extra: str = ""  # raw TOML lines of this [[tables]] entry (keys first, then its sub-tables)
 
 
 @dataclass
@@ -152,6 +153,8 @@ pool_size = 2
         dests = ", ".join(json.dumps(d) for d in t.destinations)
         text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
+        if t.extra:
+            text += t.extra.rstrip("\n") + "\n"
     path.write_text(text)
     return path
 

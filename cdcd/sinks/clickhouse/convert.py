@@ -77,8 +77,33 @@ def _fixed_back(v: Any) -> Any:
     return v.rstrip(b"\0").decode() if isinstance(v, bytes) else v
 
 
-def _fixed_to(v: Any) -> Any:
-    return v.encode() if isinstance(v, str) else v
+def _fixed_to(size: int) -> Converter:
+    """Text into ``FixedString(size)``: UTF-8, padded with NUL bytes as ClickHouse stores it;
+    longer text is refused (ValueError), never cut."""
+
+    def to(v: Any) -> Any:
+        b = v.encode() if isinstance(v, str) else v
+        if len(b) > size:
+            raise ValueError(f"{len(b)} bytes do not fit FixedString({size})")
+        return b.ljust(size, b"\0")
+
+    return to
+
+
+def _enum_to(inner: str) -> Converter:
+    """A label into its ``Enum8/16`` value; an unknown label is refused (ValueError): the client
+    would send 0 for it."""
+    labels = {
+        m.group(1).replace("\\'", "'"): int(m.group(2))
+        for m in re.finditer(r"'((?:[^'\\]|\\.)*)'\s*=\s*(-?\d+)", inner)
+    }
+
+    def to(v: Any) -> Any:
+        if v not in labels:
+            raise ValueError(f"{v!r:.60} is not a label of {inner}")
+        return labels[v]
+
+    return to
 
 
 def conversion(t: CqlType, got: str) -> WireConversion | None:
@@ -87,10 +112,12 @@ def conversion(t: CqlType, got: str) -> WireConversion | None:
     name = t.name
     decimal_col = base in ("Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256")
     if name in _TEXT:
-        if base == "String" or base.startswith("Enum"):
+        if base == "String":
             return _same, _same
+        if base.startswith("Enum"):
+            return _nn(_enum_to(inner)), _same
         if base == "FixedString":
-            return _nn(_fixed_to), _nn(_fixed_back)
+            return _nn(_fixed_to(int(inner[len(base) + 1 : -1]))), _nn(_fixed_back)
         if base == "UUID":
             return _nn(lambda v: uuid.UUID(v) if isinstance(v, str) else v), _nn(str)
         if base in ("IPv4", "IPv6"):

@@ -66,6 +66,7 @@ from cdcd.sinks.postgres.table import (
     PgTable,
     ensure_layout,
     init_connection,
+    not_null_columns,
     require_columns,
 )
 from cdcd.sinks.postgres.types import (
@@ -223,6 +224,7 @@ class PostgresSink:
         table/column with ``create`` off, or a column of another type."""
         table = PgTable(mapping, schema)
         convs: dict[str, Any] = {}
+        fill: set[str] = set()
 
         async def setup(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
@@ -239,6 +241,8 @@ class PostgresSink:
                                 bookkeeping=mapping.bookkeeping, source=mapping.source,
                             )
                         )  # fmt: skip
+                        values = {c.name for c in layout.values}
+                        fill.update(values & await not_null_columns(conn, layout.schema, layout.table))
                 if table.static is not None and mapping.create:
                     for ddl in static_view_ddl(table.main, table.static):
                         await conn.execute(ddl)
@@ -250,8 +254,8 @@ class PostgresSink:
                     await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
 
         await self._run(setup)
-        if convs:
-            table = PgTable(mapping, schema, convs)
+        if convs or fill:
+            table = PgTable(mapping, schema, convs, frozenset(fill))
         self._tables[(mapping.source, mapping.target)] = table
 
     async def target_definition(self, mapping: TableMapping) -> TargetTable:

@@ -233,9 +233,19 @@ def lexicographic(
 
 
 def upsert_sql(
-    layout: TargetLayout, carried: frozenset[str], replace: bool, soft: bool, *, deleted: bool = False
+    layout: TargetLayout,
+    carried: frozenset[str],
+    replace: bool,
+    soft: bool,
+    *,
+    deleted: bool = False,
+    fill: frozenset[str] = frozenset(),
 ) -> str:
     """Upsert the staged rows of one signature, setting only the ``carried`` columns.
+
+    ``fill``: NOT NULL value columns of a user-created table. When not carried, the candidate
+    row takes the current row's value (PostgreSQL checks NOT NULL on it before ON CONFLICT), so a
+    partial update of an existing row passes and one that would create a row without it fails.
 
     ``replace``: the row was deleted earlier in the batch, so every other column becomes NULL.
     ``soft``: a soft-deleted target row is revived the same way (Scylla had deleted it).
@@ -248,6 +258,14 @@ def upsert_sql(
     if deleted:
         insert_cols += [DELETED, DELETED_AT]
     sets = [f"{ident(c)} = excluded.{ident(c)}" for c in cols]
+    filled = [c for c in layout.value_columns() if c in fill and c not in carried]
+    select = [*insert_cols]
+    if filled:
+        match = " AND ".join(f"c.{k} = s.{k}" for k in keys)
+        insert_cols += [ident(c) for c in filled]
+        select = [f"s.{c}" for c in select] + [
+            f"(SELECT c.{ident(c)} FROM {layout.name} AS c WHERE {match})" for c in filled
+        ]
     for c in layout.value_columns():
         if c in carried:
             continue
@@ -271,8 +289,8 @@ def upsert_sql(
     ]
     return (
         f"INSERT INTO {layout.name} AS t ({', '.join(insert_cols)}) "
-        f"SELECT {', '.join(insert_cols)} FROM {ident(layout.staging_name())} "
-        f"WHERE {seg} = $1 AND {sig} = $2 "
+        f"SELECT {', '.join(select)} FROM {ident(layout.staging_name())} AS s "
+        f"WHERE s.{seg} = $1 AND s.{sig} = $2 "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)} "
         f"WHERE (t.{WRITE_TIME}, t.{SEQ}) < (excluded.{WRITE_TIME}, excluded.{SEQ})"
     )

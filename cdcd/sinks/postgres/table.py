@@ -41,6 +41,7 @@ __all__ = [
     "PgTable",
     "ensure_layout",
     "init_connection",
+    "not_null_columns",
     "require_columns",
 ]
 
@@ -73,7 +74,11 @@ class PgTable:
     """Everything the sink knows about one mapping: layouts, converters, statement texts."""
 
     def __init__(
-        self, mapping: TableMapping, schema: TableSchema, convs: Mapping[str, Converter] | None = None
+        self,
+        mapping: TableMapping,
+        schema: TableSchema,
+        convs: Mapping[str, Converter] | None = None,
+        fill: frozenset[str] = frozenset(),
     ) -> None:
         self.mapping = mapping
         self.schema = schema
@@ -86,6 +91,7 @@ class PgTable:
             )
         self.codec = TableCodec(schema.columns, self.main, self.static, keys_only=keys_only, convs=convs)
         self.soft = mapping.delete == "soft"
+        self.fill = fill  # NOT NULL value columns of a user-created table (upsert_sql)
         self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
         self._sql: dict[Any, str] = {}
 
@@ -96,7 +102,7 @@ class PgTable:
         text = self._sql.get(key)
         if text is None:
             if kind == "upsert":
-                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2])
+                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2], fill=self.fill)
             elif kind == "delete":
                 text = delete_sql(layout, self.soft)
             elif kind == "vanish":
@@ -150,6 +156,17 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         decoder=lambda t: CqlDuration(t[0], t[1], t[2] * 1000),
         format="tuple",
     )
+
+
+async def not_null_columns(conn: asyncpg.Connection, schema: str, table: str) -> set[str]:
+    """Columns of an existing table declared NOT NULL."""
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(quote_ident($1) || '.' || "
+        "quote_ident($2)) AND attnum > 0 AND NOT attisdropped AND attnotnull",
+        schema,
+        table,
+    )
+    return {str(r["attname"]) for r in rows}
 
 
 async def require_columns(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
