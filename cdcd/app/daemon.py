@@ -80,7 +80,7 @@ class Daemon:
         self.deps = Dependencies(cfg, sink_factory)
         self.mapping_factory = mapping_factory
         self.clock = SystemClock()
-        self.telemetry = emit.FlowTelemetry()
+        self.telemetry = emit.FlowTelemetry(alert_ratio=cfg.validation.alert_ratio)
         self.state = "starting"
         self.started_at = time.time()
         # (destination, table, group key) -> the destination's branch of that stream group

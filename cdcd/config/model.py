@@ -166,8 +166,9 @@ class ValidationConfig(_Section, frozen=True, kw_only=True):
     # warn (log, and the cdcd_rejected_share_alert metric) when the share of a table's events a
     # destination rejected over the last 5 minutes passes this (0..1)
     alert_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
-    # entries per destination and queue; when a queue is full the table's branch pauses in state
-    # "queue-full" (error log) until entries are retried or dropped; nothing is dropped
+    # entries per destination and queue; once a queue holds this many, the branch that wants to add
+    # to it pauses in state "queue-full" (error log) until entries are retried or dropped; nothing is
+    # dropped (the batch being recorded when the limit is reached may overshoot it)
     max_entries: PosInt = 100_000
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -61,7 +62,7 @@ from cdcd.flow.watermark import Ticket, WatermarkTracker
 from cdcd.flow.writer import SinkWriter
 from cdcd.stages import Chain, RejectionLike, Stage, StageFn
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
-from cdcd.state.deadletter import DeadLetterStore, Kind
+from cdcd.state.deadletter import DeadLetter, DeadLetterStore, Kind
 
 if TYPE_CHECKING:
     from cdcd.flow.reader import SharedReader
@@ -88,6 +89,9 @@ class BranchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     write_timeout: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     # Seconds close() may spend draining and committing before it abandons the rest.
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Entries per destination and queue ([validation] max_entries); at the limit the branch pauses
+    # in state "queue-full" until there is room (None: unbounded).
+    max_queue_entries: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 def default_rejection_kind(rejection: RejectionLike) -> Kind:
@@ -217,7 +221,7 @@ class Branch:
             sink=sink, mapping=mapping, destination=destination, breaker=self.breaker,
             retry=self.config.retry, write_timeout=self.config.write_timeout, clock=self.clock,
             events=self.events, pid=self.pid, set_state=self._writer_state,
-            dead_letter=lambda entries: self._with_state_retry(lambda: self.deadletters.add(entries)),
+            dead_letter=self._queue,
         )  # fmt: skip
         self._shared: SharedReader | None = None
         # Per stream, the last position this branch was handed (start included): where a catch-up
@@ -631,6 +635,7 @@ class Branch:
         rows = self.config.batch.max_rows
         for i in range(0, len(events), rows):
             await self._writer_policy.write(events[i : i + rows])
+        self.events.processed(self.pid, len(events) + len(rejections))
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -655,13 +660,49 @@ class Branch:
             )
             for r in rejections
         ]
-        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        await self._queue(entries)
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
             by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
+
+    async def _queue(self, entries: list[DeadLetter]) -> None:
+        """Store entries in their queues (validation, dead, stale); while a queue is at
+        ``max_queue_entries`` the branch waits in state ``queue-full`` (nothing is dropped)."""
+        limit = self.config.max_queue_entries
+        kinds: dict[Kind, list[DeadLetter]] = {}
+        for e in entries:
+            kinds.setdefault(e.kind, []).append(e)
+        if limit is not None:
+            for kind in kinds:
+                attempt = 0
+                while True:
+                    size = await self._with_state_retry(
+                        functools.partial(self.deadletters.count, kind, self.destination)
+                    )
+                    if size < limit or self._terminated:  # (a batch may overshoot the limit)
+                        break
+                    attempt += 1
+                    if attempt == 1:
+                        previous = self.state
+                        self._set_state("queue-full")
+                        self.last_error = (
+                            f"{kind} queue of {self.destination} is full ({size} of {limit} entries)"
+                        )
+                        log.error("queue full: %s: %s queue holds %d of %d entries; paused until entries are "
+                                  "retried or dropped (cdcd dlq)", self.pid, kind, size, limit)  # fmt: skip
+                    await self.clock.sleep(min(30.0, 1.0 * attempt))
+                if attempt:
+                    self._set_state(previous if previous != "queue-full" else "running")
+                    log.warning("queue has room again: %s: %s", self.pid, kind)
+        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        for kind, items in kinds.items():
+            reasons: dict[str, int] = {}
+            for e in items:
+                reasons[e.rule or e.stage] = reasons.get(e.rule or e.stage, 0) + 1
+            self.events.queued(self.pid, kind, reasons)
 
     # ---------------------------------------------------------------------------------- helpers
 

@@ -25,6 +25,7 @@ from cdcd.ops import metrics as m
 from cdcd.ops import tracing
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.rejections import RejectedShare
 
 __all__ = [
     "FlowTelemetry",
@@ -235,8 +236,34 @@ def _observe_many(histogram: Any, amounts: Sequence[float]) -> None:
 class FlowTelemetry:
     """``cdcd.flow.FlowEvents``: what pipelines report, logged and counted."""
 
-    def __init__(self, clock: Any = time) -> None:
+    def __init__(self, clock: Any = time, alert_ratio: float = 0.05) -> None:
         self.clock = clock  # .time(): epoch seconds (latency = commit time - source write time)
+        self.shares = RejectedShare(alert_ratio)  # [validation] alert_ratio
+
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None:
+        t, d = pid.table, pid.destination
+        for reason, n in reasons.items():
+            m.REJECTED.labels(t, d, queue, reason or "other", _replica).inc(n)
+        if queue == "validation":
+            self.shares.rejected((t, d), sum(reasons.values()))
+            self._share(pid)
+
+    def processed(self, pid: PipelineId, events: int) -> None:
+        self.shares.processed((pid.table, pid.destination), events)
+        self._share(pid)
+
+    def _share(self, pid: PipelineId) -> None:
+        t, d = pid.table, pid.destination
+        share, change = self.shares.check((t, d))
+        m.REJECTED_SHARE.labels(t, d, _replica).set(share or 0.0)
+        if change is True:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(1)
+            log.warning("rejected share above validation.alert_ratio", table=t, destination=d,
+                        share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
+        elif change is False:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(0)
+            log.info("rejected share back below validation.alert_ratio", table=t, destination=d,
+                     share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
 
     def batch_written(
         self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float

@@ -139,9 +139,11 @@ class MemorySink:
 class States(NoFlowEvents):
     def __init__(self) -> None:
         self.seen: list[PipelineState] = []
+        self.changed = asyncio.Event()
 
     def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None:
         self.seen.append(new)
+        self.changed.set()
 
 
 @pytest.fixture
@@ -262,6 +264,34 @@ async def test_rows_the_destination_refuses_go_to_the_validation_queue_at_once(
     )  # fmt: skip
     assert pipeline.status().events_rejected == 1
     assert await checkpoints.load("pg", GROUP) == {S1: pos(S1, 9), S2: pos(S2, 9)}
+
+
+async def test_a_full_validation_queue_pauses_the_branch_until_entries_are_dropped(
+    checkpoints: CheckpointStore, deadletters: DeadLetterStore
+) -> None:
+    states = States()
+    source = ListSource([batch(1, ev(1, bad="x"), ev(2, bad="y")), batch(2, ev(3, bad="z"), ev(4))])
+    sink = MemorySink(bad=lambda e: "23514 check violated" if "bad" in e.values else None)
+    config = msgspec.structs.replace(FAST, max_queue_entries=2, batch=BatchPolicy(max_rows=2, max_wait=0.01))
+    pipeline = make(source, sink, checkpoints, deadletters, config=config, events=states)
+    run = asyncio.ensure_future(pipeline.run())
+    await asyncio.wait_for(_until(states, "queue-full"), 10)
+    assert await deadletters.count("validation", "pg") == 2  # nothing dropped, nothing more added
+    assert "validation queue of pg is full" in (pipeline.status().last_error or "")
+    assert sink.ids() == []  # the second batch waits behind its rejection
+    entries = await deadletters.list("validation", "pg")
+    await deadletters.delete("validation", "pg", [e.id for e in entries])  # the operator drops them
+    await asyncio.wait_for(run, 10)
+    assert pipeline.state == "done"
+    assert sink.ids() == [4]
+    assert [e.event.key["id"] for e in await deadletters.list("validation", "pg")] == [3]
+    assert "queue-full" in states.seen
+
+
+async def _until(states: States, state: PipelineState) -> None:
+    while state not in states.seen:
+        states.changed.clear()
+        await states.changed.wait()
 
 
 async def test_bad_rows_go_to_the_dead_letter_store_and_the_rest_is_applied_once(
