@@ -28,9 +28,11 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
-from cdcd.app.validation import branch_stages, project, table_options, undecodable_entries
+from cdcd.app.dlq import DlqTool
+from cdcd.app.dlq_http import dlq_routes
+from cdcd.app.validation import branch_stages, project, refresh_quarantine, table_options, undecodable_entries
 from cdcd.config import Config, TableConfig, redacted
-from cdcd.errors import CdcdError, ConfigError
+from cdcd.errors import CdcdError, ConfigError, DependencyUnavailable
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.load import LoopLoad
@@ -123,6 +125,7 @@ class Daemon:
         # (table, destination) -> the branch's own stages (ignored columns, validator), built once
         # the destination table's definition was read (cdcd.app.validation)
         self.branch_stages: dict[tuple[str, str], list[Any]] = {}
+        self._dlq: DlqTool | None = None  # /admin/dlq (built on first use)
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -216,6 +219,7 @@ class Daemon:
                     asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
                 )
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
+        self._tasks.append(asyncio.create_task(self._refresh_quarantine(), name="quarantine"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -536,6 +540,15 @@ class Daemon:
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
 
+    async def _refresh_quarantine(self) -> None:
+        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq)."""
+        while not self.stopping:
+            try:
+                await refresh_quarantine(self.branch_stages, self.deadletters)
+            except Exception as exc:  # Redis down: keys stay held until the next round
+                log.debug("quarantine refresh failed", error=scrub(repr(exc)))
+            await self._sleep(5.0)
+
     async def _watch_data_loss(self) -> None:
         """R-43: warn (and later say "recovered") when a destination's time until data loss
         drops below the threshold. Runs whatever scrapes /metrics. A (table, destination) with no
@@ -638,7 +651,26 @@ class Daemon:
             registries=[metrics.REGISTRY, self.local_metrics],
             admin_token=self.cfg.http.admin_token,
             admin_actions={"checkpoints/flush": self.flush_checkpoints},
+            extra_routes=dlq_routes(self._dlq_tool),
         )
+
+    async def _dlq_tool(self) -> DlqTool:
+        """The ``/admin/dlq`` operations on this daemon's Redis, sinks and source schemas."""
+        if self._dlq is None:
+            if not hasattr(self, "deadletters"):
+                raise DependencyUnavailable("cdcd is still starting: Redis is not connected yet")
+
+            async def sink(dest: str) -> Sink:
+                got = await self._sink(dest)
+                if got is None:
+                    raise DependencyUnavailable(f"destination {dest} is not connected")
+                return got
+
+            async def schema(table: TableConfig) -> TableSchema:
+                return self.schemas[table.source]
+
+            self._dlq = DlqTool(self.cfg, self.deadletters, sink=sink, schema=schema)
+        return self._dlq
 
 
 def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -28,7 +30,7 @@ from cdcd.stages import Stage
 from cdcd.stages.validate import ColumnRule, DropColumns, Validator, key_text
 from cdcd.state.deadletter import DeadLetter, DeadLetterStore
 
-__all__ = ["branch_stages", "project", "table_options", "undecodable_entries"]
+__all__ = ["branch_stages", "project", "refresh_quarantine", "table_options", "undecodable_entries"]
 
 
 def table_options(mapping: TableMapping, table: TableConfig, dest: str, cfg: Config) -> TableMapping:
@@ -146,3 +148,18 @@ def undecodable_entries(
         )
         for dest in destinations
     ]
+
+
+async def refresh_quarantine(
+    stages: Mapping[tuple[str, str], list[Any]], deadletters: DeadLetterStore
+) -> None:
+    """Tell every quarantining validator which keys still have entries in its validation queue
+    (``Validator.refresh``): keys the operator resolved with ``cdcd dlq`` flow again."""
+    for (table, dest), chain in list(stages.items()):
+        for stage in chain:
+            if isinstance(stage, Validator) and stage.quarantine:
+                started = time.monotonic()
+                keys = {
+                    key_text(e.event.key) async for e in deadletters.iterate("validation", dest, table=table)
+                }
+                stage.refresh(keys, started)

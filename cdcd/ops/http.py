@@ -158,6 +158,7 @@ def make_app(
     admin_token: Secret | None,
     admin_actions: Mapping[str, AdminAction] | None = None,
     ready_timeout: float = 10.0,
+    extra_routes: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
     """The aiohttp application (no I/O until served)."""
     actions = dict(admin_actions or {})
@@ -218,6 +219,8 @@ def make_app(
     app.router.add_get("/status", status_handler)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/", admin_index)
+    if extra_routes is not None:  # before the catch-all below (e.g. /admin/dlq/..., cdcd.app.dlq_http)
+        extra_routes(app)
     app.router.add_post("/admin/{name:.+}", admin_action)
     return app
 

@@ -19,9 +19,9 @@ branch writes it to that destination's validation queue and writes the rest of t
 
 ``on_invalid = "quarantine_key"``: once a change of a primary key was refused, later changes of
 that key are refused too (rule ``quarantine``) until the operator resolves the entry; the keys
-held are seeded from the validation queue at start-up (``quarantined``) and released by
-``release`` (``cdcd dlq retry``/``drop`` resolve the entries; a daemon picks the release up when
-its branch restarts or when ``refresh`` finds the entries gone).
+held are seeded from the validation queue at start-up (``quarantined``); the daemon calls
+``refresh`` every few seconds with the keys still queued, so a key whose entries the operator
+retried or dropped (``cdcd dlq``) flows again.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import ipaddress
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -347,6 +348,7 @@ class Validator:
         self.target = target
         self.quarantine = quarantine
         self.held: set[str] = set(quarantined)
+        self._added: dict[str, float] = {}  # key -> monotonic time it was held (refresh keeps it)
         self._not_null: set[str] = set()
         self._checks: dict[str, list[CheckFn]] = {}
         for name, col in target.columns.items():
@@ -371,6 +373,13 @@ class Validator:
     def release(self, key: Mapping[str, Any]) -> None:
         """An operator resolved the held change of this key: later changes flow again."""
         self.held.discard(key_text(key))
+
+    def refresh(self, queued: Iterable[str], now: float, grace: float = 60.0) -> None:
+        """Hold exactly the keys that still have entries in the validation queue (``queued``,
+        ``key_text`` form), plus those held in the last ``grace`` seconds (their entries may not
+        be stored yet). Keys whose entries the operator retried or dropped flow again."""
+        self._added = {k: t for k, t in self._added.items() if t > now - grace}
+        self.held = set(queued) | set(self._added)
 
     def problems(self, ev: ChangeEvent) -> list[tuple[str, str, str]]:
         """(column, rule, reason) of every problem of one event."""
@@ -422,7 +431,9 @@ class Validator:
                             reason="an earlier change of this key is in the validation queue (on_invalid = quarantine_key)")
                 )  # fmt: skip
             if self.quarantine:
-                self.held.add(key_text(ev.key))
+                k = key_text(ev.key)
+                self.held.add(k)
+                self._added[k] = time.monotonic()
         return StageResult(passed=passed, rejected=rejected)
 
 

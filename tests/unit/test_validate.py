@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import decimal
 import uuid
 
@@ -149,3 +150,18 @@ def test_drop_columns() -> None:
     e = ev(name="x", secret="y")
     (out,), _ = Chain([DropColumns(["secret"])]).run([e])
     assert out.values == {"name": "x"}
+
+
+def test_quarantine_refresh_releases_keys_no_longer_queued() -> None:
+    from cdcd.stages.validate import key_text
+
+    v = pg_table()
+    q = Validator(
+        v.target, quarantine=True, columns=list(v.target.columns), quarantined=[key_text({"id": 3})]
+    )
+    Chain([q]).run([ev(key=1, name="toolong")])
+    q.refresh([key_text({"id": 3})], now=time.monotonic())
+    assert q.held == {key_text({"id": 1}), key_text({"id": 3})}  # key 1 was held just now: kept
+    q.refresh([], now=time.monotonic() + 120)  # its entry resolved, the grace past
+    assert q.held == set()
+    assert list(Chain([q]).run([ev(key=1, name="ok")])[0]) == [ev(key=1, name="ok")]
