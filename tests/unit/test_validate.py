@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 import decimal
+import time
 import uuid
 
 from cdcd.events import ChangeEvent, Op, Position
