@@ -30,7 +30,14 @@ from cdcd.app.deps import (
 )
 from cdcd.app.dlq import DlqTool
 from cdcd.app.dlq_http import dlq_routes
-from cdcd.app.validation import branch_stages, project, refresh_quarantine, table_options, undecodable_entries
+from cdcd.app.validation import (
+    branch_stages,
+    project,
+    refresh_quarantine,
+    refresh_targets,
+    table_options,
+    undecodable_entries,
+)
 from cdcd.config import Config, TableConfig, redacted
 from cdcd.errors import CdcdError, ConfigError, DependencyUnavailable
 from cdcd.events import timeuuid_to_micros
@@ -541,12 +548,17 @@ class Daemon:
             await self._sleep(30.0)
 
     async def _refresh_quarantine(self) -> None:
-        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq)."""
+        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq);
+        every 30 s, validators re-read their destination table's definition."""
+        rounds = 0
         while not self.stopping:
             try:
                 await refresh_quarantine(self.branch_stages, self.deadletters)
-            except Exception as exc:  # Redis down: keys stay held until the next round
-                log.debug("quarantine refresh failed", error=scrub(repr(exc)))
+                if rounds % 6 == 5:
+                    await refresh_targets(self.branch_stages, self.deps.sinks, self.cfg)
+            except Exception as exc:  # Redis or a destination down: try again next round
+                log.debug("validator refresh failed", error=scrub(repr(exc)))
+            rounds += 1
             await self._sleep(5.0)
 
     async def _watch_data_loss(self) -> None:

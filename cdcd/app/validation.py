@@ -3,6 +3,8 @@
 * ``table_options(mapping, table, dest, cfg)``: the mapping with the table's column type
   overrides for that destination and its ``add_bookkeeping_columns``;
 * ``project(schema, ignored)``: the source schema without the table's ``ignore_columns``;
+* ``refresh_targets`` / ``refresh_quarantine``: run every few seconds by the daemon: validators
+  follow tables altered while cdcd runs, and release keys whose entries were resolved;
 * ``undecodable_entries(...)``: dead-letter entries of a CDC log group that cannot be decoded
   (rule ``undecodable``): its raw log rows, the reason, one entry per destination;
 * ``branch_stages(...)``: the destination branch's own stages, ``DropColumns`` (ignored columns)
@@ -30,7 +32,14 @@ from cdcd.stages import Stage
 from cdcd.stages.validate import ColumnRule, DropColumns, Validator, key_text
 from cdcd.state.deadletter import DeadLetter, DeadLetterStore
 
-__all__ = ["branch_stages", "project", "refresh_quarantine", "table_options", "undecodable_entries"]
+__all__ = [
+    "branch_stages",
+    "project",
+    "refresh_quarantine",
+    "refresh_targets",
+    "table_options",
+    "undecodable_entries",
+]
 
 
 def table_options(mapping: TableMapping, table: TableConfig, dest: str, cfg: Config) -> TableMapping:
@@ -148,6 +157,27 @@ def undecodable_entries(
         )
         for dest in destinations
     ]
+
+
+async def refresh_targets(
+    stages: Mapping[tuple[str, str], list[Any]], sinks: Mapping[str, Any], cfg: Config
+) -> None:
+    """Read every destination table's definition again and hand it to its validator, so a table
+    altered while cdcd runs (a widened column, a new CHECK) is checked as it is now."""
+    tables = {t.source: t for t in cfg.tables}
+    for (table, dest), chain in list(stages.items()):
+        describe = getattr(sinks.get(dest), "target_definition", None)
+        if describe is None or table not in tables:
+            continue
+        for stage in chain:
+            if isinstance(stage, Validator):
+                t = tables[table]
+                mapping = TableMapping(
+                    source=table, target_schema=t.target_schema, target_table=t.target_table
+                )
+                target = await describe(mapping)
+                if target != stage.target:
+                    stage.retarget(target)
 
 
 async def refresh_quarantine(

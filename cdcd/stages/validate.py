@@ -343,12 +343,18 @@ class Validator:
         quarantined: Iterable[str] = (),
     ) -> None:
         """``columns``: the source columns replicated (others are not checked)."""
-        rules = dict(rules or {})
-        wanted = set(target.columns) if columns is None else set(columns)
-        self.target = target
+        self.rules = dict(rules or {})
+        self.columns = None if columns is None else frozenset(columns)
         self.quarantine = quarantine
         self.held: set[str] = set(quarantined)
         self._added: dict[str, float] = {}  # key -> monotonic time it was held (refresh keeps it)
+        self.retarget(target)
+
+    def retarget(self, target: TargetTable) -> None:
+        """Check against ``target`` from now on (the destination table was altered)."""
+        rules = self.rules
+        wanted = set(target.columns) if self.columns is None else set(self.columns)
+        self.target = target
         self._not_null: set[str] = set()
         self._checks: dict[str, list[CheckFn]] = {}
         for name, col in target.columns.items():

@@ -146,3 +146,26 @@ async def test_narrower_types_are_converted_exactly_and_refusals_are_found(
             await sink.write(m, [ok, e])
         assert err.value.deterministic and set(err.value.errors) == {1}
     assert len(await rows(conn)) == 1
+
+
+async def test_validators_follow_a_table_altered_while_running(
+    sink: PostgresSink, conn: asyncpg.Connection
+) -> None:
+    from cdcd.app.validation import refresh_targets
+    from cdcd.config import loads
+
+    await conn.execute(USER_DDL)
+    m = mapping(bookkeeping=True)
+    sch = schema(COLS)
+    await sink.ensure_table(m, sch)
+    v = Validator(await sink.target_definition(m), columns=[c.name for c in sch.columns])
+    long_name = ev(Op.UPDATE, {"pk": 1}, values={"name": "tenletters"})
+    assert [r for _, r, _ in v.problems(long_name)] == ["max_length"]
+    await conn.execute("ALTER TABLE ks.t ALTER COLUMN name TYPE varchar(20)")
+    cfg = loads(
+        '[destinations.pg]\ntype = "postgres"\ndsn = "postgresql://x@h/d"\n'
+        '[[tables]]\nsource = "ks.t"\ndestinations = ["pg"]\n'
+    )
+    await refresh_targets({("ks.t", "pg"): [v]}, {"pg": sink}, cfg)
+    assert v.problems(long_name) == []
+    assert v.target.columns["name"].max_length == 20
