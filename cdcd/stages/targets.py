@@ -231,12 +231,16 @@ def parse_pg_check(name: str, definition: str) -> list[Check] | None:
 
 # ------------------------------------------------------------------------------------ ClickHouse
 _CH_DECIMAL_P = {"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}
+# What each type can store (Date32 and DateTime64 store years 1..9999 exactly; only ClickHouse's
+# date functions are limited to 1900..2299, docs/type-map-clickhouse.md).
 _CH_DATES = {
     "Date": (dt.date(1970, 1, 1), dt.date(2149, 6, 6)),
-    "Date32": (dt.date(1900, 1, 1), dt.date(2299, 12, 31)),
+    "Date32": (dt.date(1, 1, 1), dt.date(9999, 12, 31)),
     "DateTime": (dt.date(1970, 1, 1), dt.date(2106, 2, 6)),
-    "DateTime64": (dt.date(1900, 1, 1), dt.date(2299, 12, 31)),
+    "DateTime64": (dt.date(1, 1, 1), dt.date(9999, 12, 31)),
 }
+# Composite types: cdcd stores a null collection as an empty one, so they are never "NOT NULL".
+_CH_COMPOSITE = ("Array", "Map", "Tuple", "Nested")
 
 
 def _unwrap(t: str, wrapper: str) -> tuple[str, bool]:
@@ -250,6 +254,7 @@ def ch_column(name: str, type_: str, default_kind: str = "") -> TargetColumn:
     t, _ = _unwrap(type_.strip(), "LowCardinality")
     t, nullable = _unwrap(t, "Nullable")
     base = t.split("(", 1)[0]
+    nullable = nullable or base in _CH_COMPOSITE
     args = t[len(base) + 1 : -1] if "(" in t else ""
     kw: dict[str, Any] = {}
     kind: TargetKind = "other"

@@ -47,7 +47,7 @@ def user_ddl(db: str, meta: bool = True) -> str:
     return (
         f"CREATE TABLE `{db}`.t (pk UInt32, name LowCardinality(String), amount Decimal(9, 2), "
         "qty Nullable(Int16), code Nullable(FixedString(3)), state Enum8('new' = 1, 'paid' = 2), "
-        "day Nullable(Date32), at Nullable(DateTime64(3, 'UTC'))"
+        "day Nullable(Date), at Nullable(DateTime64(3, 'UTC'))"
         + (f", {META}" if meta else "")
         + ") ENGINE = ReplacingMergeTree(_cdc_version"
         + (", _cdc_is_deleted" if meta else "")

@@ -111,10 +111,12 @@ def test_clickhouse_types() -> None:
         ch_column("code", "FixedString(3)"),
         ch_column("kind", "LowCardinality(String)"),
         ch_column("state", "Enum8('a' = 1, 'b\\'c' = 2)"),
-        ch_column("day", "Nullable(Date32)"),
-        ch_column("at", "DateTime64(3, 'UTC')"),
+        ch_column("day", "Nullable(Date)"),
+        ch_column("at", "DateTime('UTC')"),
+        ch_column("tags", "Array(String)"),
     ]
-    assert [c.nullable for c in cols] == [False, False, False, False, False, True, False]
+    assert [c.nullable for c in cols] == [False, False, False, False, False, True, False, True]
+    assert ch_column("d", "Date32").date_range == (dt.date(1, 1, 1), dt.date(9999, 12, 31))
     v = Validator(table_from_rows("db.t", cols), columns=[c.name for c in cols])
     assert reasons(v, ev(key=300)) == ["range"]
     assert reasons(v, ev(amount=decimal.Decimal("0.125"))) == ["scale"]
@@ -123,7 +125,8 @@ def test_clickhouse_types() -> None:
     assert reasons(v, ev(kind=None)) == ["not_null"]
     assert reasons(v, ev(state="b'c")) == []
     assert reasons(v, ev(state="z")) == ["allowed"]
-    assert reasons(v, ev(day="1850-01-01")) == ["range"]
+    assert reasons(v, ev(day="1850-01-01")) == ["range"]  # Date: 1970..2149
+    assert reasons(v, ev(tags=None)) == []  # a null collection is stored empty
     assert reasons(v, ev(day=None)) == []
     assert reasons(v, ev(at=dt.datetime(2300, 1, 1, tzinfo=dt.UTC))) == ["range"]
 
