@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -304,6 +305,9 @@ def _run(
         for e in entries:
             assert e["reason"] and e["rule"] and e["table"] == "dirty.orders" and e["first_seen"]
             assert "internal" not in e["values"] or e["values"]["internal"].startswith("secret")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=10).read().decode()
+    assert 'cdcd_rejected_events_total{destination="pg",queue="validation",reason="max_length"' in metrics
+    assert 'cdcd_rejected_share_alert{destination="pg"' in metrics
     pg_now = pg_rows(pg_dsn)
     assert all(len(r["name"]) <= 12 for r in pg_now.values())
     assert {r["state"] for r in pg_now.values()} <= set(CLEAN_STATES)
