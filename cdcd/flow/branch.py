@@ -306,7 +306,7 @@ class Branch:
         self._closing = True
         if self._shared is not None:
             self._shared.leave(self)
-        if self.state in ("running", "retrying", "circuit-open"):
+        if self.state in ("running", "retrying", "circuit-open", "queue-full"):
             self._set_state("draining")
         budget = self.config.shutdown_timeout if deadline is None else deadline
         ok, _ = await wait_first(self.clock, self._drain(), budget)
@@ -694,8 +694,9 @@ class Branch:
                         log.error("queue full: %s: %s queue holds %d of %d entries; paused until entries are "
                                   "retried or dropped (cdcd dlq)", self.pid, kind, size, limit)  # fmt: skip
                     await self.clock.sleep(min(30.0, 1.0 * attempt))
-                if attempt:
+                if attempt and self.state == "queue-full":
                     self._set_state(previous if previous != "queue-full" else "running")
+                    self.last_error = None
                     log.warning("queue has room again: %s: %s", self.pid, kind)
         await self._with_state_retry(lambda: self.deadletters.add(entries))
         for kind, items in kinds.items():

@@ -137,7 +137,7 @@ _FALSE = ("false", "0", "no", "off", "")
 # Worst first wins when folding group states into a destination state.
 _RANK = {
     "done": 0, "closed": 1, "starting": 2, "running": 3, "draining": 4, "retrying": 5,
-    "circuit-open": 6, "terminated": 7, "failed": 8,
+    "circuit-open": 6, "terminated": 7, "failed": 8, "queue-full": 6,
 }  # fmt: skip
 
 

@@ -207,6 +207,7 @@ STATES = (
     "closed",
     "terminated",
     "failed",
+    "queue-full",
 )
 
 
