@@ -7,6 +7,7 @@
     cdcd check-config --config cdcd.toml [--offline]
     cdcd vault reveal TOKEN --config cdcd.toml
     cdcd status --config cdcd.toml [--json]
+    cdcd dlq list|show|export|retry|edit|drop ... --config cdcd.toml   (cdcd.app.dlq_cli)
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
@@ -94,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from cdcd.app.dlq_cli import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)  # cdcd dlq list|show|export|retry|edit|drop (cdcd.app.dlq_cli)
     return parser
 
 
@@ -120,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cdcd.masking.cli import reveal
 
         return reveal(config, args.token)
+    if args.command == "dlq":
+        from cdcd.app.dlq_cli import main as dlq_main
+
+        return dlq_main(config, args)
     if args.command == "run":
         return app.run(
             config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,

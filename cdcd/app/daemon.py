@@ -29,9 +29,19 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
+from cdcd.app.dlq import DlqTool
+from cdcd.app.dlq_http import dlq_routes
 from cdcd.app.leases import Hold, LeaseCoordinator
+from cdcd.app.validation import (
+    branch_stages,
+    project,
+    refresh_quarantine,
+    refresh_targets,
+    table_options,
+    undecodable_entries,
+)
 from cdcd.config import Config, TableConfig, load, redacted
-from cdcd.errors import CdcdError, ConfigError, LeaseLost
+from cdcd.errors import CdcdError, ConfigError, DependencyUnavailable, LeaseLost
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.applied import DestinationCheckpoints, records_applied
@@ -89,7 +99,7 @@ class Daemon:
         self.deps = Dependencies(cfg, sink_factory)
         self.mapping_factory = mapping_factory
         self.clock = SystemClock()
-        self.telemetry = emit.FlowTelemetry()
+        self.telemetry = emit.FlowTelemetry(alert_ratio=cfg.validation.alert_ratio)
         self.state = "starting"
         self.started_at = time.time()
         # (destination, table, group key) -> the destination's branch of that stream group
@@ -139,6 +149,10 @@ class Daemon:
         self._supervisors: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reloading = asyncio.Lock()
         self._side_tasks: set[asyncio.Task[Any]] = set()  # config reloads under way
+        # (table, destination) -> the branch's own stages (ignored columns, validator), built once
+        # the destination table's definition was read (cdcd.app.validation)
+        self.branch_stages: dict[tuple[str, str], list[Any]] = {}
+        self._dlq: DlqTool | None = None  # /admin/dlq (built on first use)
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -247,6 +261,7 @@ class Daemon:
         if self.staleness_off:
             log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
         self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._refresh_quarantine(), name="quarantine"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -372,11 +387,26 @@ class Daemon:
         sink = await self._sink(dest)
         if sink is None:
             return
-        mapping = self.mapping_factory(table, self.cfg.destinations[dest])
+        mapping = table_options(
+            self.mapping_factory(table, self.cfg.destinations[dest]), table, dest, self.cfg
+        )
+        try:
+            schema = project(schema, table.ignore_columns)
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), key=f"tables[{self.cfg.tables.index(table)}].ignore_columns"
+            ) from None
         dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
         await self._until_up(
             f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema)
         )
+        stages = await self._until_up(
+            f"destination:{dest}",
+            functools.partial(
+                branch_stages, table, dest, sink, mapping, dest_schema, deadletters=self.deadletters
+            ),
+        )
+        self.branch_stages[(table.source, dest)] = stages or []
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
@@ -532,6 +562,8 @@ class Daemon:
 
         async def on_invalid(err: UndecodableGroup) -> None:
             emit.undecodable_group(table=table.source, destination=who, reason=err.reason)
+            dests = list(table.destinations) if who == "shared" else [who]  # kept: dead-letter queue
+            await self.deadletters.add(undecodable_entries(err, group.generation, dests, time.time()))
 
         return GroupReader(
             self.deps.scylla,
@@ -581,7 +613,7 @@ class Daemon:
 
     def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
         dest_cfg = self.cfg.destinations[dest]
-        mapping = self.mapping_factory(table, dest_cfg)
+        mapping = table_options(self.mapping_factory(table, dest_cfg), table, dest, self.cfg)
         sink: Any = self.deps.sinks[dest]
         checkpoints: Any = self.checkpoints
         if records_applied(sink):  # positions also kept by the destination (cdcd.flow.applied)
@@ -606,7 +638,11 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
-            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
+            # too-old events first (R-22), then the destination's own: ignored columns, validator
+            stages=[
+                *([] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)]),
+                *self.branch_stages.get((table.source, dest), ()),
+            ],
         )
 
     def _start_supervisor(self, table: TableConfig, dest: str) -> None:
@@ -786,6 +822,20 @@ class Daemon:
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
 
+    async def _refresh_quarantine(self) -> None:
+        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq);
+        every 30 s, validators re-read their destination table's definition."""
+        rounds = 0
+        while not self.stopping:
+            try:
+                await refresh_quarantine(self.branch_stages, self.deadletters)
+                if rounds % 6 == 5:
+                    await refresh_targets(self.branch_stages, self.deps.sinks, self.cfg)
+            except Exception as exc:  # Redis or a destination down: try again next round
+                log.debug("validator refresh failed", error=scrub(repr(exc)))
+            rounds += 1
+            await self._sleep(5.0)
+
     async def _watch_data_loss(self) -> None:
         """R-43: warn (and later say "recovered") when a destination's time until data loss
         drops below the threshold. Runs whatever scrapes /metrics. A (table, destination) with no
@@ -891,7 +941,26 @@ class Daemon:
             registries=[metrics.REGISTRY, self.local_metrics],
             admin_token=self.cfg.http.admin_token,
             admin_actions={"checkpoints/flush": self.flush_checkpoints, "reload": self.reload},
+            extra_routes=dlq_routes(self._dlq_tool),
         )
+
+    async def _dlq_tool(self) -> DlqTool:
+        """The ``/admin/dlq`` operations on this daemon's Redis, sinks and source schemas."""
+        if self._dlq is None:
+            if not hasattr(self, "deadletters"):
+                raise DependencyUnavailable("cdcd is still starting: Redis is not connected yet")
+
+            async def sink(dest: str) -> Sink:
+                got = await self._sink(dest)
+                if got is None:
+                    raise DependencyUnavailable(f"destination {dest} is not connected")
+                return got
+
+            async def schema(table: TableConfig) -> TableSchema:
+                return self.schemas[table.source]
+
+            self._dlq = DlqTool(self.cfg, self.deadletters, sink=sink, schema=schema)
+        return self._dlq
 
 
 def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:

@@ -27,6 +27,7 @@ from cdcd.ops import metrics as m
 from cdcd.ops.correlation import batch_fields
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.rejections import RejectedShare
 
 __all__ = [
     "FlowTelemetry",
@@ -206,7 +207,8 @@ def source_error(*, table: str, destination: str, error: BaseException) -> None:
 def undecodable_group(*, table: str, destination: str, reason: str) -> None:
     """A CDC log group the decoder could not turn into events (routed, not applied)."""
     m.ERRORS.labels(table, destination, "receiving", "UndecodableGroup", _replica).inc()
-    log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
+    log.error("undecodable CDC log group moved to the dead-letter queue", table=table,
+              destination=destination, reason=scrub(reason))  # fmt: skip
 
 
 def log_rows_read(table: str, rows: int) -> None:
@@ -279,8 +281,34 @@ def _observe_many(histogram: Any, amounts: Sequence[float]) -> None:
 class FlowTelemetry:
     """``cdcd.flow.FlowEvents``: what pipelines report, logged and counted."""
 
-    def __init__(self, clock: Any = time) -> None:
+    def __init__(self, clock: Any = time, alert_ratio: float = 0.05) -> None:
         self.clock = clock  # .time(): epoch seconds (latency = commit time - source write time)
+        self.shares = RejectedShare(alert_ratio)  # [validation] alert_ratio
+
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None:
+        t, d = pid.table, pid.destination
+        for reason, n in reasons.items():
+            m.REJECTED.labels(t, d, queue, reason or "other", _replica).inc(n)
+        if queue == "validation":
+            self.shares.rejected((t, d), sum(reasons.values()))
+            self._share(pid)
+
+    def processed(self, pid: PipelineId, events: int) -> None:
+        self.shares.processed((pid.table, pid.destination), events)
+        self._share(pid)
+
+    def _share(self, pid: PipelineId) -> None:
+        t, d = pid.table, pid.destination
+        share, change = self.shares.check((t, d))
+        m.REJECTED_SHARE.labels(t, d, _replica).set(share or 0.0)
+        if change is True:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(1)
+            log.warning("rejected share above validation.alert_ratio", table=t, destination=d,
+                        share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
+        elif change is False:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(0)
+            log.info("rejected share back below validation.alert_ratio", table=t, destination=d,
+                     share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
 
     def batch_written(
         self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float

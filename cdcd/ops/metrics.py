@@ -43,6 +43,9 @@ __all__ = [
     "OPERATIONS",
     "REBALANCES",
     "REGISTRY",
+    "REJECTED",
+    "REJECTED_ALERT",
+    "REJECTED_SHARE",
     "REPLICATION_LATENCY",
     "RETRIES",
     "STATES",
@@ -126,6 +129,28 @@ DLQ_SIZE = Gauge(
     registry=REGISTRY,
 )
 
+# Events a destination's branch put in a queue (validation, dead, stale), by reason: the rule
+# that refused it (not_null, max_length, check, destination, undecodable, ...; a small set).
+REJECTED = Counter(
+    "cdcd_rejected_events_total",
+    "Events rejected into the validation queue, dead-letter queue or staleness audit",
+    ["table", "destination", "queue", "reason", "replica"],
+    registry=REGISTRY,
+)
+# Share of a table's events a destination rejected over the last 5 minutes (0..1).
+REJECTED_SHARE = Gauge(
+    "cdcd_rejected_share",
+    "Share of events rejected over the last 5 minutes",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+# 1 while that share is above [validation] alert_ratio (a warning is logged when it rises).
+REJECTED_ALERT = Gauge(
+    "cdcd_rejected_share_alert",
+    "1 while the rejected share is above validation.alert_ratio",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
 # Checkpoints saved to Redis.
 CHECKPOINTS_SAVED = Counter(
     "cdcd_checkpoints_saved_total",
@@ -219,6 +244,7 @@ STATES = (
     "terminated",
     "failed",
     "masking-unavailable",
+    "queue-full",
 )
 
 
