@@ -82,7 +82,7 @@ async def test_narrower_types_round_trip_and_refusals(
     sink: ClickHouseSink, ch: Any, ch_database: str
 ) -> None:
     await ch.command(user_ddl(ch_database))
-    m = mapping(ch_database)
+    m = mapping(ch_database, bookkeeping=True)  # (may create cdcd's offsets table beside it)
     sch = schema(COLS)
     await sink.ensure_table(m, sch)
     good = ev(Op.INSERT, {"pk": 1}, values={

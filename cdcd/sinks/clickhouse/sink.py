@@ -263,10 +263,19 @@ class ClickHouseSink:
                 )
             await self._check(mapping.target_schema, name, table.history_types, create, ddl_settings)
         offsets = self._offsets_of(mapping)
-        if create:
+        own = create or book  # cdcd's own bookkeeping table: created like the bookkeeping columns
+        if own:
             await self._ddl(f"CREATE DATABASE IF NOT EXISTS {ident(offsets.database)}")
             await self._ddl(offsets.ddl)
-        await self._check(offsets.database, offsets.table, OFFSETS_COLUMNS, create)
+        try:
+            await self._check(offsets.database, offsets.table, OFFSETS_COLUMNS, own)
+        except SchemaMismatch as exc:
+            if "does not exist" not in str(exc):
+                raise
+            raise SchemaMismatch(
+                f"offsets table {offsets.database}.{offsets.table} does not exist and this destination may not "
+                f"create it (create_tables and add_bookkeeping_columns off); create it with: {offsets.ddl}"
+            ) from None
         self._tables[(mapping.source, mapping.target)] = table
 
     # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------

@@ -271,7 +271,10 @@ class PostgresSink:
                             history_ddl(mapping.target_schema, mapping.target_table, schema.primary_key)
                         )
                     await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
-                await offsets.ensure(conn, mapping.create)
+                # the offsets table is cdcd's own bookkeeping: created like the bookkeeping columns
+                # of a user's table (add_bookkeeping_columns), else refused with its CREATE TABLE
+                book = mapping.create if mapping.bookkeeping is None else mapping.bookkeeping
+                await offsets.ensure(conn, mapping.create or book)
 
         offsets = self._offsets_of(mapping)
         await self._run(setup)
