@@ -44,6 +44,8 @@ from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
+from cdcd.snapshot.background import TableJobs
+from cdcd.snapshot.run import ACTIVE as SNAPSHOTS
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 
 __all__ = ["Daemon", "StartAt"]
@@ -211,6 +213,10 @@ class Daemon:
                 self._tasks.append(
                     asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
                 )
+        for table in self.cfg.tables:  # snapshot = "initial", reconcile_every (cdcd.snapshot.background)
+            if table.snapshot == "initial" or table.reconcile_every > 0:
+                jobs = TableJobs(self).run(table)
+                self._tasks.append(asyncio.create_task(jobs, name=f"jobs:{table.source}"))
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
@@ -551,6 +557,7 @@ class Daemon:
             replica=self.cfg.instance.replica,
             state=self.state,
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
+            snapshots={t: p.status() for t, p in SNAPSHOTS.items()},
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:

@@ -239,6 +239,12 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     destinations: Annotated[list[str], msgspec.Meta(min_length=1)]  # names under [destinations]
     delete: Literal["hard", "soft", "tombstone"] = "hard"  # delete strategy
     target: TargetTable | None = None  # "schema.table" in the destinations (default: the source name)
+    # "initial": copy the table's existing rows into its destinations the first time it is
+    # replicated (``cdcd snapshot``), while streaming goes on; "never": only stream changes
+    snapshot: Literal["initial", "never"] = "never"
+    # compare the table with each destination this often and log and count the differences
+    # (``cdcd reconcile``, without repair; within the [source] read caps); "0" = never
+    reconcile_every: Duration = Duration(0.0)
 
     @property
     def keyspace(self) -> str:
