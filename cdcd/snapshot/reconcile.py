@@ -48,7 +48,7 @@ from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
 from cdcd.snapshot.bar import ProgressBar
 from cdcd.snapshot.path import DestinationPath
-from cdcd.snapshot.source import SNAPSHOT_POSITION, SourceRow, TableScan, token_ranges
+from cdcd.snapshot.source import SNAPSHOT_POSITION, SourceRow, TableScan, snapshot_position, token_ranges
 from cdcd.snapshot.targets import TargetReader, TargetRow, open_reader, source_form
 
 __all__ = ["Difference", "ReconcileResult", "reconcile_command", "reconcile_table"]
@@ -333,8 +333,8 @@ class Reconciler:
                 version = tgt.version if tgt is not None else 0
                 events.append(
                     ChangeEvent(
-                        table=self.table, pos=SNAPSHOT_POSITION, batch_seq=0, op=Op.ROW_DELETE,
-                        write_time_us=max(now_us, version), key=d.key,
+                        table=self.table, pos=snapshot_position(d.key, max(now_us, version)), batch_seq=0,
+                        op=Op.ROW_DELETE, write_time_us=max(now_us, version), key=d.key,
                     )
                 )  # fmt: skip
             fixed.append(d)

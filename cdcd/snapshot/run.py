@@ -23,7 +23,7 @@ import msgspec
 
 from cdcd.events import ChangeEvent, Op
 from cdcd.snapshot.path import DestinationPath
-from cdcd.snapshot.source import SNAPSHOT_POSITION, TableScan, token_ranges
+from cdcd.snapshot.source import TableScan, snapshot_position, token_ranges
 from cdcd.snapshot.store import SnapshotStore
 
 __all__ = ["ACTIVE", "Progress", "snapshot_table"]
@@ -176,7 +176,12 @@ async def _delete_vanished(
         return
     events = [
         ChangeEvent(
-            table=table, pos=SNAPSHOT_POSITION, batch_seq=0, op=Op.ROW_DELETE, write_time_us=checked_us, key=k
+            table=table,
+            pos=snapshot_position(k, checked_us),
+            batch_seq=0,
+            op=Op.ROW_DELETE,
+            write_time_us=checked_us,
+            key=k,
         )
         for k in gone
     ]

@@ -19,6 +19,7 @@ non-frozen lists (a ``SELECT`` does not return the cell timeuuids a list delta a
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -40,13 +41,28 @@ __all__ = [
     "SourceRow",
     "TableScan",
     "check_supported",
+    "snapshot_position",
     "token_ranges",
 ]
 
 MIN_TOKEN = -(2**63)
 MAX_TOKEN = 2**63 - 1
-# Snapshot events do not come from a CDC stream: this is their (never checkpointed) position.
+# Snapshot events do not come from a CDC stream; their positions are never checkpointed.
 SNAPSHOT_POSITION = Position(generation=0, stream_id=b"\x00" * 16, time=uuid.UUID(int=0))
+_UUID_EPOCH = 0x01B21DD213814000  # 100-ns intervals between 1582-10-15 and 1970-01-01
+
+
+def snapshot_position(key: dict[str, Any], write_time_us: int) -> Position:
+    """A position that names the change: the stream id is a hash of the key, the time a timeuuid
+    of the write time. ClickHouse derives the deduplication token of an insert from the
+    positions of its events (``batch_token``): with one shared position, different snapshot
+    batches of the same size would look like retries of one batch and be dropped."""
+    digest = hashlib.blake2b(repr(sorted(key.items())).encode(), digest_size=24).digest()
+    ticks = write_time_us * 10 + _UUID_EPOCH
+    time_low, time_mid, time_hi = ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, (ticks >> 48) & 0x0FFF
+    tail = int.from_bytes(digest[16:], "big") & 0x3FFFFFFFFFFFFFFF | 0x8000000000000000  # variant
+    value = time_low << 96 | time_mid << 80 | (0x1000 | time_hi) << 64 | tail
+    return Position(generation=0, stream_id=digest[:16], time=uuid.UUID(int=value))
 
 
 def token_ranges(n: int) -> list[tuple[int, int]]:
@@ -122,7 +138,7 @@ class SourceRow:
         return [
             ChangeEvent(
                 table=table,
-                pos=SNAPSHOT_POSITION,
+                pos=snapshot_position(self.key, at),
                 batch_seq=seq,
                 op=Op.INSERT if i == 0 else Op.UPDATE,
                 write_time_us=at,
@@ -137,7 +153,8 @@ class SourceRow:
         """The whole row as ONE change at ``write_time_us`` (repairs: every column, nulls included)."""
         values = {k: v for k, v in self.values.items() if v is not None or k not in self.multicell}
         return ChangeEvent(
-            table=table, pos=SNAPSHOT_POSITION, batch_seq=0, op=Op.INSERT, write_time_us=write_time_us,
+            table=table, pos=snapshot_position(self.key, write_time_us), batch_seq=0, op=Op.INSERT,
+            write_time_us=write_time_us,
             key=dict(self.key), values=values, deleted=self.multicell,
         )  # fmt: skip
 
