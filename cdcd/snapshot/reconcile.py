@@ -77,6 +77,7 @@ class ReconcileResult:
     differences: list[Difference] = field(default_factory=list)
     repaired: int = 0
     not_repaired: int = 0
+    converged: int = 0  # rows that differed at first and agreed when re-checked (in flight)
 
     def count(self, result: str) -> int:
         return sum(1 for d in self.differences if d.result == result)
@@ -92,6 +93,7 @@ class ReconcileResult:
             "rows_compared": self.rows_compared,
             "ranges": self.ranges,
             "ranges_differing": self.ranges_differing,
+            "converged": self.converged,
             "repaired": self.repaired,
             "not_repaired": self.not_repaired,
         }
@@ -242,6 +244,7 @@ class Reconciler:
             raise eg.exceptions[0] from None
         # 4. re-check until settled
         result.differences = await self.settle_differences(suspects)
+        result.converged = len(suspects) - len(result.differences)
         # 5. repair
         if repair and result.differences:
             await self.repair(result)
