@@ -12,7 +12,11 @@ TimescaleDB, ClickHouse and Redis (issue 14):
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +208,61 @@ async def test_reconcile_while_a_destination_catches_up_reports_nothing(
     assert code == 0, lines[:20]
     assert lines == [lines[-1]] and lines[-1]["rows_compared"] > 200
     assert lines[-1]["converged"] > 0, "the destination had caught up before the comparison"
+
+
+async def test_daemon_snapshots_initial_tables_and_reconciles_on_schedule(
+    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str
+) -> None:
+    """``snapshot = "initial"``: ``cdcd run`` copies the existing rows while streaming goes on;
+    progress in /status and /metrics; ``reconcile_every`` logs a line per run and sets
+    ``cdcd_reconcile_rows``; a restart does not redo the finished snapshot."""
+    cql.execute(KS)
+    cql.execute("CREATE TABLE ks.t (p int, c int, a text, PRIMARY KEY (p, c))")
+    insert = cql.prepare("INSERT INTO ks.t (p, c, a) VALUES (?, ?, ?)")
+    for i in range(500):
+        cql.execute(insert, (i % 25, i, f"old{i}"))
+    cql.execute("ALTER TABLE ks.t WITH cdc = {'enabled': true}")
+    cdcd = make_cdcd([TableSpec("ks.t", "public.t")])
+    text = cdcd.config.read_text().replace(
+        'target = "public.t"', 'target = "public.t"\nsnapshot = "initial"\nreconcile_every = "2s"'
+    )
+    cdcd.config.write_text(text)
+    cdcd.start()
+    cdcd.wait_ready()
+    for i in range(500, 600):  # streamed while the snapshot runs
+        cql.execute(insert, (i % 25, i, f"new{i}"))
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        deadline = time.monotonic() + 60
+        while await conn.fetchval("SELECT count(*) FROM public.t") != 600:
+            assert time.monotonic() < deadline, cdcd.log_tail()
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    snap = cdcd.status()["snapshots"]["ks.t"]
+    assert (snap["state"], snap["destinations"], snap["ranges_done"]) == (
+        "finished",
+        ["pg"],
+        snap["ranges_total"],
+    )
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cdcd.http_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    deadline = time.monotonic() + 60
+    while "reconcile: source and destination agree" not in cdcd.log_text():
+        assert time.monotonic() < deadline, cdcd.log_tail()
+        await asyncio.sleep(0.2)
+    body = metrics()
+    assert re.search(
+        r'cdcd_reconcile_rows\{destination="pg",replica="e2e",result="equal",table="ks.t"\} 600', body
+    )
+    assert re.search(
+        r'cdcd_reconcile_rows\{destination="pg",replica="e2e",result="missing",table="ks.t"\} 0', body
+    )
+    assert re.search(r'cdcd_snapshot_rows\{replica="e2e",table="ks.t"\} 5\d\d', body)
+    assert cdcd.stop() == 0
+    cdcd.start()
+    cdcd.wait_ready()
+    assert cdcd.log_text().count('"snapshot started"') == 1  # finished: not redone
