@@ -109,12 +109,34 @@ class TableJobs:
                 table=p.table, rows=p.rows, ranges_done=p.ranges_done, ranges_total=p.ranges_total
             )
 
+        from cdcd.snapshot.reconcile import Reconciler
+        from cdcd.snapshot.targets import open_reader
+
+        readers = []
         try:
+            verify = {}
+            for dest, path in paths.items():
+                dcfg = d.cfg.destinations[dest]
+                reader = await open_reader(
+                    dest, dcfg, d.mapping_factory(table, dcfg), d.schemas[table.source]
+                )
+                readers.append(reader)
+                verify[dest] = Reconciler(
+                    scan=scan,
+                    schema=d.schemas[table.source],
+                    table=table.source,
+                    path=path,
+                    reader=reader,
+                    settle=10.0,
+                )
             await snapshot_table(
                 scan=scan, table=table.source, paths=paths, store=store, ranges=self.ranges,
                 workers=max(1, d.cfg.source.max_concurrent_reads // 2), progress=prog, on_progress=show,
+                verifiers=verify,
             )  # fmt: skip
         finally:
+            for reader in readers:
+                await reader.aclose()
             emit.snapshot_finished(
                 table=table.source, destinations=sorted(paths), rows=prog.rows,
                 seconds=time.monotonic() - started, state=prog.state,

@@ -87,6 +87,29 @@ async def open_table(
         await deps.aclose()
 
 
+@contextlib.asynccontextmanager
+async def verifiers(cfg: Config, opened: Opened) -> AsyncIterator[dict[str, Any]]:
+    """Per destination of ``opened``, the ``Reconciler`` a snapshot checks its written ranges
+    with (``Reconciler.verify_written``), on a reader of the destination table."""
+    from cdcd.snapshot.reconcile import Reconciler
+    from cdcd.snapshot.targets import open_reader
+
+    readers = []
+    out: dict[str, Any] = {}
+    try:
+        for d, path in opened.paths.items():
+            dcfg = cfg.destinations[d]
+            reader = await open_reader(d, dcfg, table_mapping(opened.table, dcfg), opened.schema)
+            readers.append(reader)
+            out[d] = Reconciler(scan=opened.scan, schema=opened.schema, table=opened.table.source, path=path,
+                                reader=reader, settle=10.0)  # fmt: skip
+        yield out
+    finally:
+        for reader in readers:
+            with contextlib.suppress(Exception):
+                await reader.aclose()
+
+
 def _fail(exc: BaseException, out: TextIO) -> int:
     if isinstance(exc, ConfigError):
         print(f"cdcd: {exc}", file=out)
@@ -128,10 +151,12 @@ async def snapshot_command(
                         eta=p.eta(),
                     )
 
-            prog = await snapshot_table(
-                scan=opened.scan, table=tcfg.source, paths=opened.paths, store=opened.store, ranges=ranges,
-                workers=workers or max(1, cfg.source.max_concurrent_reads // 2 or 4), on_progress=show,
-            )  # fmt: skip
+            async with verifiers(cfg, opened) as verify:
+                prog = await snapshot_table(
+                    scan=opened.scan, table=tcfg.source, paths=opened.paths, store=opened.store, ranges=ranges,
+                    workers=workers or max(1, cfg.source.max_concurrent_reads // 2 or 4), on_progress=show,
+                    verifiers=verify,
+                )  # fmt: skip
             show(prog, final=True)
             rejected = sum(p.rejected for p in opened.paths.values())
             print(

@@ -193,7 +193,8 @@ class Reconciler:
     def _target_values(self, row: TargetRow) -> Key:
         return tuple(row.values.get(c) for c in self.cols)
 
-    async def run(self, repair: bool = False) -> ReconcileResult:
+    async def run(self, repair: bool = False, only: set[int] | None = None) -> ReconcileResult:
+        """Compare (``only``: those range indices), re-check, and with ``repair`` repair."""
         result = ReconcileResult(table=self.table, destination=self.path.destination, ranges=len(self.bounds))
         # 1. the destination, bucketed by token range
         dest: list[_Side] = [_Side() for _ in self.bounds]
@@ -209,7 +210,8 @@ class Reconciler:
         suspects: dict[Key, dict[str, Any]] = {}
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(self.bounds)):
-            queue.put_nowait(i)
+            if only is None or i in only:
+                queue.put_nowait(i)
         done = 0
 
         async def worker() -> None:
@@ -315,31 +317,37 @@ class Reconciler:
             pause = min(2.0, pause * 2)
         return sorted(settled.values(), key=lambda d: (d.result, repr(self.key_of(d.key))))
 
+    def repair_event(
+        self, src: SourceRow | None, tgt: TargetRow | None, key: dict[str, Any]
+    ) -> ChangeEvent | None:
+        """The change that makes the destination hold ``src`` (None: delete ``key``), by the rules of
+        the module docstring; None when the destination holds a newer change (not touched)."""
+        now_us = int(time.time() * 1e6)
+        version = tgt.version if tgt is not None else 0
+        if src is None:
+            at = max(now_us, version)
+            return ChangeEvent(
+                table=self.table, pos=snapshot_position(key, at), batch_seq=0, op=Op.ROW_DELETE,
+                write_time_us=at, key=key,
+            )  # fmt: skip
+        newest = src.newest() or now_us
+        if version > newest:
+            return None  # the destination holds a newer change: never overwrite it
+        return src.full_event(self.table, newest + 1 if version == newest else newest)
+
     async def repair(self, result: ReconcileResult) -> None:
         events: list[ChangeEvent] = []
         fixed: list[Difference] = []
-        now_us = int(time.time() * 1e6)
         for d in result.differences:
-            _diff, _stable, src, tgt = await self.compare_one(d.key)
-            if _diff is None:
+            diff, _stable, src, tgt = await self.compare_one(d.key)
+            if diff is None:
                 d.repaired = True
                 continue
-            if src is not None:
-                newest = src.newest() or now_us
-                version = tgt.version if tgt is not None else 0
-                if version > newest:
-                    d.repaired = False  # the destination holds a newer change: never overwrite it
-                    continue
-                at = newest + 1 if version == newest else newest
-                events.append(src.full_event(self.table, at))
-            else:
-                version = tgt.version if tgt is not None else 0
-                events.append(
-                    ChangeEvent(
-                        table=self.table, pos=snapshot_position(d.key, max(now_us, version)), batch_seq=0,
-                        op=Op.ROW_DELETE, write_time_us=max(now_us, version), key=d.key,
-                    )
-                )  # fmt: skip
+            event = self.repair_event(src, tgt, d.key)
+            if event is None:
+                d.repaired = False
+                continue
+            events.append(event)
             fixed.append(d)
         for start in range(0, len(events), 500):
             await self.path.write(events[start : start + 500])
@@ -348,6 +356,28 @@ class Reconciler:
             d.repaired = diff is None
         result.repaired = sum(1 for d in result.differences if d.repaired)
         result.not_repaired = len(result.differences) - result.repaired
+
+    async def verify_written(self, rows: list[SourceRow]) -> list[dict[str, Any]]:
+        """After a snapshot wrote ``rows`` (read again from the source just now): rewrite those
+        the destination does not hold as read, by the repair rules. A streamed partial update
+        that reached a row before the snapshot wrote it leaves the row with only the updated
+        columns at the newest version, so the snapshot's own (older) cells were skipped: this
+        writes the whole row one microsecond past that version. Returns the keys rewritten."""
+        if not rows:
+            return []
+        held = {self.key_of(t.key): t for t in await self.reader.get_many([r.key for r in rows])}
+        events = []
+        for row, values in self.expected(rows):
+            tgt = held.get(self.key_of(row.key))
+            live = tgt is not None and not tgt.deleted
+            if live and tgt is not None and self._target_values(tgt) == values:
+                continue
+            event = self.repair_event(row, tgt, row.key)
+            if event is not None:
+                events.append(event)
+        if events:
+            await self.path.write(events)
+        return [e.key for e in events]
 
 
 # --------------------------------------------------------------------------------------- command

@@ -3,6 +3,7 @@
     <prefix>:snapshot:<destination>:<table>   hash
         ranges     number of token ranges the snapshot was cut into (fixed at its start)
         started    unix time of the first start
+        s:<i>      range i was started (present without r:<i>: a run stopped in the middle of it)
         r:<i>      rows written from range i (present = range i is done)
         finished   unix time the last range was done (present = the snapshot is complete)
 
@@ -23,6 +24,7 @@ __all__ = ["SnapshotState", "SnapshotStore"]
 class SnapshotState(msgspec.Struct, kw_only=True):
     ranges: int
     done: dict[int, int]  # range index -> rows written
+    begun: set[int] = set()  # ranges a run started (done or not)
     started: float | None = None
     finished: float | None = None
 
@@ -47,6 +49,7 @@ class SnapshotStore:
         return SnapshotState(
             ranges=int(fields["ranges"]),
             done={int(k[2:]): int(v) for k, v in fields.items() if k.startswith("r:")},
+            begun={int(k[2:]) for k in fields if k.startswith("s:")},
             started=float(fields["started"]) if "started" in fields else None,
             finished=float(fields["finished"]) if "finished" in fields else None,
         )
@@ -63,6 +66,9 @@ class SnapshotStore:
         state = await self.load(destination, table)
         assert state is not None
         return state
+
+    async def range_started(self, destination: str, table: str, index: int) -> None:
+        await self.client.hset(self.key(destination, table), f"s:{index}", 1)
 
     async def range_done(self, destination: str, table: str, index: int, rows: int) -> None:
         await self.client.hset(self.key(destination, table), f"r:{index}", rows)

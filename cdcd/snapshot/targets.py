@@ -3,7 +3,8 @@
 ``open_reader(name, config, mapping, schema)`` gives a ``TargetReader``:
 
 * ``rows()``: every row of the main table, page by page (keyset pagination on the primary key);
-* ``get(key)``: one row by key, or None.
+* ``get(key)``: one row by key, or None; ``get_many(keys)``: the rows of those keys that exist
+  (one query per 1000 keys).
 
 Each row is a ``TargetRow``: the canonical key, the values as ``comparable`` makes them, the
 row's version (write time of the last change applied, µs) and whether it is soft-deleted (a
@@ -49,6 +50,8 @@ class TargetReader(Protocol):
     def rows(self) -> AsyncIterator[list[TargetRow]]: ...
 
     async def get(self, key: dict[str, Any]) -> TargetRow | None: ...
+
+    async def get_many(self, keys: list[dict[str, Any]]) -> list[TargetRow]: ...
 
     async def aclose(self) -> None: ...
 
@@ -118,12 +121,12 @@ async def open_reader(name: str, config: Any, mapping: TableMapping, schema: Tab
 
 # ---------------------------------------------------------------------------------- PostgreSQL
 class _PostgresReader:
-    def __init__(self, conn: Any, mapping: TableMapping, schema: TableSchema, kind: str) -> None:
+    def __init__(self, pool: Any, mapping: TableMapping, schema: TableSchema, kind: str) -> None:
         from cdcd.sinks.postgres.sql import DELETED, WRITE_TIME, ident, qualified
         from cdcd.sinks.postgres.types import from_pg
 
         self.kind = kind
-        self.conn = conn
+        self.conn = pool  # an asyncpg pool: the snapshot's workers read at once
         self.keys: list[Column] = list(schema.primary_key)
         self.cols: list[Column] = [c for c in schema.columns if c.kind == "regular"]
         self.conv = {c.name: from_pg(c.type) for c in schema.columns}
@@ -137,9 +140,18 @@ class _PostgresReader:
         self.next = f"{select} WHERE ({key}) > ({params}) ORDER BY {key} LIMIT {PAGE}"
         where = " AND ".join(f"{ident(c.name)} = ${i + 1}" for i, c in enumerate(self.keys))
         self.one = f"{select} WHERE {where}"
-        from cdcd.sinks.postgres.types import to_pg
+        from cdcd.sinks.postgres.types import is_array, pg_type, to_pg
 
         self.key_to_pg = [to_pg(c.type) for c in self.keys]
+        # keys of scalar types: fetched in bulk with unnest() (others one by one)
+        self.bulk = all(pg_type(c.type) != "jsonb" and not is_array(c.type) for c in self.keys)
+        arrays = ", ".join(f"${i + 1}::{pg_type(c.type)}[]" for i, c in enumerate(self.keys))
+        join = " AND ".join(f"t.{ident(c.name)} = k.{ident(c.name)}" for c in self.keys)
+        cols = ", ".join(f"t.{n}" for n in names)
+        self.many = (
+            f"SELECT {cols}, t.{WRITE_TIME}, t.{DELETED} FROM {table} AS t "
+            f"JOIN unnest({arrays}) AS k({key}) ON {join}"
+        )
 
     @classmethod
     async def open(
@@ -149,9 +161,11 @@ class _PostgresReader:
 
         from cdcd.sinks.postgres.table import init_connection
 
-        conn = await asyncpg.connect(config_secret(config, "dsn"), timeout=float(config.connect_timeout))
-        await init_connection(conn)
-        return cls(conn, mapping, schema, kind)
+        pool = await asyncpg.create_pool(
+            config_secret(config, "dsn"), min_size=1, max_size=4, init=init_connection,
+            timeout=float(config.connect_timeout),
+        )  # fmt: skip
+        return cls(pool, mapping, schema, kind)
 
     def _row(self, rec: Any) -> TargetRow:
         key = {c.name: self.conv[c.name](rec[c.name]) for c in self.keys}
@@ -171,6 +185,18 @@ class _PostgresReader:
         args = [conv(key[c.name]) for conv, c in zip(self.key_to_pg, self.keys, strict=True)]
         rec = await self.conn.fetchrow(self.one, *args)
         return None if rec is None else self._row(rec)
+
+    async def get_many(self, keys: list[dict[str, Any]]) -> list[TargetRow]:
+        if not self.bulk:
+            return [r for r in [await self.get(k) for k in keys] if r is not None]
+        out: list[TargetRow] = []
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            cols = [
+                [conv(k[c.name]) for k in chunk] for conv, c in zip(self.key_to_pg, self.keys, strict=True)
+            ]
+            out.extend(self._row(r) for r in await self.conn.fetch(self.many, *cols))
+        return out
 
     async def aclose(self) -> None:
         await self.conn.close()
@@ -196,6 +222,10 @@ class _ClickHouseReader:
         self.order = ", ".join(ident(c.name) for c in self.keys)
         tup = ", ".join(ident(c.name) for c in self.keys)
         self.where_key = f"({tup}) = {{k:Tuple({', '.join(self.key_types)})}}"
+        if len(self.keys) == 1:
+            self.where_keys = f"{ident(self.keys[0].name)} IN {{keys:Array({self.key_types[0]})}}"
+        else:
+            self.where_keys = f"({tup}) IN {{keys:Array(Tuple({', '.join(self.key_types)}))}}"
         self.types = {c.name: c.type for c in schema.columns}
         self.canon_key = _ch_key_canonical(self.keys)
 
@@ -209,7 +239,7 @@ class _ClickHouseReader:
         client = await clickhouse_connect.get_async_client(
             host=url.hostname, port=url.port or (8443 if url.scheme == "https" else 8123),
             username=config.username, password=config_secret(config, "password") or "",
-            secure=url.scheme == "https", verify=config.verify_tls,
+            secure=url.scheme == "https", verify=config.verify_tls, autogenerate_session_id=False,
         )  # fmt: skip
         return cls(client, mapping, schema)
 
@@ -236,6 +266,23 @@ class _ClickHouseReader:
         res = await self.client.query(f"{self.select} WHERE {self.where_key}", parameters={"k": k})
         recs = list(res.result_rows)
         return self._row(list(res.column_names), recs[0]) if recs else None
+
+    async def get_many(self, keys: list[dict[str, Any]]) -> list[TargetRow]:
+        from cdcd.sinks.clickhouse.wire import key_param
+
+        out: list[TargetRow] = []
+        for start in range(0, len(keys), 1000):
+            chunk = [
+                tuple(conv(k[c.name]) for conv, c in zip(self.key_in, self.keys, strict=True))
+                for k in keys[start : start + 1000]
+            ]
+            param = key_param(chunk, self.key_types)
+            res = await self.client.query(
+                f"{self.select} WHERE {self.where_keys}", parameters={"keys": param}
+            )
+            names = list(res.column_names)
+            out.extend(self._row(names, r) for r in res.result_rows)
+        return out
 
     async def aclose(self) -> None:
         close = getattr(self.client, "close", None)

@@ -3,7 +3,8 @@ PostgreSQL, TimescaleDB, ClickHouse and Redis.
 
 * A 50k-row table whose CDC log holds none of its rows (CDC is enabled after the rows were loaded:
   for cdcd the same as an expired log) is snapshotted by ``cdcd snapshot`` into all three
-  destinations while ``cdcd run`` streams a workload of full-row upserts, new rows and row deletes;
+  destinations while ``cdcd run`` streams a workload of full-row upserts, partial updates, new
+  rows and row deletes;
   the snapshot process is killed with SIGKILL mid-way and started again (it resumes from its
   finished ranges). Afterwards every destination equals the source, checked by the tests' own
   comparators (``compare.py``, ``compare_ch.py``), and ``cdcd reconcile`` agrees (exit 0).
@@ -56,13 +57,15 @@ def _run_cli(cdcd: CdcdProcess, *args: str, timeout: float = 300) -> subprocess.
 
 
 class Upserts:
-    """Full-row upserts of existing and new rows, and row deletes, until stopped."""
+    """Full-row upserts and partial updates (one column) of existing and new rows, and row
+    deletes, until stopped."""
 
     def __init__(self, cql: Any, table: str, seed: int) -> None:
         self.cql = cql
         self.rng = random.Random(seed)
         self.upsert = cql.prepare(f"INSERT INTO {table} (p, c, a, b) VALUES (?, ?, ?, ?)")
         self.delete = cql.prepare(f"DELETE FROM {table} WHERE p = ? AND c = ?")
+        self.update = cql.prepare(f"UPDATE {table} SET b = ? WHERE p = ? AND c = ?")
         self.stop = threading.Event()
         self.changes = 0
 
@@ -71,8 +74,11 @@ class Upserts:
         while not self.stop.is_set():
             p = rng.randrange(PARTITIONS + 200)  # some partitions are new
             c = rng.randrange(12)
-            if rng.random() < 0.2:
+            x = rng.random()
+            if x < 0.2:
                 self.cql.execute(self.delete, (p, c))
+            elif x < 0.6:
+                self.cql.execute(self.update, (rng.randrange(1 << 40), p, c))
             else:
                 self.cql.execute(self.upsert, (p, c, f"w{self.changes}", rng.randrange(1 << 40)))
             self.changes += 1
@@ -128,6 +134,7 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
             assert snap.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             await asyncio.sleep(0.1)
+        print(f"TIMING kill {time.monotonic() - deadline + 240:.1f}")
         snap.send_signal(signal.SIGKILL)
         snap.wait()
         done_at_kill = _snapshot_ranges_done(r, redis_prefix, "big.t", dests)
@@ -148,6 +155,7 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
     def alive() -> None:
         assert cdcd.running(), f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}"
 
+    print(f"TIMING snapshot done {time.monotonic() - deadline + 240:.1f}")
     schema = source_schema(cql, "big.t")
     pg = await wait_converged(cql, schema, pg_dsn, target, timeout=180, alive=alive)
     ts = await wait_converged(cql, schema, ts_dsn, target, timeout=180, alive=alive)
@@ -157,6 +165,7 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
         ch = await wait_ch_converged(cql, schema, client, target, timeout=180, alive=alive)
     finally:
         client.close()
+    print(f"TIMING converged {time.monotonic() - deadline + 240:.1f}")
     assert len(pg.rows) == len(ts.rows) == len(ch.rows) > ROWS - 2000
     # cdcd reconcile agrees with the independent comparison
     out = await asyncio.to_thread(
@@ -167,6 +176,7 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
     assert [
         (s["destination"], s["rows_compared"], s["missing"] + s["extra"] + s["different"]) for s in summaries
     ] == [(d, len(pg.rows), 0) for d in ("pg", "ch", "ts")]
+    print(f"TIMING reconciled {time.monotonic() - deadline + 240:.1f}")
     # a second snapshot run finds it finished and does nothing
     again = await asyncio.to_thread(_run_cli, cdcd, "snapshot", "--table", "big.t", "--quiet")
     assert again.returncode == 0 and json.loads(again.stderr.strip().splitlines()[-1])["rows"] == 0
