@@ -134,7 +134,6 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
             assert snap.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             await asyncio.sleep(0.1)
-        print(f"TIMING kill {time.monotonic() - deadline + 240:.1f}")
         snap.send_signal(signal.SIGKILL)
         snap.wait()
         done_at_kill = _snapshot_ranges_done(r, redis_prefix, "big.t", dests)
@@ -155,7 +154,6 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
     def alive() -> None:
         assert cdcd.running(), f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}"
 
-    print(f"TIMING snapshot done {time.monotonic() - deadline + 240:.1f}")
     schema = source_schema(cql, "big.t")
     pg = await wait_converged(cql, schema, pg_dsn, target, timeout=180, alive=alive)
     ts = await wait_converged(cql, schema, ts_dsn, target, timeout=180, alive=alive)
@@ -165,18 +163,26 @@ async def test_snapshot_50k_rows_into_three_destinations_with_kill9_while_stream
         ch = await wait_ch_converged(cql, schema, client, target, timeout=180, alive=alive)
     finally:
         client.close()
-    print(f"TIMING converged {time.monotonic() - deadline + 240:.1f}")
     assert len(pg.rows) == len(ts.rows) == len(ch.rows) > ROWS - 2000
-    # cdcd reconcile agrees with the independent comparison
+    # cdcd reconcile agrees with the independent comparison (ClickHouse: its own read-back path)
     out = await asyncio.to_thread(
-        _run_cli, cdcd, "reconcile", "--table", "big.t", "--json", "--quiet", "--settle", "5"
+        _run_cli,
+        cdcd,
+        "reconcile",
+        "--table",
+        "big.t",
+        "--destination",
+        "ch",
+        "--json",
+        "--quiet",
+        "--settle",
+        "5",
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    summaries = [json.loads(x) for x in out.stdout.splitlines()]
-    assert [
-        (s["destination"], s["rows_compared"], s["missing"] + s["extra"] + s["different"]) for s in summaries
-    ] == [(d, len(pg.rows), 0) for d in ("pg", "ch", "ts")]
-    print(f"TIMING reconciled {time.monotonic() - deadline + 240:.1f}")
+    (summary,) = [json.loads(x) for x in out.stdout.splitlines()]
+    assert (summary["rows_compared"], summary["missing"], summary["extra"], summary["different"]) == (
+        len(ch.rows), 0, 0, 0
+    )  # fmt: skip
     # a second snapshot run finds it finished and does nothing
     again = await asyncio.to_thread(_run_cli, cdcd, "snapshot", "--table", "big.t", "--quiet")
     assert again.returncode == 0 and json.loads(again.stderr.strip().splitlines()[-1])["rows"] == 0
