@@ -324,7 +324,9 @@ def snapshot_progress(*, table: str, rows: int, ranges_done: int, ranges_total: 
     m.SNAPSHOT_RANGES.labels(table, "total", _replica).set(ranges_total)
 
 
-def snapshot_finished(*, table: str, destinations: Sequence[str], rows: int, seconds: float, state: str) -> None:
+def snapshot_finished(
+    *, table: str, destinations: Sequence[str], rows: int, seconds: float, state: str
+) -> None:
     """A table's snapshot ended (finished, or failed and will be resumed)."""
     fields = {"table": table, "destinations": list(destinations), "rows": rows, "seconds": round(seconds, 1)}
     if state == "finished":
@@ -343,4 +345,3 @@ def reconcile_finished(*, table: str, destination: str, counts: Mapping[str, int
         log.warning("reconcile found differences (cdcd reconcile --repair fixes them)", **fields)
     else:
         log.info("reconcile: source and destination agree", **fields)
-
