@@ -159,6 +159,7 @@ async def snapshot_command(
                 )  # fmt: skip
             show(prog, final=True)
             rejected = sum(p.rejected for p in opened.paths.values())
+            dead = sum(p.writer.stats.dead_lettered for p in opened.paths.values())
             print(
                 json.dumps(
                     {
@@ -166,6 +167,7 @@ async def snapshot_command(
                         "destinations": dests,
                         "rows": prog.rows,
                         "rejected": rejected,
+                        "dead_lettered": dead,
                         "ranges": prog.ranges_total,
                         "state": prog.state,
                     }
