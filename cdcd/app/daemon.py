@@ -59,6 +59,8 @@ from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
 from cdcd.sinks.offsets import RecordsApplied
+from cdcd.snapshot.background import TableJobs
+from cdcd.snapshot.run import ACTIVE as SNAPSHOTS
 from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 from cdcd.state.leases import LeaseStore, replica_id
@@ -257,6 +259,10 @@ class Daemon:
         for table in self.cfg.tables:
             for dest in table.destinations:
                 self._start_supervisor(table, dest)
+        for table in self.cfg.tables:  # snapshot = "initial", reconcile_every (cdcd.snapshot.background)
+            if table.snapshot == "initial" or table.reconcile_every > 0:
+                jobs = TableJobs(self).run(table)
+                self._tasks.append(asyncio.create_task(jobs, name=f"jobs:{table.source}"))
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
         if self.staleness_off:
             log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
@@ -875,6 +881,7 @@ class Daemon:
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
             now=time.time(),
             **(self.leases.status() if self.leases is not None else {"replica_id": self.replica_id}),
+            snapshots={t: p.status() for t, p in SNAPSHOTS.items()},
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:

@@ -343,6 +343,12 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     on_invalid: Literal["skip", "quarantine_key"] = "skip"
     ignore_columns: list[Identifier] = []  # source columns not replicated (no target column needed)
     columns: dict[Identifier, ColumnRules] = {}  # per-column rules and type overrides
+    # "initial": copy the table's existing rows into its destinations the first time it is
+    # replicated (``cdcd snapshot``), while streaming goes on; "never": only stream changes
+    snapshot: Literal["initial", "never"] = "never"
+    # compare the table with each destination this often and log and count the differences
+    # (``cdcd reconcile``, without repair; within the [source] read caps); "0" = never
+    reconcile_every: Duration = Duration(0.0)
 
     @property
     def keyspace(self) -> str:

@@ -44,10 +44,13 @@ __all__ = [
     "lease_released",
     "operation_label",
     "pipeline_failed",
+    "reconcile_finished",
     "replica",
     "set_replica",
     "shutdown_complete",
     "shutdown_requested",
+    "snapshot_finished",
+    "snapshot_progress",
     "source_error",
     "startup",
     "table_ready",
@@ -384,3 +387,33 @@ class FlowTelemetry:
         message = "branch detached: reading on its own" if new == "catching-up" else "branch reads shared"
         log.info(message, table=pid.table, destination=pid.destination, group=pid.group,
                  old=old, new=new, reason=reason)  # fmt: skip
+
+
+def snapshot_progress(*, table: str, rows: int, ranges_done: int, ranges_total: int) -> None:
+    """A snapshot (``cdcd.snapshot``) moved on: the gauges follow it."""
+    m.SNAPSHOT_ROWS.labels(table, _replica).set(rows)
+    m.SNAPSHOT_RANGES.labels(table, "done", _replica).set(ranges_done)
+    m.SNAPSHOT_RANGES.labels(table, "total", _replica).set(ranges_total)
+
+
+def snapshot_finished(
+    *, table: str, destinations: Sequence[str], rows: int, seconds: float, state: str
+) -> None:
+    """A table's snapshot ended (finished, or failed and will be resumed)."""
+    fields = {"table": table, "destinations": list(destinations), "rows": rows, "seconds": round(seconds, 1)}
+    if state == "finished":
+        log.info("snapshot finished", **fields)
+    else:
+        log.warning("snapshot stopped; it resumes from its last finished range", state=state, **fields)
+
+
+def reconcile_finished(*, table: str, destination: str, counts: Mapping[str, int], seconds: float) -> None:
+    """A scheduled reconciliation of one table with one destination ended (``reconcile_every``).
+    Differences are logged at WARNING: the destination does not hold what the source does."""
+    for result in ("equal", "missing", "extra", "different"):
+        m.RECONCILE_ROWS.labels(table, destination, result, _replica).set(counts.get(result, 0))
+    fields = {"table": table, "destination": destination, "seconds": round(seconds, 1), **counts}
+    if any(counts.get(r, 0) for r in ("missing", "extra", "different")):
+        log.warning("reconcile found differences (cdcd reconcile --repair fixes them)", **fields)
+    else:
+        log.info("reconcile: source and destination agree", **fields)

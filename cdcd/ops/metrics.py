@@ -42,12 +42,15 @@ __all__ = [
     "LEASE_CHANGES",
     "OPERATIONS",
     "REBALANCES",
+    "RECONCILE_ROWS",
     "REGISTRY",
     "REJECTED",
     "REJECTED_ALERT",
     "REJECTED_SHARE",
     "REPLICATION_LATENCY",
     "RETRIES",
+    "SNAPSHOT_RANGES",
+    "SNAPSHOT_ROWS",
     "STATES",
     "PipelineCollector",
 ]
@@ -229,6 +232,30 @@ CONFIG_RELOADS = Counter(
     "cdcd_config_reloads_total",
     "Configuration reloads by result",
     ["result", "replica"],
+    registry=REGISTRY,
+)
+
+# Snapshot of a table (cdcd snapshot, or snapshot = "initial"): rows written in the current run,
+# and token ranges done / in total (cdcd.snapshot.run.Progress).
+SNAPSHOT_ROWS = Gauge(
+    "cdcd_snapshot_rows",
+    "Rows a table's running or last snapshot has copied in this process",
+    ["table", "replica"],
+    registry=REGISTRY,
+)
+SNAPSHOT_RANGES = Gauge(
+    "cdcd_snapshot_ranges",
+    "Token ranges of a table's snapshot: done and total",
+    ["table", "state", "replica"],
+    registry=REGISTRY,
+)
+
+# Rows of the last scheduled reconciliation of a table with a destination (reconcile_every),
+# by result: equal, missing, extra, different.
+RECONCILE_ROWS = Gauge(
+    "cdcd_reconcile_rows",
+    "Rows of the last reconciliation of a table with a destination, by result",
+    ["table", "destination", "result", "replica"],
     registry=REGISTRY,
 )
 
