@@ -29,9 +29,19 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
+from cdcd.app.dlq import DlqTool
+from cdcd.app.dlq_http import dlq_routes
 from cdcd.app.leases import Hold, LeaseCoordinator
+from cdcd.app.validation import (
+    branch_stages,
+    project,
+    refresh_quarantine,
+    refresh_targets,
+    table_options,
+    undecodable_entries,
+)
 from cdcd.config import Config, TableConfig, load, redacted
-from cdcd.errors import CdcdError, ConfigError, LeaseLost
+from cdcd.errors import CdcdError, ConfigError, DependencyUnavailable, LeaseLost
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.applied import DestinationCheckpoints, records_applied
@@ -50,6 +60,8 @@ from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
 from cdcd.sinks.offsets import RecordsApplied
+from cdcd.snapshot.background import TableJobs
+from cdcd.snapshot.run import ACTIVE as SNAPSHOTS
 from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
 from cdcd.state.leases import LeaseStore, replica_id
@@ -90,7 +102,7 @@ class Daemon:
         self.deps = Dependencies(cfg, sink_factory)
         self.mapping_factory = mapping_factory
         self.clock = SystemClock()
-        self.telemetry = emit.FlowTelemetry()
+        self.telemetry = emit.FlowTelemetry(alert_ratio=cfg.validation.alert_ratio)
         self.state = "starting"
         self.started_at = time.time()
         # (destination, table, group key) -> the destination's branch of that stream group
@@ -140,6 +152,10 @@ class Daemon:
         self._supervisors: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reloading = asyncio.Lock()
         self._side_tasks: set[asyncio.Task[Any]] = set()  # config reloads under way
+        # (table, destination) -> the branch's own stages (ignored columns, validator), built once
+        # the destination table's definition was read (cdcd.app.validation)
+        self.branch_stages: dict[tuple[str, str], list[Any]] = {}
+        self._dlq: DlqTool | None = None  # /admin/dlq (built on first use)
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -258,10 +274,15 @@ class Daemon:
         for table in self.cfg.tables:
             for dest in table.destinations:
                 self._start_supervisor(table, dest)
+        for table in self.cfg.tables:  # snapshot = "initial", reconcile_every (cdcd.snapshot.background)
+            if table.snapshot == "initial" or table.reconcile_every > 0:
+                jobs = TableJobs(self).run(table)
+                self._tasks.append(asyncio.create_task(jobs, name=f"jobs:{table.source}"))
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
         if self.staleness_off:
             log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
         self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._refresh_quarantine(), name="quarantine"))
         self._tasks.append(asyncio.create_task(self.schema_watch.run(), name="schema-watch"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
@@ -388,18 +409,35 @@ class Daemon:
         sink = await self._sink(dest)
         if sink is None:
             return
-        mapping = self.mapping_factory(table, self.cfg.destinations[dest])
+        mapping = table_options(
+            self.mapping_factory(table, self.cfg.destinations[dest]), table, dest, self.cfg
+        )
+        try:
+            schema = project(schema, table.ignore_columns)
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), key=f"tables[{self.cfg.tables.index(table)}].ignore_columns"
+            ) from None
         assert self.deps.redis is not None
         # schema changes: the table is watched (also one added by a reload), the gate applies its policy
         await self.schema_watch.track(
-            table.source, table.schema_changes, schema, check_interval=self.cfg.source.schema_check_interval
-        )
+            table.source, table.schema_changes, self.schemas[table.source],
+            check_interval=self.cfg.source.schema_check_interval,
+        )  # fmt: skip
         gate = self.gates[(table.source, dest)] = SchemaGate(
             watcher=self.schema_watch, table=table.source, destination=dest, sink=sink, mapping=mapping,
             redis=self.deps.redis, prefix=self.cfg.state.key_prefix,
-            dest_schema=functools.partial(self._masked_schema, table.source),  # masked columns: text
+            dest_schema=functools.partial(self._dest_schema, table),  # ignored columns out, masked: text
         )  # fmt: skip
         await self._until_up(f"destination:{dest}", gate.ensure)  # sink.ensure_table at the applied schema
+        dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
+        stages = await self._until_up(
+            f"destination:{dest}",
+            functools.partial(
+                branch_stages, table, dest, sink, mapping, dest_schema, deadletters=self.deadletters
+            ),
+        )
+        self.branch_stages[(table.source, dest)] = stages or []
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
@@ -555,6 +593,8 @@ class Daemon:
 
         async def on_invalid(err: UndecodableGroup) -> None:
             emit.undecodable_group(table=table.source, destination=who, reason=err.reason)
+            dests = list(table.destinations) if who == "shared" else [who]  # kept: dead-letter queue
+            await self.deadletters.add(undecodable_entries(err, group.generation, dests, time.time()))
 
         return GroupReader(
             self.deps.scylla,
@@ -604,7 +644,7 @@ class Daemon:
 
     def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
         dest_cfg = self.cfg.destinations[dest]
-        mapping = self.mapping_factory(table, dest_cfg)
+        mapping = table_options(self.mapping_factory(table, dest_cfg), table, dest, self.cfg)
         sink: Any = self.deps.sinks[dest]
         checkpoints: Any = self.checkpoints
         if records_applied(sink):  # positions also kept by the destination (cdcd.flow.applied)
@@ -629,7 +669,11 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
-            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
+            # too-old events first (R-22), then the destination's own: ignored columns, validator
+            stages=[
+                *([] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)]),
+                *self.branch_stages.get((table.source, dest), ()),
+            ],
             gate=self.gates.get((table.source, dest)),
         )
 
@@ -810,6 +854,20 @@ class Daemon:
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
 
+    async def _refresh_quarantine(self) -> None:
+        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq);
+        every 30 s, validators re-read their destination table's definition."""
+        rounds = 0
+        while not self.stopping:
+            try:
+                await refresh_quarantine(self.branch_stages, self.deadletters)
+                if rounds % 6 == 5:
+                    await refresh_targets(self.branch_stages, self.deps.sinks, self.cfg)
+            except Exception as exc:  # Redis or a destination down: try again next round
+                log.debug("validator refresh failed", error=scrub(repr(exc)))
+            rounds += 1
+            await self._sleep(5.0)
+
     async def _watch_data_loss(self) -> None:
         """R-43: warn (and later say "recovered") when a destination's time until data loss
         drops below the threshold. Runs whatever scrapes /metrics. A (table, destination) with no
@@ -859,6 +917,7 @@ class Daemon:
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
             now=time.time(),
             **(self.leases.status() if self.leases is not None else {"replica_id": self.replica_id}),
+            snapshots={t: p.status() for t, p in SNAPSHOTS.items()},
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:
@@ -924,9 +983,12 @@ class Daemon:
                 errors.append(scrub(f"{dest} {table} {group}: {type(exc).__name__}: {exc}"))
         return {"pipelines": flushed, "saved": saved, "failed": len(errors), "errors": errors[:20]}
 
-    def _masked_schema(self, source: str, schema: TableSchema) -> TableSchema:
-        """The destination's schema of ``schema``: masked columns are text (the current rules)."""
-        out: TableSchema = self.masking.schema_for(source, schema)
+    def _dest_schema(self, table: TableConfig, schema: TableSchema) -> TableSchema:
+        """The destination's schema of ``schema``: without the table's ``ignore_columns`` (those it
+        still has), masked columns as text (the current rules)."""
+        names = {c.name for c in schema.columns}
+        kept = project(schema, [c for c in table.ignore_columns if c in names])
+        out: TableSchema = self.masking.schema_for(table.source, kept)
         return out
 
     async def _resume(self, table: str) -> Mapping[str, Any]:
@@ -949,7 +1011,26 @@ class Daemon:
                 # POST /admin/resume/<keyspace.table>: lift a schema-change halt
                 **{f"resume/{t.source}": functools.partial(self._resume, t.source) for t in self.cfg.tables},
             },
+            extra_routes=dlq_routes(self._dlq_tool),
         )
+
+    async def _dlq_tool(self) -> DlqTool:
+        """The ``/admin/dlq`` operations on this daemon's Redis, sinks and source schemas."""
+        if self._dlq is None:
+            if not hasattr(self, "deadletters"):
+                raise DependencyUnavailable("cdcd is still starting: Redis is not connected yet")
+
+            async def sink(dest: str) -> Sink:
+                got = await self._sink(dest)
+                if got is None:
+                    raise DependencyUnavailable(f"destination {dest} is not connected")
+                return got
+
+            async def schema(table: TableConfig) -> TableSchema:
+                return self.schemas[table.source]
+
+            self._dlq = DlqTool(self.cfg, self.deadletters, sink=sink, schema=schema)
+        return self._dlq
 
 
 def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:

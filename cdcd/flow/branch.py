@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -68,7 +69,7 @@ from cdcd.ops.correlation import batch_fields
 from cdcd.ops.logging import correlation
 from cdcd.stages import Chain, RejectionLike, Stage, StageFn
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
-from cdcd.state.deadletter import DeadLetterStore, Kind
+from cdcd.state.deadletter import DeadLetter, DeadLetterStore, Kind
 
 if TYPE_CHECKING:
     from cdcd.flow.reader import SharedReader
@@ -95,6 +96,9 @@ class BranchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     write_timeout: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     # Seconds close() may spend draining and committing before it abandons the rest.
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Entries per destination and queue ([validation] max_entries); at the limit the branch pauses
+    # in state "queue-full" until there is room (None: unbounded).
+    max_queue_entries: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 def default_rejection_kind(rejection: RejectionLike) -> Kind:
@@ -237,7 +241,7 @@ class Branch:
             sink=sink, mapping=mapping, destination=destination, breaker=self.breaker,
             retry=self.config.retry, write_timeout=self.config.write_timeout, clock=self.clock,
             events=self.events, pid=self.pid, set_state=self._writer_state,
-            dead_letter=lambda entries: self._with_state_retry(lambda: self.deadletters.add(entries)),
+            dead_letter=self._queue,
         )  # fmt: skip
         self._shared: SharedReader | None = None
         # Per stream, the last position this branch was handed (start included): where a catch-up
@@ -322,7 +326,7 @@ class Branch:
         self._closing = True
         if self._shared is not None:
             self._shared.leave(self)
-        if self.state in ("running", "retrying", "circuit-open"):
+        if self.state in ("running", "retrying", "circuit-open", "queue-full"):
             self._set_state("draining")
         budget = self.config.shutdown_timeout if deadline is None else deadline
         ok, _ = await wait_first(self.clock, self._drain(), budget)
@@ -399,7 +403,7 @@ class Branch:
             last_event_age_seconds=None if stats.last_event_us is None else now - stats.last_event_us / 1e6,
             events_applied=stats.applied,
             events_skipped_stale=stats.skipped_stale,
-            events_rejected=self.rejected,
+            events_rejected=self.rejected + stats.rejected,
             events_dead_lettered=stats.dead_lettered,
             write_retries=stats.retries,
             queue_depth=len(self._buffer),
@@ -691,6 +695,7 @@ class Branch:
             raise RuntimeError(f"schema gate returned {base} events for {len(events)}")
         if traces:
             self._last_trace = traces[-1]
+        self.events.processed(self.pid, len(events) + len(rejections))
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -710,10 +715,12 @@ class Branch:
                 stage=r.stage,
                 attempts=0,
                 first_failed_at=now,
+                columns=getattr(r, "columns", ()),
+                rule=getattr(r, "rule", "") or r.stage,
             )
             for r in rejections
         ]
-        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        await self._queue(entries)
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
@@ -721,6 +728,43 @@ class Branch:
             by_stage[label] = by_stage.get(label, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
+
+    async def _queue(self, entries: list[DeadLetter]) -> None:
+        """Store entries in their queues (validation, dead, stale); while a queue is at
+        ``max_queue_entries`` the branch waits in state ``queue-full`` (nothing is dropped)."""
+        limit = self.config.max_queue_entries
+        kinds: dict[Kind, list[DeadLetter]] = {}
+        for e in entries:
+            kinds.setdefault(e.kind, []).append(e)
+        if limit is not None:
+            for kind in kinds:
+                attempt = 0
+                while True:
+                    size = await self._with_state_retry(
+                        functools.partial(self.deadletters.count, kind, self.destination)
+                    )
+                    if size < limit or self._terminated:  # (a batch may overshoot the limit)
+                        break
+                    attempt += 1
+                    if attempt == 1:
+                        previous = self.state
+                        self._set_state("queue-full")
+                        self.last_error = (
+                            f"{kind} queue of {self.destination} is full ({size} of {limit} entries)"
+                        )
+                        log.error("queue full: %s: %s queue holds %d of %d entries; paused until entries are "
+                                  "retried or dropped (cdcd dlq)", self.pid, kind, size, limit)  # fmt: skip
+                    await self.clock.sleep(min(30.0, 1.0 * attempt))
+                if attempt and self.state == "queue-full":
+                    self._set_state(previous if previous != "queue-full" else "running")
+                    self.last_error = None
+                    log.warning("queue has room again: %s: %s", self.pid, kind)
+        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        for kind, items in kinds.items():
+            reasons: dict[str, int] = {}
+            for e in items:
+                reasons[e.rule or e.stage] = reasons.get(e.rule or e.stage, 0) + 1
+            self.events.queued(self.pid, kind, reasons)
 
     # ---------------------------------------------------------------------------------- helpers
 

@@ -27,6 +27,7 @@ from cdcd.ops import metrics as m
 from cdcd.ops.correlation import batch_fields
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.rejections import RejectedShare
 
 __all__ = [
     "FlowTelemetry",
@@ -43,10 +44,13 @@ __all__ = [
     "lease_released",
     "operation_label",
     "pipeline_failed",
+    "reconcile_finished",
     "replica",
     "set_replica",
     "shutdown_complete",
     "shutdown_requested",
+    "snapshot_finished",
+    "snapshot_progress",
     "source_error",
     "startup",
     "table_ready",
@@ -206,7 +210,8 @@ def source_error(*, table: str, destination: str, error: BaseException) -> None:
 def undecodable_group(*, table: str, destination: str, reason: str) -> None:
     """A CDC log group the decoder could not turn into events (routed, not applied)."""
     m.ERRORS.labels(table, destination, "receiving", "UndecodableGroup", _replica).inc()
-    log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
+    log.error("undecodable CDC log group moved to the dead-letter queue", table=table,
+              destination=destination, reason=scrub(reason))  # fmt: skip
 
 
 def log_rows_read(table: str, rows: int) -> None:
@@ -279,8 +284,34 @@ def _observe_many(histogram: Any, amounts: Sequence[float]) -> None:
 class FlowTelemetry:
     """``cdcd.flow.FlowEvents``: what pipelines report, logged and counted."""
 
-    def __init__(self, clock: Any = time) -> None:
+    def __init__(self, clock: Any = time, alert_ratio: float = 0.05) -> None:
         self.clock = clock  # .time(): epoch seconds (latency = commit time - source write time)
+        self.shares = RejectedShare(alert_ratio)  # [validation] alert_ratio
+
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None:
+        t, d = pid.table, pid.destination
+        for reason, n in reasons.items():
+            m.REJECTED.labels(t, d, queue, reason or "other", _replica).inc(n)
+        if queue == "validation":
+            self.shares.rejected((t, d), sum(reasons.values()))
+            self._share(pid)
+
+    def processed(self, pid: PipelineId, events: int) -> None:
+        self.shares.processed((pid.table, pid.destination), events)
+        self._share(pid)
+
+    def _share(self, pid: PipelineId) -> None:
+        t, d = pid.table, pid.destination
+        share, change = self.shares.check((t, d))
+        m.REJECTED_SHARE.labels(t, d, _replica).set(share or 0.0)
+        if change is True:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(1)
+            log.warning("rejected share above validation.alert_ratio", table=t, destination=d,
+                        share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
+        elif change is False:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(0)
+            log.info("rejected share back below validation.alert_ratio", table=t, destination=d,
+                     share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
 
     def batch_written(
         self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float
@@ -356,3 +387,33 @@ class FlowTelemetry:
         message = "branch detached: reading on its own" if new == "catching-up" else "branch reads shared"
         log.info(message, table=pid.table, destination=pid.destination, group=pid.group,
                  old=old, new=new, reason=reason)  # fmt: skip
+
+
+def snapshot_progress(*, table: str, rows: int, ranges_done: int, ranges_total: int) -> None:
+    """A snapshot (``cdcd.snapshot``) moved on: the gauges follow it."""
+    m.SNAPSHOT_ROWS.labels(table, _replica).set(rows)
+    m.SNAPSHOT_RANGES.labels(table, "done", _replica).set(ranges_done)
+    m.SNAPSHOT_RANGES.labels(table, "total", _replica).set(ranges_total)
+
+
+def snapshot_finished(
+    *, table: str, destinations: Sequence[str], rows: int, seconds: float, state: str
+) -> None:
+    """A table's snapshot ended (finished, or failed and will be resumed)."""
+    fields = {"table": table, "destinations": list(destinations), "rows": rows, "seconds": round(seconds, 1)}
+    if state == "finished":
+        log.info("snapshot finished", **fields)
+    else:
+        log.warning("snapshot stopped; it resumes from its last finished range", state=state, **fields)
+
+
+def reconcile_finished(*, table: str, destination: str, counts: Mapping[str, int], seconds: float) -> None:
+    """A scheduled reconciliation of one table with one destination ended (``reconcile_every``).
+    Differences are logged at WARNING: the destination does not hold what the source does."""
+    for result in ("equal", "missing", "extra", "different"):
+        m.RECONCILE_ROWS.labels(table, destination, result, _replica).set(counts.get(result, 0))
+    fields = {"table": table, "destination": destination, "seconds": round(seconds, 1), **counts}
+    if any(counts.get(r, 0) for r in ("missing", "extra", "different")):
+        log.warning("reconcile found differences (cdcd reconcile --repair fixes them)", **fields)
+    else:
+        log.info("reconcile: source and destination agree", **fields)

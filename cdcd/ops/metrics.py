@@ -42,9 +42,15 @@ __all__ = [
     "LEASE_CHANGES",
     "OPERATIONS",
     "REBALANCES",
+    "RECONCILE_ROWS",
     "REGISTRY",
+    "REJECTED",
+    "REJECTED_ALERT",
+    "REJECTED_SHARE",
     "REPLICATION_LATENCY",
     "RETRIES",
+    "SNAPSHOT_RANGES",
+    "SNAPSHOT_ROWS",
     "STATES",
     "PipelineCollector",
 ]
@@ -126,6 +132,28 @@ DLQ_SIZE = Gauge(
     registry=REGISTRY,
 )
 
+# Events a destination's branch put in a queue (validation, dead, stale), by reason: the rule
+# that refused it (not_null, max_length, check, destination, undecodable, ...; a small set).
+REJECTED = Counter(
+    "cdcd_rejected_events_total",
+    "Events rejected into the validation queue, dead-letter queue or staleness audit",
+    ["table", "destination", "queue", "reason", "replica"],
+    registry=REGISTRY,
+)
+# Share of a table's events a destination rejected over the last 5 minutes (0..1).
+REJECTED_SHARE = Gauge(
+    "cdcd_rejected_share",
+    "Share of events rejected over the last 5 minutes",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+# 1 while that share is above [validation] alert_ratio (a warning is logged when it rises).
+REJECTED_ALERT = Gauge(
+    "cdcd_rejected_share_alert",
+    "1 while the rejected share is above validation.alert_ratio",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
 # Checkpoints saved to Redis.
 CHECKPOINTS_SAVED = Counter(
     "cdcd_checkpoints_saved_total",
@@ -207,6 +235,30 @@ CONFIG_RELOADS = Counter(
     registry=REGISTRY,
 )
 
+# Snapshot of a table (cdcd snapshot, or snapshot = "initial"): rows written in the current run,
+# and token ranges done / in total (cdcd.snapshot.run.Progress).
+SNAPSHOT_ROWS = Gauge(
+    "cdcd_snapshot_rows",
+    "Rows a table's running or last snapshot has copied in this process",
+    ["table", "replica"],
+    registry=REGISTRY,
+)
+SNAPSHOT_RANGES = Gauge(
+    "cdcd_snapshot_ranges",
+    "Token ranges of a table's snapshot: done and total",
+    ["table", "state", "replica"],
+    registry=REGISTRY,
+)
+
+# Rows of the last scheduled reconciliation of a table with a destination (reconcile_every),
+# by result: equal, missing, extra, different.
+RECONCILE_ROWS = Gauge(
+    "cdcd_reconcile_rows",
+    "Rows of the last reconciliation of a table with a destination, by result",
+    ["table", "destination", "result", "replica"],
+    registry=REGISTRY,
+)
+
 # Pipeline states counted by PipelineCollector (cdcd.flow.PipelineState values).
 STATES = (
     "starting",
@@ -220,6 +272,7 @@ STATES = (
     "terminated",
     "failed",
     "masking-unavailable",
+    "queue-full",
 )
 
 

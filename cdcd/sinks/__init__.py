@@ -49,6 +49,11 @@ class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
     target_table: str
     delete: DeleteStrategy = "hard"
     create: bool = True  # create missing tables / add missing columns
+    # add cdcd's bookkeeping columns (version guard, soft delete) to an existing table that lacks
+    # them; None: only when ``create``. Off and missing: refused with the ALTER statements to run
+    bookkeeping: bool | None = None
+    # source column -> the destination column type cdcd uses when it creates the table/column
+    column_types: dict[str, str] = {}
 
     @property
     def target(self) -> str:

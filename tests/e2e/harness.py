@@ -71,7 +71,7 @@ class TableSpec:
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
     schema_changes: str = ""  # "propagate" | "log" | "halt"; empty: the default (not written)
-    extra: str = ""  # raw TOML lines inside this [[tables]] entry, e.g. a [tables.masking] table
+    extra: str = ""  # raw TOML lines of this [[tables]] entry (keys first, then its sub-tables)
 
 
 @dataclass
@@ -160,7 +160,8 @@ pool_size = 2
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
         if t.schema_changes:
             text += f'schema_changes = "{t.schema_changes}"\n'
-        text += t.extra
+        if t.extra:
+            text += t.extra.rstrip("\n") + "\n"
     path.write_text(text)
     return path
 
