@@ -254,6 +254,8 @@ class SchemaGate:
         w = self.watch
         i = 0
         n = len(events)
+        if w.policy == "halt" and w.halt is None and any(touched(ev) - self._names for ev in events):
+            await self.watcher.force_check(self.table)  # the reader saw the change before the watcher
         while i < n:
             if w.halt is not None:
                 since = w.halt.since_us
@@ -286,7 +288,8 @@ class SchemaGate:
             async with self._lock:
                 if unknown and not unknown <= {c.name for c in w.schema.columns}:
                     await self.watcher.force_check(self.table)  # the reader saw it before the watcher
-                await self._move()
+                if self._follows():  # (a halt the check just found keeps the destination as it is)
+                    await self._move()
         elif w.version != self._seen_version and self.applied is not None:
             # not following (log, or halted): the destination stays; a column re-added with a type
             # it cannot hold is still left out of the writes (validation queue), never dead-lettered
