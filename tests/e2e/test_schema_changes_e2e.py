@@ -63,8 +63,11 @@ class Writer:
         )
 
     def step(self) -> None:
-        with self.lock:
-            cols = dict(self.columns)
+        with self.lock:  # a DDL waits for the statement in flight (written for the old columns)
+            self._step()
+
+    def _step(self) -> None:
+        cols = dict(self.columns)
         r = self.rng
         pk, ck = r.randint(0, 15), r.randint(0, 15)
         op = r.random()
