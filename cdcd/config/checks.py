@@ -326,6 +326,16 @@ class Finisher:
                 )
                 continue  # (its targets would only repeat the news)
             seen[t.source] = i
+            if t.staleness != "timestamp" and not t.version_column:
+                self.fail(
+                    f"tables[{i}].version_column",
+                    f'staleness = "{t.staleness}" needs version_column = "<a column of {t.source}>"',
+                )
+            elif t.staleness == "timestamp" and t.version_column:
+                self.fail(
+                    f"tables[{i}].version_column",
+                    'is only used with staleness = "version" or "hybrid" (staleness is "timestamp")',
+                )
             for j, d in enumerate(t.destinations):
                 if d not in cfg.destinations:
                     self.fail(

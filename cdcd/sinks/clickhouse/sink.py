@@ -7,10 +7,14 @@ Per ``write()``:
    case) becomes columns directly (fold.bulk_columns / fresh_columns) and skips 2-3;
 2. the newest stored version of every row the batch touches (delete markers included; whole
    partitions for partition/range deletes) is read back with server-side parameters, except keys
-   whose first event is a full-row INSERT ("blind": ReplacingMergeTree keeps the newest version
-   anyway) and keys held by the optional row cache (cache.py, ``row_cache_rows``);
-3. the batch is applied in memory on those rows (fold.BatchState: version guard, partial
-   updates, exact collection deltas, deletes), giving ONE full row per touched key;
+   held by the optional row cache (cache.py, ``row_cache_rows``). A bulk batch whose keys are
+   all new (the read-back finds none) is inserted as converted, without 3;
+3. the batch is applied in memory on those rows (fold.BatchState: version guard per the table's
+   ``staleness`` strategy, partial updates, exact collection deltas, deletes), giving ONE full row
+   per touched key and, per skipped event, ``duplicate`` or ``stale`` with the row's write time
+   (``WriteOutcome.skipped``; cdcd.sinks.outcome). With a version column, a row kept by its
+   higher version gets ``_cdc_version`` = the replaced row's + 1 when its own write time is not
+   later (ReplacingMergeTree keeps the greatest ``_cdc_version``);
 4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
    ``<table>_history``), each with an ``insert_deduplication_token`` derived from the batch's CDC
    positions, so a batch retried after a crash is not stored twice;
@@ -38,14 +42,13 @@ from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, c
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
-from cdcd.sinks import TableMapping, WriteOutcome, config_secret
+from cdcd.sinks import Skipped, TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.clickhouse.cache import RowCache
 from cdcd.sinks.clickhouse.classify import Action, classify, error_code
 from cdcd.sinks.clickhouse.fold import (
     BatchState,
     Prepared,
     TableCodec,
-    blind_keys,
     bulk_columns,
     fresh_columns,
     prepare,
@@ -64,6 +67,7 @@ from cdcd.sinks.clickhouse.sql import (
 )
 from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
 from cdcd.sinks.offsets import Applied, offsets_location
+from cdcd.sinks.outcome import check_version_column, version_column
 from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
 
 __all__ = ["ClickHouseSink"]
@@ -228,6 +232,7 @@ class ClickHouseSink:
             await self._ensure_table(mapping, schema)
 
     async def _ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        check_version_column(mapping, schema)
         table = _Table(mapping, schema, int(getattr(self.config, "row_cache_rows", 0) or 0))
         create = mapping.create and bool(getattr(self.config, "create_tables", True))
         ddl_settings = await self._ddl_settings(table) if create else None
@@ -368,26 +373,41 @@ class ClickHouseSink:
             if applied is not None:
                 await self.record_applied(mapping, applied)
             return WriteOutcome(applied=0)
-        fresh = bulk_columns(table.codec, events)  # plain bulk INSERTs: converted column by column
+        codec = table.codec
+        version = version_column(mapping)
+        state = BatchState(codec, mapping.delete, staleness=mapping.staleness, version=version)
+        # Plain bulk INSERTs are converted column by column; they skip the fold only when none of
+        # their keys is stored yet (the guard then has nothing to compare with).
+        fresh = bulk_columns(codec, events) if version is None else None
         prepared: list[Prepared] = []
         if fresh is None:
-            prepared, bad = prepare(table.codec, events)
+            prepared, bad = prepare(codec, events)
             if bad:
                 raise BadRows(bad)
-            fresh = fresh_columns(table.codec, prepared)
-        if fresh is not None:  # only full-row INSERTs of distinct keys: nothing to read or fold
+            fresh = fresh_columns(codec, prepared) if version is None else None
+        read = False
+        if fresh is not None:
+            keys = list(zip(*(fresh[n] for n in table.main.key_names), strict=True))
+            read = True
+            if await self._load_keys(table, keys, state):
+                fresh = None  # some rows exist: fold on them (every key of the batch is loaded)
+                if not prepared:
+                    prepared, bad = prepare(codec, events)
+                    if bad:
+                        raise BadRows(bad)
+        skipped: list[Skipped] = []
+        if fresh is not None:  # full-row INSERTs of new distinct keys: nothing to fold
             data = [fresh[n] for n in table.main_types]
             owners = [[i] for i in range(len(events))]
             blocks = [Block("main", table.main.name, table.main_types, data, owners)]
-            done, skipped = len(events), 0
+            done = len(events)
         else:
-            state = BatchState(table.codec, mapping.delete)
-            state.blind = blind_keys(table.codec, prepared)
-            await self._read_back(table, prepared, state)
+            if not read:
+                await self._read_back(table, prepared, state)
             for p in prepared:
                 state.apply(p)
             blocks = self._blocks(table, state, events)
-            done, skipped = state.applied, state.skipped
+            done, skipped = state.applied, state.skipped_events()
         token = batch_token(mapping, events)
         try:
             for block in blocks:
@@ -408,7 +428,7 @@ class ClickHouseSink:
             _remember(table, blocks)  # what is stored now, whether or not the offsets insert works
         if applied is not None:  # only after every data block is stored: never ahead of the data
             await self.record_applied(mapping, applied, token)
-        return WriteOutcome(applied=done, skipped_stale=skipped)
+        return WriteOutcome(applied=done, skipped_stale=len(skipped), skipped=tuple(skipped))
 
     def forget(self, mapping: TableMapping | None = None) -> None:
         """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another
@@ -418,6 +438,25 @@ class ClickHouseSink:
                 mapping is None or (source, target) == (mapping.source, mapping.target)
             ):
                 table.cache.clear()
+
+    async def _load_keys(self, table: _Table, keys: list[tuple[Any, ...]], state: BatchState) -> bool:
+        """Load the stored rows (newest versions) of these main-table keys into ``state``; True
+        when any exists."""
+        codec = table.codec
+        wanted = {codec.hkey(k): k for k in keys}
+        found = False
+        if table.cache is not None:
+            hits = _cached(table.cache, False, wanted)
+            if hits:
+                state.load_records(False, table.main, hits)
+                found = True
+        rest = list(wanted.values())
+        for i in range(0, len(rest), _MAX_KEYS_PER_READ):
+            rows = await self._select(table.main, codec.read_formats, rest[i : i + _MAX_KEYS_PER_READ], [])
+            if rows:
+                state.load(False, table.main, rows)
+                found = True
+        return found
 
     async def _read_back(self, table: _Table, prepared: list[Prepared], state: BatchState) -> None:
         """Load the newest stored version of every row (and wide-deleted partition) into ``state``."""
