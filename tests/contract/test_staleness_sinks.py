@@ -206,3 +206,16 @@ async def test_a_version_column_that_cannot_version_rows_is_refused(dest: Dest) 
         await dest.table("version", "nope")
     with pytest.raises(SchemaMismatch, match="clustering column"):
         await dest.table("hybrid", "ts")
+
+
+async def test_a_delete_older_than_the_row_is_stale(dest: Dest) -> None:
+    m = await dest.table()
+    await dest.sink.write(m, [ev(Op.INSERT, 1, 2000, v="a", rev=1)])
+    old = builders.ev(Op.ROW_DELETE, {"pk": 1, "ts": T}, wt=1000, low=next(_low), table="ks.s")
+    out = await dest.sink.write(m, [old])
+    assert (out.applied, verdicts(out)) == (0, [(0, "stale", 2000)])
+    assert await dest.rows() == {1: ("a", 1)}
+    newer = builders.ev(Op.ROW_DELETE, {"pk": 1, "ts": T}, wt=3000, low=next(_low), table="ks.s")
+    out = await dest.sink.write(m, [newer])
+    assert (out.applied, out.skipped) == (1, ())
+    assert await dest.rows() == {}

@@ -490,7 +490,10 @@ class PostgresSink:
         if vanish:
             await conn.execute(table.sql("vanish", layout), seg, vanish)
         if deletes:
-            await conn.execute(table.sql("delete", layout), seg)
+            status = await conn.execute(table.sql("delete", layout), seg)
+            if int(status.rsplit(" ", 1)[-1]) < deletes:  # some rows were newer (or already gone)
+                gone = [p for p in plans if p.delete and not p.keep]
+                await self._skipped(conn, table, layout, gone, seg, DELETE_SIG, skipped)
 
     async def _skipped(  # noqa: PLR0917
         self,
