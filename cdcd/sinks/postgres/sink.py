@@ -492,8 +492,8 @@ class PostgresSink:
         if deletes:
             status = await conn.execute(table.sql("delete", layout), seg)
             if int(status.rsplit(" ", 1)[-1]) < deletes:  # some rows were newer (or already gone)
-                gone = [p for p in plans if p.delete and not p.keep]
-                await self._skipped(conn, table, layout, gone, seg, DELETE_SIG, skipped)
+                deleted = [p for p in plans if p.delete and not p.keep]
+                await self._skipped(conn, table, layout, deleted, seg, DELETE_SIG, skipped)
 
     async def _skipped(  # noqa: PLR0917
         self,
