@@ -336,6 +336,11 @@ class Finisher:
                     f"tables[{i}].version_column",
                     'is only used with staleness = "version" or "hybrid" (staleness is "timestamp")',
                 )
+            elif t.version_column and _masked(cfg, t.masking, t.version_column):
+                self.fail(
+                    f"tables[{i}].version_column",
+                    f'"{t.version_column}" is masked: its masked values cannot order versions',
+                )
             for j, d in enumerate(t.destinations):
                 if d not in cfg.destinations:
                     self.fail(
@@ -353,6 +358,19 @@ class Finisher:
                     )
                 else:
                     targets[target] = i
+
+
+def _masked(cfg: Config, table_masking: Any, column: str) -> bool:
+    """Whether a table's masking or a [[masking.rules]] pattern masks ``column``."""
+    if column in table_masking:
+        return str(getattr(table_masking[column], "strategy", table_masking[column])) != "passthrough"
+    for rule in cfg.masking.rules:
+        try:
+            if re.search(rule.pattern, column):
+                return str(rule.strategy) != "passthrough"
+        except re.error:
+            return False  # reported by the masking checks
+    return False
 
 
 def _password_in(value: str) -> str:

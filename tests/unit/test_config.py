@@ -316,6 +316,11 @@ CASES = [
         'tables[0].staleness: expected one of "timestamp", "version", "hybrid", got "newest"',
         id="unknown staleness strategy",
     ),
+    pytest.param(
+        BASE + "staleness = 'hybrid'\nversion_column = 'rev'\n[tables.masking]\nrev = 'redact'\n",
+        'tables[0].version_column: "rev" is masked: its masked values cannot order versions',
+        id="masked version column",
+    ),
 ]
 
 
