@@ -7,8 +7,11 @@ Per ``write()``:
    case) becomes columns directly (fold.bulk_columns / fresh_columns) and skips 2-3;
 2. the newest stored version of every row the batch touches (delete markers included; whole
    partitions for partition/range deletes) is read back with server-side parameters, except keys
-   held by the optional row cache (cache.py, ``row_cache_rows``). A bulk batch whose keys are
-   all new (the read-back finds none) is inserted as converted, without 3;
+   held by the optional row cache (cache.py, ``row_cache_rows``) and keys whose first event is a
+   full-row INSERT newer than anything stored for its CDC stream ("blind", ``_seen``: it can be
+   neither stale nor a replay, and ReplacingMergeTree keeps the newest version anyway). A bulk
+   batch of such INSERTs (or whose older keys the read-back does not find) is inserted as
+   converted, without 3;
 3. the batch is applied in memory on those rows (fold.BatchState: version guard per the table's
    ``staleness`` strategy, partial updates, exact collection deltas, deletes), giving ONE full row
    per touched key and, per skipped event, ``duplicate`` or ``stale`` with the row's write time
@@ -49,6 +52,7 @@ from cdcd.sinks.clickhouse.fold import (
     BatchState,
     Prepared,
     TableCodec,
+    blind_keys,
     bulk_columns,
     fresh_columns,
     prepare,
@@ -57,6 +61,7 @@ from cdcd.sinks.clickhouse.offsets import COLUMNS as OFFSETS_COLUMNS
 from cdcd.sinks.clickhouse.offsets import ChOffsets
 from cdcd.sinks.clickhouse.sql import (
     DELETED_AT,
+    VERSION,
     ChLayout,
     history_columns,
     history_ddl,
@@ -92,6 +97,7 @@ class _Table:
         self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
         self.cache = RowCache(cache_rows) if cache_rows > 0 else None
+        self.seen: dict[bytes, int] | None = None  # see ClickHouseSink._seen
 
 
 class ClickHouseSink:
@@ -386,15 +392,22 @@ class ClickHouseSink:
                 raise BadRows(bad)
             fresh = fresh_columns(codec, prepared) if version is None else None
         read = False
+        seen = await self._seen(table) if version is None else None
         if fresh is not None:
-            keys = list(zip(*(fresh[n] for n in table.main.key_names), strict=True))
-            read = True
-            if await self._load_keys(table, keys, state):
-                fresh = None  # some rows exist: fold on them (every key of the batch is loaded)
-                if not prepared:
-                    prepared, bad = prepare(codec, events)
-                    if bad:
-                        raise BadRows(bad)
+            assert seen is not None
+            # Only events that may be older than their row need a read-back (see ``_seen``).
+            old = [i for i, e in enumerate(events) if e.write_time_us <= seen.get(e.pos.stream_id, seen[b""])]
+            if old:
+                keys = list(zip(*(fresh[n] for n in table.main.key_names), strict=True))
+                read = True
+                if await self._load_keys(table, [keys[i] for i in old], state):
+                    fresh = None  # some rows exist: fold on them (the others are new: blind)
+                    gone = set(old)
+                    state.blind = {codec.hkey(k) for i, k in enumerate(keys) if i not in gone}
+                    if not prepared:
+                        prepared, bad = prepare(codec, events)
+                        if bad:
+                            raise BadRows(bad)
         skipped: list[Skipped] = []
         if fresh is not None:  # full-row INSERTs of new distinct keys: nothing to fold
             data = [fresh[n] for n in table.main_types]
@@ -403,6 +416,8 @@ class ClickHouseSink:
             done = len(events)
         else:
             if not read:
+                if seen is not None:
+                    state.blind = _blind(codec, prepared, seen)
                 await self._read_back(table, prepared, state)
             for p in prepared:
                 state.apply(p)
@@ -426,6 +441,11 @@ class ClickHouseSink:
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
         if table.cache is not None:
             _remember(table, blocks)  # what is stored now, whether or not the offsets insert works
+        if seen is not None:
+            floor = seen[b""]  # a stream's entry, once there, is above the floor
+            for e in events:
+                if e.write_time_us > seen.get(e.pos.stream_id, floor):
+                    seen[e.pos.stream_id] = e.write_time_us
         if applied is not None:  # only after every data block is stored: never ahead of the data
             await self.record_applied(mapping, applied, token)
         return WriteOutcome(applied=done, skipped_stale=len(skipped), skipped=tuple(skipped))
@@ -434,10 +454,24 @@ class ClickHouseSink:
         """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another
         writer may have written the table's keys (a stream group's lease was reassigned)."""
         for (source, target), table in self._tables.items():
-            if table.cache is not None and (
-                mapping is None or (source, target) == (mapping.source, mapping.target)
-            ):
-                table.cache.clear()
+            if mapping is None or (source, target) == (mapping.source, mapping.target):
+                table.seen = None  # another writer may have stored newer rows
+                if table.cache is not None:
+                    table.cache.clear()
+
+    async def _seen(self, table: _Table) -> dict[bytes, int]:
+        """Per CDC stream, the newest write time this sink stored for it; under ``b""`` the newest
+        ``_cdc_version`` the table held when this sink first wrote to it.
+
+        A stored row can only be as new as an event of the stream its key belongs to (a stream's
+        log is in write-time order; a new generation starts after the old one's last write), so a
+        full-row INSERT newer than both cannot be stale or a replay: it is written without reading
+        its row back ("blind": ReplacingMergeTree keeps the newest version anyway). Older events
+        (a replay after a restart, a resubmission) are read back and reported per event."""
+        if table.seen is None:
+            res = await self._call(lambda c: c.query(f"SELECT max({VERSION}) FROM {table.main.name}"))
+            table.seen = {b"": int(res.result_rows[0][0] or 0) if res.result_rows else 0}
+        return table.seen
 
     async def _load_keys(self, table: _Table, keys: list[tuple[Any, ...]], state: BatchState) -> bool:
         """Load the stored rows (newest versions) of these main-table keys into ``state``; True
@@ -630,6 +664,23 @@ def _without_dataframes() -> None:
     if "pd" not in vars(options):
         options.pd = None
         options.pd_time_test = None
+
+
+def _blind(codec: TableCodec, prepared: list[Prepared], seen: dict[bytes, int]) -> set[Any]:
+    """``blind_keys`` whose first event is newer than anything stored for its stream."""
+    blind = blind_keys(codec, prepared)
+    if not blind:
+        return blind
+    floor = seen[b""]
+    first: set[Any] = set()
+    for p in prepared:
+        hk = codec.hkey(p.key) if not p.ev.static else None
+        if hk is None or hk in first:
+            continue
+        first.add(hk)
+        if hk in blind and p.ev.write_time_us <= seen.get(p.ev.pos.stream_id, floor):
+            blind.discard(hk)
+    return blind
 
 
 def _cached(cache: RowCache, static: bool, wanted: dict[Any, tuple[Any, ...]]) -> list[dict[str, Any]]:
