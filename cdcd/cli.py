@@ -6,10 +6,15 @@
     cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
     cdcd vault reveal TOKEN --config cdcd.toml
+    cdcd status --config cdcd.toml [--json]
+    cdcd dlq list|show|export|retry|edit|drop ... --config cdcd.toml   (cdcd.app.dlq_cli)
+    cdcd snapshot --config cdcd.toml --table ks.t [--destination D] [--ranges N] [--restart]
+    cdcd reconcile --config cdcd.toml --table ks.t [--destination D] [--repair] [--json] [--ranges N]
 
 Exit codes: 0 success; 1 a dependency check failed or the daemon stopped on an error (or a
 second signal forced it out); 2 bad arguments or a bad configuration (the message names the
-file and key).
+file and key). ``reconcile``: 0 source and destinations agree, 1 differences found (with
+``--repair``: some could not be repaired), 2 errors.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import argparse
 import datetime
 import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from cdcd import __version__
 
@@ -87,7 +92,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     reveal.add_argument("token", help='a token as found in a destination ("tok_...")')
     reveal.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status = sub.add_parser(
+        "status",
+        help="print the cluster from Redis: replicas, who owns each stream group, lag, unowned groups",
+    )
+    status.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from cdcd.app.dlq_cli import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)  # cdcd dlq list|show|export|retry|edit|drop (cdcd.app.dlq_cli)
+    _snapshot_parsers(sub)
     return parser
+
+
+def _snapshot_parsers(sub: Any) -> None:
+    snap = sub.add_parser("snapshot", help="copy a table's existing rows into its destinations")
+    snap.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    snap.add_argument("--table", required=True, help='the source table, "keyspace.table"')
+    snap.add_argument("--destination", help="only this destination (default: all of the table's)")
+    snap.add_argument(
+        "--ranges", type=_positive, default=64, help="token ranges (default 64; fixed once started)"
+    )
+    snap.add_argument("--workers", type=_positive, default=None, help="ranges read at once")
+    snap.add_argument("--restart", action="store_true", help="forget saved progress and start over")
+    snap.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec = sub.add_parser("reconcile", help="compare a table with its destinations (and repair them)")
+    rec.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    rec.add_argument("--table", required=True, help='the source table, "keyspace.table"')
+    rec.add_argument("--destination", help="only this destination (default: all of the table's)")
+    rec.add_argument("--repair", action="store_true", help="re-apply source rows and delete extra rows")
+    rec.add_argument("--json", action="store_true", help="one JSON object per differing row, then a summary")
+    rec.add_argument("--ranges", type=_positive, default=64, help="token ranges compared (default 64)")
+    rec.add_argument(
+        "--settle", type=float, default=30.0,
+        help="seconds rows may take to converge while cdcd replicates before they are reported (default 30)",
+    )  # fmt: skip
+    rec.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -113,11 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cdcd.masking.cli import reveal
 
         return reveal(config, args.token)
+    if args.command == "dlq":
+        from cdcd.app.dlq_cli import main as dlq_main
+
+        return dlq_main(config, args)
+    if args.command in ("snapshot", "reconcile"):
+        from cdcd.snapshot.commands import main as snapshot_main
+
+        return snapshot_main(config, args)
     if args.command == "run":
         return app.run(
             config, config_file=args.config, start_at=args.start_at, log_level=args.log_level,
             backfill=args.backfill,
         )  # fmt: skip
+    if args.command == "status":
+        from cdcd.app.cluster import print_status
+
+        return print_status(config, as_json=args.json)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 
 

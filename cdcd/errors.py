@@ -9,7 +9,8 @@
     ├── DependencyUnavailable retriable: Redis (or another dependency) cannot be reached
     ├── SinkError
     │   ├── SinkUnavailable  retriable: connection lost, timeout, SQLSTATE 08/53/57, ClickHouse network
-    │   └── BadRows          {index: reason}; those rows go to the dead-letter store, the rest are retried
+    │   └── BadRows          {index: reason}; deterministic (default: data the destination refuses, e.g.
+    │                        SQLSTATE 22/23): to the validation queue at once; else retried, then DLQ
     ├── InvalidRecord        never retried; to the validation queue with original data and reason
     ├── SchemaMismatch       the destination cannot hold the source schema (refused at start-up)
     └── LeaseLost            the stream group's lease was taken over; stop without committing
@@ -97,10 +98,17 @@ class SinkUnavailable(SinkError):
 
 
 class BadRows(SinkError):
-    """Some rows of a batch can never be written; ``errors`` maps batch index -> reason."""
+    """Some rows of a batch can never be written; ``errors`` maps batch index -> reason.
 
-    def __init__(self, errors: Mapping[int, str]) -> None:
+    ``deterministic`` (the default): the destination refused the data itself (PostgreSQL
+    SQLSTATE classes 22/23, ClickHouse type/parse/constraint errors, a value the sink cannot
+    encode): writing it again can never succeed, so those rows go to the validation queue at
+    once, never on a backoff schedule. False: the rows may pass later; they are retried up to
+    ``max_attempts`` and then go to the dead-letter queue."""
+
+    def __init__(self, errors: Mapping[int, str], *, deterministic: bool = True) -> None:
         self.errors = dict(errors)
+        self.deterministic = deterministic
         first = next(iter(self.errors.items()), (None, ""))
         super().__init__(f"{len(self.errors)} bad row(s); first at index {first[0]}: {first[1]}")
 

@@ -158,3 +158,5 @@ class EventBatch(msgspec.Struct, kw_only=True):
 
     events: list[ChangeEvent]
     upto: dict[bytes, Position]  # stream_id -> last group position covered (even if it had no events)
+    decode_ns: int = 0  # time spent decoding these events (for the trace's decode span)
+    trace: Any = None  # the read span's SpanContext when tracing is on (cdcd.ops.tracing)

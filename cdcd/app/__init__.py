@@ -13,6 +13,12 @@
   destination (closed and fully applied) its supervisor moves on to the next one (generation
   switch). A branch that stops on an error is restarted from its checkpoint after a growing pause
   (joining its group's reader again, catching up first if it is behind).
+* leases (``cdcd.app.leases``): a group's branches run only while this replica holds the
+  group's lease in Redis; replicas on one configuration share the groups (fair share, hand-over
+  to a new replica, takeover of a dead one's groups, work stopped before a lease that cannot be
+  renewed expires). Checkpoints are fenced by the lease token.
+* reload (``cdcd.app.reload``): SIGHUP or ``POST /admin/reload`` re-reads the config file; live
+  changes restart the (table, destination) pairs they touch, non-live ones refuse the reload.
 * shutdown: the first SIGTERM/SIGINT stops reading, drains in-flight batches and saves checkpoints
   within ``pipeline.shutdown_timeout``, then exits 0; a second signal abandons everything at once
   (exit 1), also while the process winds down after its shutdown (no traceback either way).
@@ -24,6 +30,7 @@ destination), fixed at the very first start ("now") and kept in Redis under
 that began while cdcd was down, loses nothing. ``--start-at`` replaces the floor.
 
 ``check()`` (``cdcd check-config``) connects to each dependency once and prints the results.
+``cdcd status`` (``cdcd.app.cluster``) prints the cluster from Redis.
 """
 
 from __future__ import annotations

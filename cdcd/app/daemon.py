@@ -17,6 +17,7 @@ from cassandra import Unauthorized
 from prometheus_client import CollectorRegistry
 
 from cdcd import __version__
+from cdcd.app import reload as live
 from cdcd.app.deps import (
     Dependencies,
     MappingFactory,
@@ -28,8 +29,19 @@ from cdcd.app.deps import (
     table_mapping,
     timed,
 )
-from cdcd.config import Config, TableConfig, redacted
-from cdcd.errors import CdcdError, ConfigError
+from cdcd.app.dlq import DlqTool
+from cdcd.app.dlq_http import dlq_routes
+from cdcd.app.leases import Hold, LeaseCoordinator
+from cdcd.app.validation import (
+    branch_stages,
+    project,
+    refresh_quarantine,
+    refresh_targets,
+    table_options,
+    undecodable_entries,
+)
+from cdcd.config import Config, TableConfig, load, redacted
+from cdcd.errors import CdcdError, ConfigError, DependencyUnavailable, LeaseLost
 from cdcd.events import timeuuid_to_micros
 from cdcd.flow import Branch, CircuitBreaker, SharedReader, SystemClock, is_retriable
 from cdcd.flow.applied import DestinationCheckpoints, records_applied
@@ -47,8 +59,11 @@ from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
 from cdcd.sinks.offsets import RecordsApplied
+from cdcd.snapshot.background import TableJobs
+from cdcd.snapshot.run import ACTIVE as SNAPSHOTS
 from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
 from cdcd.state import KINDS, CheckpointStore, DeadLetterStore
+from cdcd.state.leases import LeaseStore, replica_id
 
 __all__ = ["Daemon", "StartAt"]
 
@@ -86,7 +101,7 @@ class Daemon:
         self.deps = Dependencies(cfg, sink_factory)
         self.mapping_factory = mapping_factory
         self.clock = SystemClock()
-        self.telemetry = emit.FlowTelemetry()
+        self.telemetry = emit.FlowTelemetry(alert_ratio=cfg.validation.alert_ratio)
         self.state = "starting"
         self.started_at = time.time()
         # (destination, table, group key) -> the destination's branch of that stream group
@@ -121,13 +136,25 @@ class Daemon:
         )
         self.horizon = DataLossWatch(cfg.pipeline.data_loss_warning)
         self.masking = Masking(cfg, replica=emit.replica)  # R-21: masks once, before the fan-out
-        self.local_metrics.register(self.masking.collector())
+        self._masking_metrics: Any = self.masking.collector()  # follows self.masking across reloads
+        self.local_metrics.register(self._masking_metrics)
         self.horizon_every = 10.0  # seconds between data-loss checks
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sink_tasks: dict[str, asyncio.Task[Sink | None]] = {}
         self._active: set[tuple[str, str]] = set()  # (table, destination) replicating
         self._ready_cache: tuple[float, dict[str, CheckResult]] | None = None
+        # leases (cdcd.app.leases): which stream groups this replica runs; supervisors per
+        # (table, destination), started and stopped by config reloads (cdcd.app.reload)
+        self.replica_id = replica_id(cfg.instance.replica)
+        self.leases: LeaseCoordinator | None = None
+        self._supervisors: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reloading = asyncio.Lock()
+        self._side_tasks: set[asyncio.Task[Any]] = set()  # config reloads under way
+        # (table, destination) -> the branch's own stages (ignored columns, validator), built once
+        # the destination table's definition was read (cdcd.app.validation)
+        self.branch_stages: dict[tuple[str, str], list[Any]] = {}
+        self._dlq: DlqTool | None = None  # /admin/dlq (built on first use)
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -140,6 +167,8 @@ class Daemon:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
+        previous_hup = signal.getsignal(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.startup()
             if not self.stopping:
@@ -157,6 +186,9 @@ class Daemon:
                 loop.remove_signal_handler(sig)
                 if previous[sig] is not None:  # (cdcd run's: exit at once while the process winds down)
                     signal.signal(sig, previous[sig])
+            loop.remove_signal_handler(signal.SIGHUP)
+            if previous_hup is not None:
+                signal.signal(signal.SIGHUP, previous_hup)
         return 1 if self.force_exit else self.exit_code
 
     def handle_signal(self, sig: signal.Signals) -> None:
@@ -166,7 +198,7 @@ class Daemon:
             emit.shutdown_requested(signal=sig.name, forced=True)
             for p in self.pipelines.values():
                 p.terminate()
-            for task in [*self._tasks, *self._reader_tasks.values()]:
+            for task in [*self._tasks, *self._supervisors.values(), *self._reader_tasks.values()]:
                 task.cancel()
             return
         emit.shutdown_requested(signal=sig.name, forced=False)
@@ -194,7 +226,13 @@ class Daemon:
         if self.stopping:
             return
         assert self.deps.redis is not None and self.deps.scylla is not None
-        self.checkpoints = CheckpointStore(self.deps.redis, prefix=cfg.state.key_prefix)
+        self.leases = LeaseCoordinator(
+            LeaseStore(self.deps.redis, prefix=cfg.state.key_prefix),
+            replica=self.replica_id, name=cfg.instance.replica, ttl=cfg.state.lease_ttl,
+            fingerprint=live.fingerprint(cfg), lags=self._group_lags,
+            handover_timeout=min(20.0, cfg.pipeline.shutdown_timeout),
+        )  # fmt: skip
+        self.checkpoints = CheckpointStore(self.deps.redis, prefix=cfg.state.key_prefix, fence=self.leases)
         self.deadletters = DeadLetterStore(self.deps.redis, prefix=cfg.state.key_prefix)
         self.discovery = StreamDiscovery(self.deps.scylla, tablet_group_size=cfg.source.tablet_group_size)
         self.schemas: dict[str, TableSchema] = {}
@@ -216,15 +254,20 @@ class Daemon:
 
     async def main_loop(self) -> None:
         assert self._stop is not None
+        assert self.leases is not None
+        self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
         for table in self.cfg.tables:
             for dest in table.destinations:
-                self._tasks.append(
-                    asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
-                )
+                self._start_supervisor(table, dest)
+        for table in self.cfg.tables:  # snapshot = "initial", reconcile_every (cdcd.snapshot.background)
+            if table.snapshot == "initial" or table.reconcile_every > 0:
+                jobs = TableJobs(self).run(table)
+                self._tasks.append(asyncio.create_task(jobs, name=f"jobs:{table.source}"))
         self._tasks.append(asyncio.create_task(self._refresh_dlq_sizes(), name="dlq-sizes"))
         if self.staleness_off:
             log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
         self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._refresh_quarantine(), name="quarantine"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -260,11 +303,18 @@ class Daemon:
         for p in pipelines:
             if p.state not in ("closed", "done", "terminated", "failed"):
                 p.terminate()
-        tasks = [*self._tasks, *self._sink_tasks.values(), *self._reader_tasks.values()]
+        tasks = [
+            *self._tasks,
+            *self._supervisors.values(),
+            *self._sink_tasks.values(),
+            *self._reader_tasks.values(),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         abandoned = sum(1 for p in pipelines if p.state == "terminated")
+        if self.leases is not None:  # the branches stopped: give the groups to the other replicas now
+            await self.leases.close()
         if self.http is not None:
             await self.http.aclose()
         await self.deps.aclose()
@@ -343,11 +393,26 @@ class Daemon:
         sink = await self._sink(dest)
         if sink is None:
             return
-        mapping = self.mapping_factory(table, self.cfg.destinations[dest])
+        mapping = table_options(
+            self.mapping_factory(table, self.cfg.destinations[dest]), table, dest, self.cfg
+        )
+        try:
+            schema = project(schema, table.ignore_columns)
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), key=f"tables[{self.cfg.tables.index(table)}].ignore_columns"
+            ) from None
         dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
         await self._until_up(
             f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema)
         )
+        stages = await self._until_up(
+            f"destination:{dest}",
+            functools.partial(
+                branch_stages, table, dest, sink, mapping, dest_schema, deadletters=self.deadletters
+            ),
+        )
+        self.branch_stages[(table.source, dest)] = stages or []
         floor = await self._until_up("redis", lambda: self._start_floor(table, dest, sink, mapping))
         if floor is None or self.stopping:
             return
@@ -392,30 +457,99 @@ class Daemon:
 
     async def _run_group(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> bool:
         """Run the destination's branch of one group until it is done (True) or cdcd stops
-        (False); restart it from its checkpoint after an error, with a growing pause."""
+        (False); restart it from its checkpoint after an error, with a growing pause. It runs only
+        while this replica holds the group's lease (``cdcd.app.leases``): a lease lost or handed
+        over stops the branch (drained and checkpointed when handed over) and it waits for the
+        lease again, or until another replica has finished the group."""
+        assert self.leases is not None
         failures = 0
         emit.group_started(table=table.source, destination=dest, group=group.key,
                            streams=len(group.streams), end=group.end)  # fmt: skip
-        while not self.stopping:
-            pipeline = self._branch(table, dest, group, floor)
-            self._forget_cached_rows(dest, pipeline.mapping)
-            self.pipelines[(dest, table.source, group.key)] = pipeline
-            try:
-                await pipeline.run(self._shared_reader(table, group))
-            except asyncio.CancelledError:
-                pipeline.terminate()
-                raise
-            except Exception as exc:
-                failures += 1
-                pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
-                emit.pipeline_failed(
-                    table=table.source, destination=dest, group=group.key, error=exc, retry_in=pause
+        self.leases.want(table.source, group.key)
+        try:
+            while not self.stopping:
+                hold = await self._lease(dest, group)
+                if hold is None:  # finished by another replica, or cdcd stops
+                    return not self.stopping
+                pipeline = self._branch(table, dest, group, floor)
+                self._forget_cached_rows(dest, pipeline.mapping)
+                self.pipelines[(dest, table.source, group.key)] = pipeline
+                hold.enter()
+                try:
+                    await self._run_under(hold, pipeline, self._shared_reader(table, group))
+                except Exception as exc:
+                    if isinstance(exc, LeaseLost) or hold.ending:
+                        self._drop_branch(pipeline)
+                        continue  # the lease went: wait for it again
+                    failures += 1
+                    pause = min(300.0, 5.0 * 2 ** min(failures - 1, 6))
+                    emit.pipeline_failed(
+                        table=table.source, destination=dest, group=group.key, error=exc, retry_in=pause
+                    )
+                    await self._sleep(pause)
+                    continue
+                finally:
+                    hold.leave()
+                if pipeline.state != "done" and hold.ending and not self.stopping:
+                    self._drop_branch(pipeline)
+                    continue  # handed over or lost while running
+                emit.group_finished(
+                    table=table.source, destination=dest, group=group.key, state=pipeline.state
                 )
-                await self._sleep(pause)
-                continue
-            emit.group_finished(table=table.source, destination=dest, group=group.key, state=pipeline.state)
-            return pipeline.state == "done"
-        return False
+                return pipeline.state == "done"
+            return False
+        finally:
+            self.leases.unwant(table.source, group.key)
+
+    def _drop_branch(self, pipeline: Branch) -> None:
+        """The group went to another replica: its branch leaves /status and the metrics here."""
+        key = (pipeline.pid.destination, pipeline.pid.table, pipeline.pid.group)
+        if self.pipelines.get(key) is pipeline:
+            del self.pipelines[key]
+
+    async def _lease(self, dest: str, group: StreamGroup) -> Hold | None:
+        """This replica's hold on the group once it has one; None when the group is done for
+        ``dest`` meanwhile (another replica finished it) or cdcd stops."""
+        assert self.leases is not None
+        while not self.stopping:
+            try:
+                return await self.leases.hold_for(group.table, group.key)
+            except TimeoutError:
+                pass
+            with contextlib.suppress(Exception):
+                if await self.checkpoints.is_done(dest, group):
+                    return None
+        return None
+
+    async def _run_under(self, hold: Hold, pipeline: Branch, shared: SharedReader) -> None:
+        """``pipeline.run`` while ``hold`` lasts: terminated at once when the lease is lost,
+        drained and checkpointed when it is handed over."""
+        run = asyncio.create_task(pipeline.run(shared), name=f"branch:{pipeline.pid}")
+        lost = asyncio.create_task(hold.lost.wait())
+        release = asyncio.create_task(hold.release.wait())
+        try:
+            await asyncio.wait({run, lost, release}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                if hold.lost.is_set():
+                    pipeline.terminate()
+                else:
+                    assert self.leases is not None
+                    closing = asyncio.create_task(
+                        pipeline.close(deadline=max(1.0, self.leases.handover_timeout - 2))
+                    )
+                    await asyncio.wait({closing, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if not closing.done():  # lost while draining: abandon the rest
+                        pipeline.terminate()
+                    await asyncio.gather(closing, return_exceptions=True)
+            await run
+        except asyncio.CancelledError:
+            pipeline.terminate()
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise
+        finally:
+            lost.cancel()
+            release.cancel()
 
     def _forget_cached_rows(self, dest: str, mapping: Any) -> None:
         """A group (re)starts for ``mapping``: while it was not ours (another replica held it,
@@ -434,6 +568,8 @@ class Daemon:
 
         async def on_invalid(err: UndecodableGroup) -> None:
             emit.undecodable_group(table=table.source, destination=who, reason=err.reason)
+            dests = list(table.destinations) if who == "shared" else [who]  # kept: dead-letter queue
+            await self.deadletters.add(undecodable_entries(err, group.generation, dests, time.time()))
 
         return GroupReader(
             self.deps.scylla,
@@ -483,7 +619,7 @@ class Daemon:
 
     def _branch(self, table: TableConfig, dest: str, group: StreamGroup, floor: int) -> Branch:
         dest_cfg = self.cfg.destinations[dest]
-        mapping = self.mapping_factory(table, dest_cfg)
+        mapping = table_options(self.mapping_factory(table, dest_cfg), table, dest, self.cfg)
         sink: Any = self.deps.sinks[dest]
         checkpoints: Any = self.checkpoints
         if records_applied(sink):  # positions also kept by the destination (cdcd.flow.applied)
@@ -508,8 +644,149 @@ class Daemon:
             events=self.telemetry,
             catch_up=catch_up,
             floor_time=min_timeuuid(max(group.generation, floor) * 1000),
-            stages=[] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)],
+            # too-old events first (R-22), then the destination's own: ignored columns, validator
+            stages=[
+                *([] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)]),
+                *self.branch_stages.get((table.source, dest), ()),
+            ],
         )
+
+    def _start_supervisor(self, table: TableConfig, dest: str) -> None:
+        task = asyncio.create_task(self._supervise(table, dest), name=f"{dest}:{table.source}")
+        self._supervisors[(table.source, dest)] = task
+        task.add_done_callback(self._supervisor_done)
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        """A supervisor that raised stops the daemon (as before leases, main_loop's rule)."""
+        if task.cancelled() or task.exception() is None or self.stopping:
+            return
+        err = task.exception()
+        if isinstance(err, Unauthorized):  # a grant is missing (docs/permissions.md)
+            log.error("Scylla refused a read: the role lacks a permission (see docs/permissions.md)",
+                      task=task.get_name(), error=scrub(str(err)))  # fmt: skip
+        else:
+            log.error("supervisor crashed; shutting down", task=task.get_name(), error=scrub(repr(err)))
+        self.exit_code = 1
+        self.request_stop()
+
+    async def _stop_pair(self, table: str, dest: str) -> None:
+        """Stop one (table, destination): drain and checkpoint its branches, end its supervisor."""
+        branches = [p for (d, t, _), p in list(self.pipelines.items()) if (t, d) == (table, dest)]
+        await asyncio.gather(
+            *(p.close(deadline=self.cfg.pipeline.shutdown_timeout) for p in branches), return_exceptions=True
+        )
+        task = self._supervisors.pop((table, dest), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for key in [k for k in self.pipelines if (k[1], k[0]) == (table, dest)]:
+            del self.pipelines[key]
+        self._active.discard((table, dest))
+        self.stored_lags.pop((table, dest), None)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def reload(self) -> Mapping[str, Any]:
+        """SIGHUP / ``POST /admin/reload``: re-read the config file and apply what may change
+        live (``cdcd.app.reload``); if any setting that cannot change live differs, nothing is
+        applied and the refused keys are logged."""
+        async with self._reloading:
+            try:
+                new = load(self.config_file)
+                plan = live.plan(self.cfg, new)
+            except Exception as exc:
+                emit.config_reloaded(
+                    result="failed", changes=[], refused=[], error=f"{type(exc).__name__}: {exc}"
+                )
+                return {"result": "failed", "error": scrub(f"{type(exc).__name__}: {exc}")}
+            if plan.refused:
+                emit.config_reloaded(result="refused", changes=plan.changes, refused=plan.refused)
+                return {"result": "refused", "refused": plan.refused, "changes": plan.changes}
+            if not plan.changes:
+                emit.config_reloaded(result="unchanged", changes=[], refused=[])
+                return {"result": "unchanged", "changes": []}
+            if self.state != "running":
+                return {"result": "failed", "error": f"cdcd is {self.state}"}
+            try:
+                await self._apply(new, plan)
+            except Exception as exc:
+                emit.config_reloaded(
+                    result="failed", changes=plan.changes, refused=[], error=f"{type(exc).__name__}: {exc}"
+                )
+                return {"result": "failed", "error": scrub(f"{type(exc).__name__}: {exc}")}
+            emit.config_reloaded(result="applied", changes=plan.changes, refused=[])
+            return {"result": "applied", "changes": plan.changes,
+                    "started": sorted(f"{t} -> {d}" for t, d in plan.added),
+                    "stopped": sorted(f"{t} -> {d}" for t, d in plan.removed),
+                    "restarted": sorted(f"{t} -> {d}" for t, d in plan.restart)}  # fmt: skip
+
+    async def _apply(self, new: Config, plan: live.Plan) -> None:
+        """Switch to ``new``: schemas of new tables first (a missing one fails the reload before
+        anything changed), then stop, restart and start the pairs of ``plan``."""
+        old = self.cfg
+        self.deps.cfg = new
+        masking: Masking | None = None
+        try:
+            schemas = {}
+            for table in new.tables:
+                if table.source in plan.new_tables:
+                    schemas[table.source] = await self.deps.table_schema(table)
+            if _masking_rules(old) != _masking_rules(new) or plan.new_tables:
+                masking = Masking(new, replica=emit.replica)  # the new rules, checked before any stop
+                masking.check({**self.schemas, **schemas})
+        except BaseException:
+            self.deps.cfg = old
+            if masking is not None:
+                await masking.aclose()
+            raise
+        if masking is not None:  # every running pair's shared stages hold the old masking
+            plan.restart |= {(t.source, d) for t in old.tables for d in t.destinations} - plan.removed
+        for pair in sorted(plan.removed | plan.restart):
+            await self._stop_pair(*pair)
+        if masking is not None:  # every pair using the old rules is stopped (a rule change restarts all)
+            previous, self.masking = self.masking, masking
+            self._masking_metrics.masking = masking
+            await previous.aclose()
+        self.cfg = new
+        if self.leases is not None:
+            self.leases.fingerprint = live.fingerprint(new)
+        for source, schema in schemas.items():
+            self.schemas[source] = schema
+            self.ttls[source] = schema.cdc.ttl
+        for name in new.destinations:
+            if (
+                name in plan.destinations
+                or name not in self.breakers
+                or old.pipeline.breaker != new.pipeline.breaker
+            ):
+                self.breakers[name] = CircuitBreaker(self.clock,
+                    failure_threshold=new.pipeline.breaker.failure_threshold,
+                    reset_timeout=new.pipeline.breaker.reset_timeout)  # fmt: skip
+        for name in [n for n in list(self.deps.sinks) if n not in new.destinations]:
+            sink = self.deps.sinks.pop(name)
+            self._sink_tasks.pop(name, None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sink.aclose(), 10)
+        for name in plan.destinations & set(self.deps.sinks):  # batch overrides: a fresh sink object
+            self._sink_tasks.pop(name, None)
+        self.limiter = ReadLimiter(
+            max_concurrent=new.source.max_concurrent_reads, max_rate=new.source.max_read_rate
+        )
+        for table in new.tables:
+            for dest in table.destinations:
+                if (table.source, dest) in plan.added | plan.restart:
+                    self._start_supervisor(table, dest)
+
+    def _group_lags(self) -> dict[tuple[str, str, str], float | None]:
+        """(table, group, destination) -> lag of the running branches (for the heartbeat)."""
+        return {
+            (p.pid.table, p.pid.group, p.pid.destination): p.status().lag_seconds
+            for p in list(self.pipelines.values())
+            if p.state not in ("done", "closed", "terminated", "failed")
+        }
 
     async def _stored_lag(self, table: TableConfig, dest: str) -> float | None:
         """Lag of a (table, destination) whose pipelines are not running, from what Redis holds:
@@ -551,6 +828,20 @@ class Daemon:
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
 
+    async def _refresh_quarantine(self) -> None:
+        """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq);
+        every 30 s, validators re-read their destination table's definition."""
+        rounds = 0
+        while not self.stopping:
+            try:
+                await refresh_quarantine(self.branch_stages, self.deadletters)
+                if rounds % 6 == 5:
+                    await refresh_targets(self.branch_stages, self.deps.sinks, self.cfg)
+            except Exception as exc:  # Redis or a destination down: try again next round
+                log.debug("validator refresh failed", error=scrub(repr(exc)))
+            rounds += 1
+            await self._sleep(5.0)
+
     async def _watch_data_loss(self) -> None:
         """R-43: warn (and later say "recovered") when a destination's time until data loss
         drops below the threshold. Runs whatever scrapes /metrics. A (table, destination) with no
@@ -588,6 +879,9 @@ class Daemon:
             replica=self.cfg.instance.replica,
             state=self.state,
             started_at=datetime.datetime.fromtimestamp(self.started_at, datetime.UTC).isoformat(),
+            now=time.time(),
+            **(self.leases.status() if self.leases is not None else {"replica_id": self.replica_id}),
+            snapshots={t: p.status() for t, p in SNAPSHOTS.items()},
         )
 
     async def ready(self) -> Mapping[str, CheckResult]:
@@ -653,8 +947,27 @@ class Daemon:
             ready=self.ready,
             registries=[metrics.REGISTRY, self.local_metrics],
             admin_token=self.cfg.http.admin_token,
-            admin_actions={"checkpoints/flush": self.flush_checkpoints},
+            admin_actions={"checkpoints/flush": self.flush_checkpoints, "reload": self.reload},
+            extra_routes=dlq_routes(self._dlq_tool),
         )
+
+    async def _dlq_tool(self) -> DlqTool:
+        """The ``/admin/dlq`` operations on this daemon's Redis, sinks and source schemas."""
+        if self._dlq is None:
+            if not hasattr(self, "deadletters"):
+                raise DependencyUnavailable("cdcd is still starting: Redis is not connected yet")
+
+            async def sink(dest: str) -> Sink:
+                got = await self._sink(dest)
+                if got is None:
+                    raise DependencyUnavailable(f"destination {dest} is not connected")
+                return got
+
+            async def schema(table: TableConfig) -> TableSchema:
+                return self.schemas[table.source]
+
+            self._dlq = DlqTool(self.cfg, self.deadletters, sink=sink, schema=schema)
+        return self._dlq
 
 
 def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:
@@ -663,3 +976,8 @@ def _by_generation(groups: list[StreamGroup]) -> list[list[StreamGroup]]:
     for g in groups:
         out.setdefault(g.generation, []).append(g)
     return [out[k] for k in sorted(out)]
+
+
+def _masking_rules(cfg: Config) -> Any:
+    """What masking is built from, but the keys and the vault (those cannot change live)."""
+    return (cfg.masking.rules, {t.source: t.masking for t in cfg.tables})

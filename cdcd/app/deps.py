@@ -319,4 +319,5 @@ def pipeline_config(cfg: Config, dest: Destination) -> PipelineConfig:
         queue_size=p.queue_size,
         max_in_flight=p.max_in_flight,
         shutdown_timeout=p.shutdown_timeout,
+        max_queue_entries=cfg.validation.max_entries,
     )

@@ -20,6 +20,7 @@ from cdcd.config.model import (
     InstanceConfig,
     SourceConfig,
     StateConfig,
+    TableConfig,
     TimescaleDestination,
     TlsConfig,
     TracingConfig,
@@ -261,6 +262,8 @@ class Finisher:
         if st.checkpoint_interval <= 0:
             self.fail("state.checkpoint_interval", "expected a duration > 0")
         self.check_tls(st, "state", scheme, "rediss")
+        if not 3 <= st.lease_ttl <= 600:
+            self.fail("state.lease_ttl", f'expected a duration from "3s" to "10m", got "{st.lease_ttl}"')
 
     def check_tracing(self, tr: TracingConfig) -> None:
         if tr.endpoint:
@@ -358,6 +361,38 @@ class Finisher:
                     )
                 else:
                     targets[target] = i
+            self.check_columns(cfg, i, t)
+
+    def check_columns(self, cfg: Config, i: int, t: TableConfig) -> None:
+        """Column rules: regexes compile, min <= max, type overrides name a destination of the
+        table and a plain type; ignored columns have no rules."""
+        for name, rules in t.columns.items():
+            path = join_key(f"tables[{i}].columns", name)
+            if rules.pattern is not None:
+                try:
+                    re.compile(rules.pattern)
+                except re.error as exc:
+                    self.fail(f"{path}.pattern", f"not a regular expression: {exc}")
+            if rules.min is not None and rules.max is not None and rules.min > rules.max:
+                self.fail(f"{path}.min", f"min {rules.min} is above max {rules.max}")
+            if name in t.ignore_columns:
+                self.fail(path, f"column {name} is in ignore_columns: it has no rules to check")
+            for dest, text in rules.types.items():
+                key = join_key(f"{path}.types", dest)
+                if dest not in t.destinations:
+                    self.fail(
+                        key, f'"{dest}" is not a destination of {t.source}: {", ".join(t.destinations)}'
+                    )
+                elif not _TYPE_TEXT.fullmatch(text.strip()) or any(x in text for x in (";", "--", "/*", "`")):
+                    self.fail(
+                        key,
+                        f'expected a column type such as "numeric(12,2)" or "Decimal(18, 2)", got "{text}"',
+                    )
+
+
+# A column type override: a name with optional (arguments) such as numeric(12,2), varchar(50),
+# Decimal(18, 2), LowCardinality(String), Enum8('a' = 1, 'b' = 2).
+_TYPE_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\((?:[A-Za-z0-9_ ,.'=()-])*\))?(\[\])?")
 
 
 def _masked(cfg: Config, table_masking: Any, column: str) -> bool:

@@ -14,6 +14,7 @@ __all__ = [
     "BreakerConfig",
     "ClickHouseDestination",
     "ColumnMask",
+    "ColumnRules",
     "Config",
     "Destination",
     "HttpConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "TimescaleDestination",
     "TlsConfig",
     "TracingConfig",
+    "ValidationConfig",
 ]
 
 
@@ -81,7 +83,7 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
-    """Redis: checkpoints and the dead-letter store."""
+    """Redis: checkpoints, the dead-letter store, the replicas' leases and heartbeats."""
 
     redis_url: Secret = Secret("redis://127.0.0.1:6379/0")  # redis:// or rediss:// (TLS) URL
     redis_url_file: str | None = None  # file holding the URL (use it when the URL has a password)
@@ -92,6 +94,9 @@ class StateConfig(_Section, frozen=True, kw_only=True):
     ca_file: str | None = None  # CA bundle for rediss:// (default: the system store)
     cert_file: str | None = None  # client certificate (PEM) for rediss:// with mutual TLS
     key_file: str | None = None  # its private key (PEM); give both or neither
+    # lease on each (table, stream group): replicas share the groups (renewed every third of it; a
+    # dead replica's groups are taken over after it; work stops before it can expire). 3s..10m
+    lease_ttl: Duration = Duration(10.0)
 
 
 class HttpConfig(_Section, frozen=True, kw_only=True):
@@ -170,6 +175,18 @@ class TracingConfig(_Section, frozen=True, kw_only=True):
     service_name: str = "cdcd"  # service.name resource attribute
 
 
+class ValidationConfig(_Section, frozen=True, kw_only=True):
+    """The validation queue, the dead-letter queue and the staleness audit (cdcd.stages.validate)."""
+
+    # warn (log, and the cdcd_rejected_share_alert metric) when the share of a table's events a
+    # destination rejected over the last 5 minutes passes this (0..1)
+    alert_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    # entries per destination and queue; once a queue holds this many, the branch that wants to add
+    # to it pauses in state "queue-full" (error log) until entries are retried or dropped; nothing is
+    # dropped (the batch being recorded when the limit is reached may overshoot it)
+    max_entries: PosInt = 100_000
+
+
 class InstanceConfig(_Section, frozen=True, kw_only=True):
     """This replica."""
 
@@ -186,6 +203,10 @@ class _Destination(_Section, frozen=True, kw_only=True, tag_field="type"):
     # table where the destination records the positions it applied, with the data (cdcd.sinks.offsets)
     offsets_table: Identifier = "cdcd_offsets"
     offsets_schema: Identifier | None = None  # its schema / ClickHouse database (default: each table's)
+    # add cdcd's bookkeeping columns (_cdc_write_time, _cdc_batch_seq, ...) to an existing table
+    # that lacks them; unset: only when create_tables. false: refuse to start, printing the exact
+    # ALTER TABLE statements to run
+    add_bookkeeping_columns: bool | None = None
 
     def batch(self, default: BatchConfig) -> BatchConfig:
         """The batch policy of this destination: its overrides on top of ``pipeline.batch``."""
@@ -294,6 +315,20 @@ class StalenessConfig(_Section, frozen=True, kw_only=True):
     audit_retention: Duration = Duration(7 * 86400.0)  # staleness audit entries are kept this long
 
 
+class ColumnRules(_Section, frozen=True, kw_only=True):
+    """Rules and type overrides of one source column (``[tables.columns.<name>]``)."""
+
+    not_null: bool = False  # refuse nulls (and deleted cells)
+    max_length: PosInt | None = None  # refuse text/blob longer than this (characters/bytes)
+    pattern: str | None = None  # refuse text the whole of which does not match this regex
+    min: float | None = None  # refuse numbers below this
+    max: float | None = None  # refuse numbers above this
+    allowed: list[str | int | float | bool] | None = None  # refuse values not in this list
+    # destination name -> the column type cdcd uses when it creates the table or the column,
+    # e.g. { pg = "numeric(12,2)", ch = "Decimal(18, 2)" } (docs/type-map*.md lists what converts)
+    types: dict[str, str] = {}
+
+
 class TableConfig(_Section, frozen=True, kw_only=True):
     """One replicated table."""
 
@@ -307,6 +342,17 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     # version is stale), "hybrid" (version, then write time on ties)
     staleness: Literal["timestamp", "version", "hybrid"] = "timestamp"
     version_column: str | None = None  # required by "version" and "hybrid"
+    # a refused change: "skip" holds back only that change; "quarantine_key" also holds back the
+    # later changes of its primary key (validation queue, rule "quarantine") until it is resolved
+    on_invalid: Literal["skip", "quarantine_key"] = "skip"
+    ignore_columns: list[Identifier] = []  # source columns not replicated (no target column needed)
+    columns: dict[Identifier, ColumnRules] = {}  # per-column rules and type overrides
+    # "initial": copy the table's existing rows into its destinations the first time it is
+    # replicated (``cdcd snapshot``), while streaming goes on; "never": only stream changes
+    snapshot: Literal["initial", "never"] = "never"
+    # compare the table with each destination this often and log and count the differences
+    # (``cdcd reconcile``, without repair; within the [source] read caps); "0" = never
+    reconcile_every: Duration = Duration(0.0)
 
     @property
     def keyspace(self) -> str:
@@ -337,5 +383,6 @@ class Config(_Section, frozen=True, kw_only=True):
     instance: InstanceConfig = msgspec.field(default_factory=InstanceConfig)
     masking: MaskingConfig = msgspec.field(default_factory=MaskingConfig)
     staleness: StalenessConfig = msgspec.field(default_factory=StalenessConfig)
+    validation: ValidationConfig = msgspec.field(default_factory=ValidationConfig)
     destinations: Annotated[dict[str, Destination], msgspec.Meta(min_length=1)]
     tables: Annotated[list[TableConfig], msgspec.Meta(min_length=1)]

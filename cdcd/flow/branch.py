@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -63,9 +64,12 @@ from cdcd.flow.contracts import (
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.flow.watermark import Ticket, WatermarkTracker
 from cdcd.flow.writer import SinkWriter
+from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
+from cdcd.ops.logging import correlation
 from cdcd.stages import Chain, RejectionLike, Stage, StageFn
 from cdcd.state.checkpoints import CheckpointStore, GroupRef
-from cdcd.state.deadletter import DeadLetterStore, Kind
+from cdcd.state.deadletter import DeadLetter, DeadLetterStore, Kind
 
 if TYPE_CHECKING:
     from cdcd.flow.reader import SharedReader
@@ -92,6 +96,9 @@ class BranchConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     write_timeout: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     # Seconds close() may spend draining and committing before it abandons the rest.
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Entries per destination and queue ([validation] max_entries); at the limit the branch pauses
+    # in state "queue-full" until there is room (None: unbounded).
+    max_queue_entries: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 def default_rejection_kind(rejection: RejectionLike) -> Kind:
@@ -102,7 +109,7 @@ def default_rejection_kind(rejection: RejectionLike) -> Kind:
 class _Unit:
     """One read batch after the stages, on its way to the writer."""
 
-    __slots__ = ("events", "nbytes", "rejections", "ticket", "upto")
+    __slots__ = ("events", "nbytes", "rejections", "ticket", "trace", "upto")
 
     def __init__(
         self,
@@ -110,11 +117,13 @@ class _Unit:
         rejections: list[RejectionLike],
         ticket: Ticket,
         upto: Mapping[bytes, Position] | None = None,
+        trace: Any = None,
     ) -> None:
         self.events = events
         self.rejections = rejections
         self.ticket = ticket
         self.upto = upto  # positions this batch completes (recorded with its write)
+        self.trace = trace  # the read batch's span context (tracing on), parent of its write span
         self.nbytes = _approx_size(events)
 
 
@@ -214,6 +223,7 @@ class Branch:
         self.catch_up = catch_up  # opens a reader of its own while detached (None: never detaches)
         self.floor_time = floor_time  # where streams without a checkpoint start (None: the reader's)
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
+        self._last_trace: Any = None  # span context of the last read batch written (tracing)
         self.state: PipelineState = "starting"
         self.mode: BranchMode = "shared"
         self.rejected = 0
@@ -229,7 +239,7 @@ class Branch:
             sink=sink, mapping=mapping, destination=destination, breaker=self.breaker,
             retry=self.config.retry, write_timeout=self.config.write_timeout, clock=self.clock,
             events=self.events, pid=self.pid, set_state=self._writer_state,
-            dead_letter=lambda entries: self._with_state_retry(lambda: self.deadletters.add(entries)),
+            dead_letter=self._queue,
         )  # fmt: skip
         self._shared: SharedReader | None = None
         # Per stream, the last position this branch was handed (start included): where a catch-up
@@ -259,7 +269,7 @@ class Branch:
             self._committer = Committer(
                 store=self.checkpoints, destination=self.destination, group=self.group,
                 tracker=self._tracker, policy=self.config.commit, retry=self.config.retry,
-                clock=self.clock, events=self.events, pid=self.pid,
+                clock=self.clock, events=self.events, pid=self.pid, trace_parent=lambda: self._last_trace,
             )  # fmt: skip
             if self._closing or self._terminated:
                 self._set_state("terminated" if self._terminated else "closed")
@@ -314,7 +324,7 @@ class Branch:
         self._closing = True
         if self._shared is not None:
             self._shared.leave(self)
-        if self.state in ("running", "retrying", "circuit-open"):
+        if self.state in ("running", "retrying", "circuit-open", "queue-full"):
             self._set_state("draining")
         budget = self.config.shutdown_timeout if deadline is None else deadline
         ok, _ = await wait_first(self.clock, self._drain(), budget)
@@ -391,7 +401,7 @@ class Branch:
             last_event_age_seconds=None if stats.last_event_us is None else now - stats.last_event_us / 1e6,
             events_applied=stats.applied,
             events_skipped_stale=stats.skipped_stale,
-            events_rejected=self.rejected,
+            events_rejected=self.rejected + stats.rejected,
             events_dead_lettered=stats.dead_lettered,
             write_retries=stats.retries,
             queue_depth=len(self._buffer),
@@ -513,9 +523,13 @@ class Branch:
             try:
                 async for batch in it:
                     attempt = 0
-                    passed, rejected = shared.common.run(batch.events)
-                    await shared.common.settle()
-                    await self._admit(passed, rejected, batch)
+                    with tracing.in_batch(batch.trace):
+                        observe = tracing.stage_observer(
+                            batch.trace, table=self.pid.table, group=self.pid.group
+                        )
+                        passed, rejected = shared.common.run(batch.events, observe)
+                        await shared.common.settle()
+                        await self._admit(passed, rejected, batch)
                     if shared.reached(self):
                         await self._until(self.keeping_up)  # rejoin with room to spare, not to detach again
                         if shared.try_rejoin(self):
@@ -552,7 +566,10 @@ class Branch:
         events, rejections, upto = self._unseen(events, rejections, upto)
         if not upto:
             return None
-        passed, rejected = self.stages.run(events)
+        observe = tracing.stage_observer(
+            tracing.batch_trace(), table=self.pid.table, destination=self.destination, group=self.pid.group
+        )
+        passed, rejected = self.stages.run(events, observe)
         return passed, [*rejections, *rejected] if rejected else rejections, upto
 
     async def _until(self, condition: Callable[[], bool]) -> None:
@@ -575,7 +592,7 @@ class Branch:
             ticket.resolve()  # an empty window: committable as soon as what precedes it is
             self._room.set()
             return
-        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto))
+        self._buffer.put_nowait(_Unit(list(events), list(rejections), ticket, upto, tracing.batch_trace()))
 
     def _unseen(
         self,
@@ -640,12 +657,23 @@ class Branch:
     async def _deliver(self, units: list[_Unit]) -> None:
         rejections = [r for u in units for r in u.rejections]
         if rejections:
-            await self._record_rejections(rejections)
+            with correlation([r.event for r in rejections]):
+                await self._record_rejections(rejections)
         events = [e for u in units for e in u.events]
         rows = self.config.batch.max_rows
         marks = completed_positions(units, rows) if self._records else None
+        traces = [u.trace for u in units for _ in u.events] if tracing.active() else []
         for n, i in enumerate(range(0, len(events), rows)):
-            await self._writer_policy.write(events[i : i + rows], None if marks is None else marks[n])
+            chunk = events[i : i + rows]
+            attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
+                     "rows": len(chunk), **batch_fields(chunk)}  # fmt: skip
+            with correlation(chunk), tracing.child_span("cdcd.write", traces[i : i + rows], attrs) as span:
+                await self._writer_policy.write(chunk, None if marks is None else marks[n])
+                if span is not None:
+                    span.set_attribute("outcome", "written")
+        if traces:
+            self._last_trace = traces[-1]
+        self.events.processed(self.pid, len(events) + len(rejections))
         resolved = 0
         for u in units:
             u.ticket.resolve()
@@ -665,10 +693,12 @@ class Branch:
                 stage=r.stage,
                 attempts=0,
                 first_failed_at=now,
+                columns=getattr(r, "columns", ()),
+                rule=getattr(r, "rule", "") or r.stage,
             )
             for r in rejections
         ]
-        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        await self._queue(entries)
         self.rejected += len(rejections)
         by_stage: dict[str, int] = {}
         for r in rejections:
@@ -676,6 +706,43 @@ class Branch:
             by_stage[label] = by_stage.get(label, 0) + 1
         for stage, n in by_stage.items():
             self.events.rejected(self.pid, stage, n)
+
+    async def _queue(self, entries: list[DeadLetter]) -> None:
+        """Store entries in their queues (validation, dead, stale); while a queue is at
+        ``max_queue_entries`` the branch waits in state ``queue-full`` (nothing is dropped)."""
+        limit = self.config.max_queue_entries
+        kinds: dict[Kind, list[DeadLetter]] = {}
+        for e in entries:
+            kinds.setdefault(e.kind, []).append(e)
+        if limit is not None:
+            for kind in kinds:
+                attempt = 0
+                while True:
+                    size = await self._with_state_retry(
+                        functools.partial(self.deadletters.count, kind, self.destination)
+                    )
+                    if size < limit or self._terminated:  # (a batch may overshoot the limit)
+                        break
+                    attempt += 1
+                    if attempt == 1:
+                        previous = self.state
+                        self._set_state("queue-full")
+                        self.last_error = (
+                            f"{kind} queue of {self.destination} is full ({size} of {limit} entries)"
+                        )
+                        log.error("queue full: %s: %s queue holds %d of %d entries; paused until entries are "
+                                  "retried or dropped (cdcd dlq)", self.pid, kind, size, limit)  # fmt: skip
+                    await self.clock.sleep(min(30.0, 1.0 * attempt))
+                if attempt and self.state == "queue-full":
+                    self._set_state(previous if previous != "queue-full" else "running")
+                    self.last_error = None
+                    log.warning("queue has room again: %s: %s", self.pid, kind)
+        await self._with_state_retry(lambda: self.deadletters.add(entries))
+        for kind, items in kinds.items():
+            reasons: dict[str, int] = {}
+            for e in items:
+                reasons[e.rule or e.stage] = reasons.get(e.rule or e.stage, 0) + 1
+            self.events.queued(self.pid, kind, reasons)
 
     # ---------------------------------------------------------------------------------- helpers
 

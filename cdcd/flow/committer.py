@@ -16,7 +16,8 @@ overlapping saves could otherwise land in Redis out of order and move a checkpoi
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Protocol
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol
 
 import msgspec
 
@@ -25,6 +26,7 @@ from cdcd.flow.clock import Clock
 from cdcd.flow.contracts import FlowEvents, PipelineId
 from cdcd.flow.retry import RetryPolicy, is_retriable
 from cdcd.flow.watermark import WatermarkTracker
+from cdcd.ops import tracing
 from cdcd.state.checkpoints import GroupRef
 
 __all__ = ["CheckpointSaver", "CommitPolicy", "Committer"]
@@ -61,8 +63,11 @@ class Committer:
         clock: Clock,
         events: FlowEvents,
         pid: PipelineId,
+        trace_parent: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
+        # the span context of the last read batch written (tracing): parent of the checkpoint span
+        self.trace_parent = trace_parent
         self.destination = destination
         self.group = group
         self.tracker = tracker
@@ -121,7 +126,11 @@ class Committer:
             todo = self.pending()
             if not todo:
                 return False
-            await self.store.save(self.destination, self.group, todo)
+            parent = self.trace_parent() if self.trace_parent is not None else None
+            attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
+                     "streams": len(todo)}  # fmt: skip
+            with tracing.child_span("cdcd.checkpoint", [parent], attrs):
+                await self.store.save(self.destination, self.group, todo)
             self.saved.update(todo)
             self.last_save = self._since = self.clock.monotonic()
             self._resolved = 0

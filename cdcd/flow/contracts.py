@@ -50,6 +50,7 @@ PipelineState = Literal[
     "terminated",  # terminate() or a close() deadline: abandoned, nothing more committed
     "failed",  # stopped by a non-retriable error (see last_error)
     "masking-unavailable",  # the token vault (or hash key) cannot be used: the table reads nothing more
+    "queue-full",  # a validation/dead-letter queue is at [validation] max_entries: paused, nothing dropped
 ]
 
 # How a destination branch gets its events (``cdcd.flow.branch``):
@@ -139,6 +140,10 @@ class FlowEvents(Protocol):
 
     def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None: ...
 
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None: ...
+
+    def processed(self, pid: PipelineId, events: int) -> None: ...
+
 
 class NoFlowEvents:
     """Default ``FlowEvents``: does nothing."""
@@ -168,3 +173,9 @@ class NoFlowEvents:
 
     def mode_changed(self, pid: PipelineId, old: BranchMode, new: BranchMode, reason: str) -> None:
         pass
+
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None:
+        """Entries added to a queue (validation, dead, stale), counted per reason (the rule)."""
+
+    def processed(self, pid: PipelineId, events: int) -> None:
+        """Events resolved by the branch (written, skipped or rejected): the rejected share's base."""

@@ -39,6 +39,7 @@ from cdcd.flow.branch import Branch, aclose
 from cdcd.flow.clock import Clock, SystemClock, wait_first
 from cdcd.flow.contracts import SourceFactory
 from cdcd.flow.retry import RetryPolicy, is_retriable
+from cdcd.ops import tracing
 from cdcd.stages import Chain, Stage, StageFn
 from cdcd.state.checkpoints import GroupRef
 
@@ -231,7 +232,12 @@ class SharedReader:
             b.set_mode("shared", "start", ahead=start)
 
     async def _fan_out(self, batch: EventBatch) -> None:
-        events, rejections = self.common.run(batch.events)
+        with tracing.in_batch(batch.trace):  # the branches' stages and buffers see the batch's trace
+            await self._fan_out_traced(batch)
+
+    async def _fan_out_traced(self, batch: EventBatch) -> None:
+        observe = tracing.stage_observer(batch.trace, table=self.group.table, group=self.group.key)
+        events, rejections = self.common.run(batch.events, observe)
         await self.common.settle()  # (raises before ``delivered`` moves: the batch is read again)
         self.delivered.update(batch.upto)  # first: a branch rejoining meanwhile must include this batch
         targets = self.attached()

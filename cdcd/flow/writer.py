@@ -7,10 +7,14 @@
 * calls ``sink.write(mapping, pending)`` under ``write_timeout`` (a timeout is retriable);
 * retriable errors (``SinkUnavailable``, timeouts): the breaker counts a failure, wait with
   backoff, write the same rows again, forever (nothing is dropped because a destination is down);
-* ``BadRows({index: reason})``: the destination is fine (breaker success); each named row uses
-  one of its ``max_attempts``; rows out of attempts are handed to ``dead_letter`` and removed,
-  the others are written again (after backoff if some bad rows remain, at once otherwise). The
-  failed transaction committed nothing, so every good row is applied exactly once;
+* ``BadRows({index: reason})``: the destination is fine (breaker success). Deterministic ones
+  (the default: the destination refused the data, PostgreSQL SQLSTATE 22/23, ClickHouse's
+  equivalents) go to the *validation* queue at once (stage ``destination``) and the rest is
+  written again without waiting: a good row behind a bad one is not held up by a retry schedule.
+  Non-deterministic ones use one of their ``max_attempts`` each; rows out of attempts are handed
+  to ``dead_letter`` and removed, the others are written again (after backoff if some bad rows
+  remain, at once otherwise). The failed transaction committed nothing, so every good row is
+  applied exactly once;
 * any other error propagates and stops the pipeline.
 """
 
@@ -56,10 +60,13 @@ def stale_reason(event: ChangeEvent, row_us: int | None, row_version: Any = None
 class WriteStats:
     """Counters of one writer, read by ``Pipeline.status()``."""
 
-    __slots__ = ("applied", "dead_lettered", "last_error", "last_event_us", "retries", "skipped_stale")
+    __slots__ = (
+        "applied", "dead_lettered", "last_error", "last_event_us", "rejected", "retries", "skipped_stale",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.applied = 0
+        self.rejected = 0  # rows the destination refused (deterministic BadRows): validation queue
         self.skipped_stale = 0
         self.dead_lettered = 0
         self.retries = 0
@@ -199,30 +206,41 @@ class SinkWriter:
             )
         now = self.clock.time()
         self.stats.last_error = f"BadRows: {exc}"
+        deterministic = getattr(exc, "deterministic", True)
         for i in bad:
             attempts[i] += 1
             first_failed[i] = first_failed[i] or now
-        dead = {i for i in bad if self.retry.exhausted(attempts[i])}
+        dead = bad if deterministic else {i for i in bad if self.retry.exhausted(attempts[i])}
         if dead:
             entries = [
                 DeadLetterStore.make(
-                    "dead",
+                    "validation" if deterministic else "dead",
                     self.destination,
                     pending[i],
                     reason=exc.errors[i],
-                    stage="sending",
+                    stage="destination" if deterministic else "sending",
                     attempts=attempts[i],
                     first_failed_at=first_failed[i] or now,
                     last_failed_at=now,
+                    rule="destination" if deterministic else "",
                 )
                 for i in sorted(dead)
             ]
             await self.dead_letter(entries)
-            self.stats.dead_lettered += len(dead)
-            self.events.dead_lettered(self.pid, len(dead))
-            log.error(
-                "rows dead-lettered after %d attempts: %s: %d", self.retry.max_attempts, self.pid, len(dead)
-            )
+            if deterministic:
+                self.stats.rejected += len(dead)
+                self.events.rejected(self.pid, "destination", len(dead))
+                log.warning("rows refused by the destination, to the validation queue: %s: %d: %s",
+                            self.pid, len(dead), exc.errors[min(dead)])  # fmt: skip
+            else:
+                self.stats.dead_lettered += len(dead)
+                self.events.dead_lettered(self.pid, len(dead))
+                log.error(
+                    "rows dead-lettered after %d attempts: %s: %d",
+                    self.retry.max_attempts,
+                    self.pid,
+                    len(dead),
+                )
         keep = [i for i in range(len(pending)) if i not in dead]
         left_bad = [attempts[i] for i in keep if i in bad]
         delay = self.retry.delay(max(left_bad)) if left_bad else 0.0

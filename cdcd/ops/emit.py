@@ -17,29 +17,40 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+
 from cdcd import __version__
 from cdcd.errors import CdcdError
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.flow.contracts import BranchMode, PipelineId, PipelineState, WriteOutcomeLike
 from cdcd.ops import metrics as m
-from cdcd.ops import tracing
+from cdcd.ops.correlation import batch_fields
 from cdcd.ops.horizon import Observation
 from cdcd.ops.logging import get_logger, scrub
+from cdcd.ops.rejections import RejectedShare
 
 __all__ = [
     "FlowTelemetry",
     "config_loaded",
+    "config_reloaded",
     "dependency_checked",
     "dlq_size",
     "generation_switched",
     "group_finished",
     "group_started",
+    "lease_acquired",
+    "lease_lost",
+    "lease_rebalanced",
+    "lease_released",
     "operation_label",
     "pipeline_failed",
+    "reconcile_finished",
     "replica",
     "set_replica",
     "shutdown_complete",
     "shutdown_requested",
+    "snapshot_finished",
+    "snapshot_progress",
     "source_error",
     "startup",
     "table_ready",
@@ -199,7 +210,8 @@ def source_error(*, table: str, destination: str, error: BaseException) -> None:
 def undecodable_group(*, table: str, destination: str, reason: str) -> None:
     """A CDC log group the decoder could not turn into events (routed, not applied)."""
     m.ERRORS.labels(table, destination, "receiving", "UndecodableGroup", _replica).inc()
-    log.error("undecodable CDC log group skipped", table=table, destination=destination, reason=scrub(reason))
+    log.error("undecodable CDC log group moved to the dead-letter queue", table=table,
+              destination=destination, reason=scrub(reason))  # fmt: skip
 
 
 def log_rows_read(table: str, rows: int) -> None:
@@ -209,6 +221,44 @@ def log_rows_read(table: str, rows: int) -> None:
 
 def dlq_size(*, destination: str, kind: str, size: int) -> None:
     m.DLQ_SIZE.labels(destination, kind, _replica).set(size)
+
+
+# ------------------------------------------------------------------------------------- leases
+def lease_acquired(*, table: str, group: str, epoch: int) -> None:
+    m.LEASE_CHANGES.labels("acquired", _replica).inc()
+    m.LEASES_HELD.labels(_replica).inc()
+    log.info("lease acquired", table=table, group=group, epoch=epoch)
+
+
+def lease_released(*, table: str, group: str, epoch: int, reason: str) -> None:
+    """A lease given up on purpose (hand-over, shutdown) after its work stopped."""
+    m.LEASE_CHANGES.labels("released", _replica).inc()
+    m.LEASES_HELD.labels(_replica).dec()
+    log.info("lease released", table=table, group=group, epoch=epoch, reason=reason)
+
+
+def lease_lost(*, table: str, group: str, epoch: int, reason: str) -> None:
+    """A lease could not be renewed (Redis unreachable) or was taken over: its work stops."""
+    m.LEASE_CHANGES.labels("lost", _replica).inc()
+    m.LEASES_HELD.labels(_replica).dec()
+    log.warning("lease lost; the group's work stops", table=table, group=group, epoch=epoch, reason=reason)
+
+
+def lease_rebalanced(*, held: int, share: int, replicas: int) -> None:
+    m.REBALANCES.labels(_replica).inc()
+    log.info("handing stream groups over", held=held, share=share, replicas=replicas)
+
+
+def config_reloaded(*, result: str, changes: Sequence[str], refused: Sequence[str], error: str = "") -> None:
+    """SIGHUP or POST /admin/reload: applied, unchanged, refused (non-live keys changed) or failed."""
+    m.CONFIG_RELOADS.labels(result, _replica).inc()
+    if result == "refused":
+        log.error("configuration reload refused: these settings cannot change while running; "
+                  "the old configuration stays in force", refused=list(refused))  # fmt: skip
+    elif result == "failed":
+        log.error("configuration reload failed; the old configuration stays in force", error=scrub(error))
+    else:
+        log.info("configuration reloaded", result=result, changes=list(changes))
 
 
 # ------------------------------------------------------------------------------------ pipelines
@@ -234,8 +284,34 @@ def _observe_many(histogram: Any, amounts: Sequence[float]) -> None:
 class FlowTelemetry:
     """``cdcd.flow.FlowEvents``: what pipelines report, logged and counted."""
 
-    def __init__(self, clock: Any = time) -> None:
+    def __init__(self, clock: Any = time, alert_ratio: float = 0.05) -> None:
         self.clock = clock  # .time(): epoch seconds (latency = commit time - source write time)
+        self.shares = RejectedShare(alert_ratio)  # [validation] alert_ratio
+
+    def queued(self, pid: PipelineId, queue: str, reasons: Mapping[str, int]) -> None:
+        t, d = pid.table, pid.destination
+        for reason, n in reasons.items():
+            m.REJECTED.labels(t, d, queue, reason or "other", _replica).inc(n)
+        if queue == "validation":
+            self.shares.rejected((t, d), sum(reasons.values()))
+            self._share(pid)
+
+    def processed(self, pid: PipelineId, events: int) -> None:
+        self.shares.processed((pid.table, pid.destination), events)
+        self._share(pid)
+
+    def _share(self, pid: PipelineId) -> None:
+        t, d = pid.table, pid.destination
+        share, change = self.shares.check((t, d))
+        m.REJECTED_SHARE.labels(t, d, _replica).set(share or 0.0)
+        if change is True:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(1)
+            log.warning("rejected share above validation.alert_ratio", table=t, destination=d,
+                        share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
+        elif change is False:
+            m.REJECTED_ALERT.labels(t, d, _replica).set(0)
+            log.info("rejected share back below validation.alert_ratio", table=t, destination=d,
+                     share=round(share or 0.0, 4), alert_ratio=self.shares.alert_ratio)  # fmt: skip
 
     def batch_written(
         self, pid: PipelineId, events: Sequence[ChangeEvent], outcome: WriteOutcomeLike, seconds: float
@@ -264,11 +340,10 @@ class FlowTelemetry:
                 m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(stale)
             if dups:
                 m.EVENTS_SKIPPED.labels(t, d, "duplicate", _replica).inc(dups)
-        end = time.time_ns()
-        tracing.record_span("cdcd.write", end - int(seconds * 1e9), end,
-                            {"table": t, "destination": d, "group": pid.group, "rows": len(events),
-                             "applied": outcome.applied})  # fmt: skip
-        log.debug("batch written", table=t, destination=d, group=pid.group, rows=len(events),
+        span = trace.get_current_span()  # the branch's cdcd.write span (tracing on)
+        if span.is_recording():
+            span.set_attributes({"applied": outcome.applied, "skipped_stale": outcome.skipped_stale})
+        log.debug("batch written", table=t, destination=d, group=pid.group, **batch_fields(events),
                   applied=outcome.applied, skipped_stale=outcome.skipped_stale,
                   seconds=round(seconds, 4))  # fmt: skip
 
@@ -319,3 +394,33 @@ class FlowTelemetry:
         message = "branch detached: reading on its own" if new == "catching-up" else "branch reads shared"
         log.info(message, table=pid.table, destination=pid.destination, group=pid.group,
                  old=old, new=new, reason=reason)  # fmt: skip
+
+
+def snapshot_progress(*, table: str, rows: int, ranges_done: int, ranges_total: int) -> None:
+    """A snapshot (``cdcd.snapshot``) moved on: the gauges follow it."""
+    m.SNAPSHOT_ROWS.labels(table, _replica).set(rows)
+    m.SNAPSHOT_RANGES.labels(table, "done", _replica).set(ranges_done)
+    m.SNAPSHOT_RANGES.labels(table, "total", _replica).set(ranges_total)
+
+
+def snapshot_finished(
+    *, table: str, destinations: Sequence[str], rows: int, seconds: float, state: str
+) -> None:
+    """A table's snapshot ended (finished, or failed and will be resumed)."""
+    fields = {"table": table, "destinations": list(destinations), "rows": rows, "seconds": round(seconds, 1)}
+    if state == "finished":
+        log.info("snapshot finished", **fields)
+    else:
+        log.warning("snapshot stopped; it resumes from its last finished range", state=state, **fields)
+
+
+def reconcile_finished(*, table: str, destination: str, counts: Mapping[str, int], seconds: float) -> None:
+    """A scheduled reconciliation of one table with one destination ended (``reconcile_every``).
+    Differences are logged at WARNING: the destination does not hold what the source does."""
+    for result in ("equal", "missing", "extra", "different"):
+        m.RECONCILE_ROWS.labels(table, destination, result, _replica).set(counts.get(result, 0))
+    fields = {"table": table, "destination": destination, "seconds": round(seconds, 1), **counts}
+    if any(counts.get(r, 0) for r in ("missing", "extra", "different")):
+        log.warning("reconcile found differences (cdcd reconcile --repair fixes them)", **fields)
+    else:
+        log.info("reconcile: source and destination agree", **fields)

@@ -177,7 +177,7 @@ _FALSE = ("false", "0", "no", "off", "")
 # Worst first wins when folding group states into a destination state.
 _RANK = {
     "done": 0, "closed": 1, "starting": 2, "running": 3, "draining": 4, "retrying": 5,
-    "circuit-open": 6, "terminated": 7, "failed": 8, "masking-unavailable": 9,
+    "circuit-open": 6, "terminated": 7, "failed": 8, "masking-unavailable": 9, "queue-full": 6,
 }  # fmt: skip
 
 
@@ -198,6 +198,7 @@ def make_app(
     admin_token: Secret | None,
     admin_actions: Mapping[str, AdminAction] | None = None,
     ready_timeout: float = 10.0,
+    extra_routes: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
     """The aiohttp application (no I/O until served)."""
     actions = dict(admin_actions or {})
@@ -274,6 +275,8 @@ def make_app(
     app.router.add_get("/status", status_handler)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/", admin_index)
+    if extra_routes is not None:  # before the catch-all below (e.g. /admin/dlq/..., cdcd.app.dlq_http)
+        extra_routes(app)
     app.router.add_post("/admin/{name:.+}", admin_action)
     return app
 

@@ -2,8 +2,8 @@
 
 Every line has ``timestamp`` (ISO 8601, UTC), ``level``, ``component`` (the logger name, e.g.
 ``cdcd.flow.pipeline``), ``message`` (a fixed string, never an f-string) and the fields passed with
-it: ``table``, ``destination``, ``group``, ``correlation_id`` (bound per batch with
-``correlation()``), ``error``... Standard-library loggers (the READER's ``logging.getLogger``,
+it: ``table``, ``destination``, ``group``, ``first_event``/``last_event``/``events`` (the
+correlation ids of a batch, bound with ``correlation()``), ``error``... Standard-library loggers (the READER's ``logging.getLogger``,
 the Scylla driver) go through the same renderer, so the output is uniform.
 
 The Scylla driver logs connection failures (every reconnect attempt) with a full traceback;
@@ -22,8 +22,7 @@ import contextlib
 import logging
 import re
 import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -37,7 +36,6 @@ __all__ = [
     "configure",
     "correlation",
     "get_logger",
-    "new_correlation_id",
     "scrub",
 ]
 
@@ -193,15 +191,12 @@ def get_logger(component: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
-def new_correlation_id() -> str:
-    """A short random id tying together the log lines of one batch (read -> write -> commit)."""
-    return uuid.uuid4().hex[:16]
-
-
 @contextlib.contextmanager
-def correlation(correlation_id: str | None = None, **fields: Any) -> Iterator[str]:
-    """Bind ``correlation_id`` (new if None) and ``fields`` to every log line in this context
-    (contextvars: per asyncio task)."""
-    cid = correlation_id or new_correlation_id()
-    with structlog.contextvars.bound_contextvars(correlation_id=cid, **fields):
-        yield cid
+def correlation(events: Sequence[Any] = (), **fields: Any) -> Iterator[None]:
+    """Bind the correlation fields of ``events`` (``first_event``, ``last_event``, ``events``:
+    ids derived from their CDC positions, ``cdcd.ops.correlation``) and ``fields`` to every log
+    line in this context (contextvars: per asyncio task)."""
+    from cdcd.ops.correlation import batch_fields
+
+    with structlog.contextvars.bound_contextvars(**batch_fields(events), **fields):
+        yield

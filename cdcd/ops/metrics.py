@@ -30,6 +30,7 @@ __all__ = [
     "BUILD_INFO",
     "CDC_TTL",
     "CHECKPOINTS_SAVED",
+    "CONFIG_RELOADS",
     "DEAD_LETTERS",
     "DEPENDENCY_UP",
     "DLQ_SIZE",
@@ -37,10 +38,19 @@ __all__ = [
     "EVENTS_APPLIED",
     "EVENTS_SKIPPED",
     "GENERATION_SWITCHES",
+    "LEASES_HELD",
+    "LEASE_CHANGES",
     "OPERATIONS",
+    "REBALANCES",
+    "RECONCILE_ROWS",
     "REGISTRY",
+    "REJECTED",
+    "REJECTED_ALERT",
+    "REJECTED_SHARE",
     "REPLICATION_LATENCY",
     "RETRIES",
+    "SNAPSHOT_RANGES",
+    "SNAPSHOT_ROWS",
     "STATES",
     "PipelineCollector",
 ]
@@ -122,6 +132,28 @@ DLQ_SIZE = Gauge(
     registry=REGISTRY,
 )
 
+# Events a destination's branch put in a queue (validation, dead, stale), by reason: the rule
+# that refused it (not_null, max_length, check, destination, undecodable, ...; a small set).
+REJECTED = Counter(
+    "cdcd_rejected_events_total",
+    "Events rejected into the validation queue, dead-letter queue or staleness audit",
+    ["table", "destination", "queue", "reason", "replica"],
+    registry=REGISTRY,
+)
+# Share of a table's events a destination rejected over the last 5 minutes (0..1).
+REJECTED_SHARE = Gauge(
+    "cdcd_rejected_share",
+    "Share of events rejected over the last 5 minutes",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
+# 1 while that share is above [validation] alert_ratio (a warning is logged when it rises).
+REJECTED_ALERT = Gauge(
+    "cdcd_rejected_share_alert",
+    "1 while the rejected share is above validation.alert_ratio",
+    ["table", "destination", "replica"],
+    registry=REGISTRY,
+)
 # Checkpoints saved to Redis.
 CHECKPOINTS_SAVED = Counter(
     "cdcd_checkpoints_saved_total",
@@ -171,6 +203,62 @@ LOG_ROWS_READ = Counter(
     registry=REGISTRY,
 )
 
+# Leases on (table, stream group) this replica holds now (cdcd.app.leases).
+LEASES_HELD = Gauge(
+    "cdcd_leases_held",
+    "Stream group leases held by this replica",
+    ["replica"],
+    registry=REGISTRY,
+)
+
+# Leases taken, and leases lost (not renewed in time, or taken over) or released (hand-over).
+LEASE_CHANGES = Counter(
+    "cdcd_lease_changes_total",
+    "Stream group leases acquired, released (hand-over, shutdown) or lost",
+    ["change", "replica"],
+    registry=REGISTRY,
+)
+
+# Rounds in which this replica handed groups over because it held more than its share.
+REBALANCES = Counter(
+    "cdcd_rebalances_total",
+    "Rebalances: this replica handed groups over to get down to its share",
+    ["replica"],
+    registry=REGISTRY,
+)
+
+# Config reloads (SIGHUP, POST /admin/reload) by result: applied, unchanged, refused, failed.
+CONFIG_RELOADS = Counter(
+    "cdcd_config_reloads_total",
+    "Configuration reloads by result",
+    ["result", "replica"],
+    registry=REGISTRY,
+)
+
+# Snapshot of a table (cdcd snapshot, or snapshot = "initial"): rows written in the current run,
+# and token ranges done / in total (cdcd.snapshot.run.Progress).
+SNAPSHOT_ROWS = Gauge(
+    "cdcd_snapshot_rows",
+    "Rows a table's running or last snapshot has copied in this process",
+    ["table", "replica"],
+    registry=REGISTRY,
+)
+SNAPSHOT_RANGES = Gauge(
+    "cdcd_snapshot_ranges",
+    "Token ranges of a table's snapshot: done and total",
+    ["table", "state", "replica"],
+    registry=REGISTRY,
+)
+
+# Rows of the last scheduled reconciliation of a table with a destination (reconcile_every),
+# by result: equal, missing, extra, different.
+RECONCILE_ROWS = Gauge(
+    "cdcd_reconcile_rows",
+    "Rows of the last reconciliation of a table with a destination, by result",
+    ["table", "destination", "result", "replica"],
+    registry=REGISTRY,
+)
+
 # Pipeline states counted by PipelineCollector (cdcd.flow.PipelineState values).
 STATES = (
     "starting",
@@ -183,6 +271,7 @@ STATES = (
     "terminated",
     "failed",
     "masking-unavailable",
+    "queue-full",
 )
 
 

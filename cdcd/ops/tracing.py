@@ -10,22 +10,42 @@ write, commit), never single events.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
 from cdcd import __version__
 from cdcd.config import TracingConfig
+from cdcd.ops.correlation import batch_fields
 
-__all__ = ["configure", "otlp_exporter", "record_span", "shutdown", "traced_source", "tracer"]
+# Chain.run's per-stage callback: (stage name, start ns, end ns, passed, rejected).
+StageObserver = Callable[[str, int, int, int, int], None]
+
+__all__ = [
+    "StageObserver",
+    "active",
+    "batch_trace",
+    "child_span",
+    "configure",
+    "in_batch",
+    "otlp_exporter",
+    "record_span",
+    "shutdown",
+    "stage_observer",
+    "traced_source",
+    "tracer",
+]
 
 _provider: TracerProvider | None = None
 
@@ -89,11 +109,78 @@ def record_span(name: str, start_ns: int, end_ns: int, attributes: Mapping[str, 
     span.end(end_time=end_ns)
 
 
+def active() -> bool:
+    """Whether spans are recorded (``[tracing] enabled``)."""
+    return _provider is not None
+
+
+# The read batch being handed on (its ``cdcd.read`` span's context): set by the shared reader and
+# catch-up readers around the stages and the hand-over, read by the branch that buffers the batch.
+_BATCH: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("cdcd_batch_trace", default=None)
+
+
+@contextlib.contextmanager
+def in_batch(ctx: SpanContext | None) -> Iterator[None]:
+    token = _BATCH.set(ctx)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def batch_trace() -> SpanContext | None:
+    """The span context of the read batch being handed on (None outside one, or tracing off)."""
+    return _BATCH.get()
+
+
+def _parent(ctx: SpanContext | None) -> Context | None:
+    return trace.set_span_in_context(NonRecordingSpan(ctx)) if ctx is not None else None
+
+
+def stage_observer(ctx: SpanContext | None, **attributes: Any) -> StageObserver | None:
+    """For ``Chain.run(observe=...)``: one ``cdcd.stage`` span per stage, a child of the read
+    batch ``ctx`` (None, so ``Chain.run`` times nothing, while tracing is off)."""
+    if _provider is None or ctx is None:
+        return None
+    parent = _parent(ctx)
+
+    def observe(stage: str, start_ns: int, end_ns: int, passed: int, rejected: int) -> None:
+        attrs = {**attributes, "stage": stage, "passed": passed, "rejected": rejected}
+        span = tracer().start_span(
+            f"cdcd.stage.{stage}", context=parent, start_time=start_ns, attributes=attrs
+        )
+        span.end(end_time=end_ns)
+
+    return observe
+
+
+@contextlib.contextmanager
+def child_span(
+    name: str, parents: Sequence[SpanContext | None], attributes: Mapping[str, Any]
+) -> Iterator[trace.Span | None]:
+    """A span for work done for one or more read batches: a child of the first batch's trace,
+    linked to the others (a destination write of events read in several batches). Yields None
+    (and records nothing) while tracing is off or no parent is known."""
+    known = [p for p in parents if p is not None]
+    if _provider is None or not known:
+        yield None
+        return
+    first = (known[0].trace_id, known[0].span_id)
+    others = {(p.trace_id, p.span_id): p for p in known[1:]}  # (SpanContext is not hashable)
+    links = [Link(p) for k, p in others.items() if k != first]
+    with tracer().start_as_current_span(
+        name, context=_parent(known[0]), links=links, attributes=dict(attributes), record_exception=True
+    ) as span:
+        yield span
+
+
 def traced_source(
     read: Callable[[Any], AsyncIterator[Any]], **attributes: Any
 ) -> Callable[[Any], AsyncIterator[Any]]:
-    """Wrap a ``SourceFactory``: one ``cdcd.read`` span per non-empty batch (time spent waiting
-    for it, events in it). Closing the wrapper closes the wrapped iterator."""
+    """Wrap a ``SourceFactory``: each non-empty batch starts a trace: a ``cdcd.read`` span (the
+    time spent waiting for the batch, its events and their correlation ids) with a ``cdcd.decode``
+    child; the batch carries the read span's context (``EventBatch.trace``) on to the stages, the
+    destination writes and the checkpoints. Closing the wrapper closes the wrapped iterator."""
     if _provider is None:
         return read
 
@@ -107,9 +194,18 @@ def traced_source(
                 except StopAsyncIteration:
                     return
                 if batch.events:
-                    record_span(
-                        "cdcd.read", began, time.time_ns(), {**attributes, "events": len(batch.events)}
+                    end = time.time_ns()
+                    attrs = {**attributes, **batch_fields(batch.events)}
+                    span = tracer().start_span("cdcd.read", start_time=began, attributes=attrs)
+                    decode = tracer().start_span(
+                        "cdcd.decode",
+                        context=trace.set_span_in_context(span),
+                        start_time=max(began, end - int(getattr(batch, "decode_ns", 0))),
+                        attributes={"events": len(batch.events)},
                     )
+                    decode.end(end_time=end)
+                    span.end(end_time=end)
+                    batch.trace = span.get_span_context()
                 yield batch
         finally:
             close = getattr(it, "aclose", None)

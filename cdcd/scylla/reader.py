@@ -251,6 +251,7 @@ class GroupReader:
                     continue
                 await self._route(self._broken(raw, "rows of a group without cdc$end_of_batch"))
                 self._advance(positions, upto, raw[0], raw[1])
+            decode_began = time.perf_counter_ns()
             for raw in done:
                 stream, t, group_rows = raw
                 if stream not in positions or timeuuid_sort_key(t) <= timeuuid_sort_key(positions[stream]):
@@ -258,7 +259,7 @@ class GroupReader:
                 events.extend(await self._decode(group_rows))
                 self._advance(positions, upto, stream, t)
             if events:
-                yield EventBatch(events=events, upto=upto)
+                yield EventBatch(events=events, upto=upto, decode_ns=time.perf_counter_ns() - decode_began)
             elif upto:
                 yield EventBatch(events=[], upto=upto)
         # End of the window: every stream is complete up to win_end, except one whose last group

@@ -54,6 +54,11 @@ class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
     # version is stale), "hybrid" (version, then write time on ties). See cdcd.sinks.outcome.
     staleness: StalenessStrategy = "timestamp"
     version_column: str | None = None
+    # add cdcd's bookkeeping columns (version guard, soft delete) to an existing table that lacks
+    # them; None: only when ``create``. Off and missing: refused with the ALTER statements to run
+    bookkeeping: bool | None = None
+    # source column -> the destination column type cdcd uses when it creates the table/column
+    column_types: dict[str, str] = {}
 
     @property
     def target(self) -> str:

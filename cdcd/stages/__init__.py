@@ -20,6 +20,7 @@ returning ``(passed, rejected)`` (or anything with ``.passed``/``.rejected``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -74,6 +75,10 @@ class Stage(Protocol):
     def process(self, events: Sequence[ChangeEvent]) -> StageOutput: ...
 
 
+def _name(stage: StageFn | Stage) -> str:
+    return str(getattr(stage, "name", None) or getattr(stage, "__name__", None) or type(stage).__name__)
+
+
 def _as_fn(stage: StageFn | Stage) -> StageFn:
     process = getattr(stage, "process", None)
     return process if callable(process) else stage  # type: ignore[return-value]
@@ -93,12 +98,18 @@ class Chain:
     def __bool__(self) -> bool:
         return bool(self._fns)
 
-    def run(self, events: Sequence[ChangeEvent]) -> tuple[Sequence[ChangeEvent], list[RejectionLike]]:
-        """Raises RuntimeError when a stage loses or invents events (a bug in the stage)."""
+    def run(
+        self,
+        events: Sequence[ChangeEvent],
+        observe: Callable[[str, int, int, int, int], None] | None = None,
+    ) -> tuple[Sequence[ChangeEvent], list[RejectionLike]]:
+        """Raises RuntimeError when a stage loses or invents events (a bug in the stage).
+        ``observe(stage, start_ns, end_ns, passed, rejected)`` is told each stage's run (tracing)."""
         rejections: list[RejectionLike] = []
         for stage, fn in zip(self.stages, self._fns, strict=True):
             if not events:
                 break
+            began = time.time_ns() if observe is not None else 0
             out = fn(events)
             passed, rejected = out if isinstance(out, tuple) else (out.passed, out.rejected)
             if len(passed) + len(rejected) != len(events):
@@ -106,6 +117,8 @@ class Chain:
                     f"stage {stage!r} returned {len(passed)} passed + {len(rejected)} rejected "
                     f"for {len(events)} events; every event must land in exactly one"
                 )
+            if observe is not None:
+                observe(_name(stage), began, time.time_ns(), len(passed), len(rejected))
             events = passed
             rejections.extend(rejected)
         return events, rejections

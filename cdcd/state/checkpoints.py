@@ -9,7 +9,7 @@ Keys are per *generation*, fields per *stream*, so regrouping streams (another r
 another group size) never orphans a checkpoint. A save writes all streams of one group with a
 single HSET inside one Lua script: it is atomic, and the script is where fencing lives.
 
-Fencing: a ``Fence`` (the lease manager, a later issue) names the lease key and the token this
+Fencing: a ``Fence`` (``cdcd.app.leases.LeaseCoordinator``) names the lease key and the token this
 replica holds for a group; the script then writes only if ``GET lease_key == token`` and
 otherwise fails, surfacing as ``LeaseLost``. Callers never pass tokens: the store is built with
 the fence, so adding leases changes no caller.

@@ -60,6 +60,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int  # failed write attempts (0 for stage rejections)
     first_failed_at: float  # epoch seconds
     last_failed_at: float  # epoch seconds
+    columns: tuple[str, ...] = ()  # the offending column(s), when known (validation)
+    rule: str = ""  # the rule that refused it ("max_length", "not_null", "destination", ...)
 
 
 def entry_id(event: ChangeEvent) -> str:
@@ -123,6 +125,8 @@ class DeadLetterStore:
         attempts: int,
         first_failed_at: float,
         last_failed_at: float | None = None,
+        columns: Sequence[str] = (),
+        rule: str = "",
     ) -> DeadLetter:
         """Build an entry for ``event`` with its deterministic id."""
         return DeadLetter(
@@ -136,6 +140,8 @@ class DeadLetterStore:
             attempts=attempts,
             first_failed_at=first_failed_at,
             last_failed_at=first_failed_at if last_failed_at is None else last_failed_at,
+            columns=tuple(columns),
+            rule=rule,
         )
 
     # ---------------------------------------------------------------------------------- writing
@@ -196,6 +202,41 @@ class DeadLetterStore:
                 pipe.zrem(okey, *ids)
                 removed, _ = await pipe.execute()
         return int(removed)
+
+    # ------------------------------------------------------------------------ operator retries
+
+    def _retry_key(self, dest: str) -> str:
+        return f"{self.prefix}:dlq:retrying:{key_part(dest, 'destination')}"
+
+    async def mark_retrying(self, entry: DeadLetter, now: float) -> bool:
+        """Note that ``entry`` is being resubmitted (before its write). Returns whether an earlier
+        resubmission of it was interrupted (its mark was still there)."""
+        with redis_errors(f"mark dead-letter entry {entry.id} as retrying"):
+            previous = await self.client.hget(self._retry_key(entry.destination), f"{entry.kind}/{entry.id}")
+            await self.client.hset(self._retry_key(entry.destination), f"{entry.kind}/{entry.id}", str(now))
+        return previous is not None
+
+    async def resolve(self, entry: DeadLetter, *, audit: DeadLetter | None = None) -> bool:
+        """Remove ``entry`` (and its retry mark) at once, storing ``audit`` (e.g. the ``stale``
+        record of a skipped correction) in the same transaction. Returns whether it existed."""
+        ekey, okey = self._keys(entry.kind, entry.destination)
+        with redis_errors(f"resolve dead-letter entry {entry.id}"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(ekey, entry.id)
+                pipe.zrem(okey, entry.id)
+                pipe.hdel(self._retry_key(entry.destination), f"{entry.kind}/{entry.id}")
+                if audit is not None:
+                    akey, aokey = self._keys(audit.kind, audit.destination)
+                    pipe.hset(akey, audit.id, _encode(audit))
+                    pipe.zadd(aokey, {audit.id: audit.first_failed_at})
+                    pipe.sadd(self._dests_key(audit.kind), audit.destination)
+                removed, *_ = await pipe.execute()
+        return bool(removed)
+
+    async def unmark(self, entry: DeadLetter) -> None:
+        """The resubmission of ``entry`` ended without applying it (refused again)."""
+        with redis_errors(f"unmark dead-letter entry {entry.id}"):
+            await self.client.hdel(self._retry_key(entry.destination), f"{entry.kind}/{entry.id}")
 
     # ---------------------------------------------------------------------------------- reading
 

@@ -70,7 +70,7 @@ class TableSpec:
     target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
-    extra: str = ""  # raw TOML lines inside this [[tables]] entry, e.g. a [tables.masking] table
+    extra: str = ""  # raw TOML lines of this [[tables]] entry (keys first, then its sub-tables)
 
 
 @dataclass
@@ -156,7 +156,8 @@ pool_size = 2
         dests = ", ".join(json.dumps(d) for d in t.destinations)
         text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
-        text += t.extra
+        if t.extra:
+            text += t.extra.rstrip("\n") + "\n"
     path.write_text(text)
     return path
 

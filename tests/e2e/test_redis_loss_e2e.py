@@ -10,23 +10,16 @@ flush and restart it."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 import msgspec
 import pytest
-import redis
 
 from cdcd.events import Position, timeuuid_sort_key
-from tests.conftest import free_port, wait_until
 from tests.e2e.compare import (
     history_positions,
     log_delete_positions,
@@ -35,52 +28,9 @@ from tests.e2e.compare import (
     wait_converged,
 )
 from tests.e2e.compare_ch import wait_ch_converged
-from tests.e2e.conftest import MakeCdcd
+from tests.e2e.conftest import MakeCdcd, RedisServer
 from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec
 from tests.e2e.workload import Workload
-
-
-class RedisServer:
-    """A redis-server of this test, without persistence: a restart comes back empty."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server")
-        assert self.binary, "redis-server not found; run `bash deploy/install.sh`"
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="cdcd-redis-loss-")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    def start(self) -> None:
-        assert self.binary is not None
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(lambda: self.client().ping(), 10, "redis-server")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def keys(self, pattern: str) -> list[bytes]:
-        return list(self.client().scan_iter(match=pattern, count=1000))
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,12 +36,23 @@ async def test_spans_reach_an_otlp_receiver(cql: Any, make_cdcd: MakeCdcd, pg_ds
 
         spans = receiver.spans()
         names = {s["name"] for s in spans}
-        assert {"cdcd.read", "cdcd.write"} <= names, names
+        assert {"cdcd.read", "cdcd.decode", "cdcd.write", "cdcd.checkpoint"} <= names, names
+        assert any(n.startswith("cdcd.stage.") for n in names), names
+        reads = {(s["trace_id"], s["span_id"]): s for s in spans if s["name"] == "cdcd.read"}
+        assert all(not s["parent_span_id"] for s in reads.values())  # one trace per read batch
+        for s in spans:
+            if s["name"] != "cdcd.read":  # decode, stages, writes, checkpoints: children of a read
+                assert (s["trace_id"], s["parent_span_id"]) in reads, s
         writes = [s for s in spans if s["name"] == "cdcd.write"]
         assert sum(s["attributes"]["rows"] for s in writes) >= 300
-        assert all(
-            s["attributes"]["table"] == "tr.t" and s["attributes"]["destination"] == "pg" for s in writes
-        )
+        for w in writes:
+            a = w["attributes"]
+            assert a["table"] == "tr.t" and a["destination"] == "pg" and a["outcome"] == "written", a
+            assert a["first_event"].count(":") == 2 and a["events"] == a["rows"], a
+            for trace_id, span_id in w["links"]:  # the other read batches whose events it wrote
+                assert (trace_id, span_id) in reads
+        read_events = {r["attributes"]["first_event"] for r in reads.values()}
+        assert any(w["attributes"]["first_event"] in read_events for w in writes)
         assert all(s["headers"]["authorization"] == f"Bearer {TOKEN}" for s in spans)
         assert spans[0]["resource"]["service.name"] == "cdcd"
         assert spans[0]["resource"]["service.instance.id"] == "e2e"

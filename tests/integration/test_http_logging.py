@@ -30,15 +30,37 @@ def _records(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_carry_the_standard_fields(lines: io.StringIO) -> None:
-    with correlation("abc123", table="shop.orders"):
+    """Lines logged about a batch carry its correlation ids (derived from the CDC positions of
+    its first and last events, the same on every replica) and the count, stdlib lines too."""
+    stream = bytes.fromhex("0a" * 16)
+    times = [
+        uuid.UUID("11111111-2222-1333-8444-555555555555"),
+        uuid.UUID("21111111-2222-1333-8444-555555555555"),
+    ]
+    events = [
+        ChangeEvent(
+            table="shop.orders",
+            pos=Position(generation=1, stream_id=stream, time=t),
+            batch_seq=i,
+            op=Op.INSERT,
+            write_time_us=1,
+            key={"id": i},
+        )
+        for i, t in enumerate(times)
+    ]
+    with correlation(events, table="shop.orders"):
         get_logger("cdcd.flow.pipeline").info("batch written", destination="pg", rows=3)
-    (rec,) = _records(lines)
+        logging.getLogger("cdcd.flow.writer").warning("sink write failed, retrying: %s", "x")
+    rec, std = _records(lines)
     assert rec["message"] == "batch written"
     assert rec["level"] == "info"
     assert rec["component"] == "cdcd.flow.pipeline"
-    assert rec["correlation_id"] == "abc123"
+    assert rec["first_event"] == f"{'0a' * 16}:{times[0]}:0"
+    assert rec["last_event"] == f"{'0a' * 16}:{times[1]}:1"
+    assert rec["events"] == 2
     assert rec["table"] == "shop.orders" and rec["destination"] == "pg" and rec["rows"] == 3
     assert str(rec["timestamp"]).endswith("Z")
+    assert std["first_event"] == rec["first_event"] and std["events"] == 2
 
 
 def test_stdlib_loggers_are_rendered_as_json_too(lines: io.StringIO) -> None:
@@ -114,7 +136,8 @@ def test_scrub(text: str, expected: str) -> None:
 
 
 def test_spans_for_reads_and_writes() -> None:
-    """With tracing on, a write records a ``cdcd.write`` span and a wrapped source ``cdcd.read``."""
+    """With tracing on, a wrapped source starts a trace per batch (``cdcd.read`` with a
+    ``cdcd.decode`` child) and a write for that batch is a child of it, with the outcome."""
     import asyncio
 
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -143,22 +166,27 @@ def test_spans_for_reads_and_writes() -> None:
             applied = 1
             skipped_stale = 0
 
-        emit.FlowTelemetry().batch_written(pid, [event], Outcome(), 0.02)
-
         async def read(start: object):  # type: ignore[no-untyped-def]
             yield EventBatch(events=[event], upto={})
             yield EventBatch(events=[], upto={})
 
-        async def drain() -> int:
-            return len([b async for b in tracing.traced_source(read, table="shop.orders")({})])
+        async def drain() -> list[EventBatch]:
+            return [b async for b in tracing.traced_source(read, table="shop.orders")({})]
 
-        assert asyncio.run(drain()) == 2
+        batches = asyncio.run(drain())
+        assert len(batches) == 2 and batches[0].trace is not None and batches[1].trace is None
+        with tracing.child_span("cdcd.write", [batches[0].trace], {"rows": 1}):
+            emit.FlowTelemetry().batch_written(pid, [event], Outcome(), 0.02)
         spans = {s.name: s for s in exporter.get_finished_spans()}
-        assert set(spans) == {"cdcd.write", "cdcd.read"}
-        assert spans["cdcd.write"].attributes is not None
-        assert spans["cdcd.write"].attributes["rows"] == 1
-        assert spans["cdcd.read"].attributes is not None
-        assert spans["cdcd.read"].attributes["events"] == 1
-        assert spans["cdcd.write"].resource.attributes["service.instance.id"] == "r1"
+        assert set(spans) == {"cdcd.write", "cdcd.read", "cdcd.decode"}
+        read_span, write_span = spans["cdcd.read"], spans["cdcd.write"]
+        assert read_span.parent is None
+        assert spans["cdcd.decode"].parent.span_id == read_span.context.span_id
+        assert write_span.parent.span_id == read_span.context.span_id
+        assert write_span.context.trace_id == read_span.context.trace_id
+        assert write_span.attributes["rows"] == 1 and write_span.attributes["applied"] == 1
+        assert read_span.attributes["events"] == 1
+        assert read_span.attributes["first_event"] == f"{'01' * 16}:{event.pos.time}:0"
+        assert write_span.resource.attributes["service.instance.id"] == "r1"
     finally:
         tracing.shutdown()

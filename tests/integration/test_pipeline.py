@@ -107,7 +107,9 @@ class MemorySink:
         unavailable: int = 0,
         bad: Callable[[ChangeEvent], str | None] = lambda e: None,
         block: Callable[[ChangeEvent], bool] = lambda e: False,
+        deterministic: bool = True,
     ) -> None:
+        self.deterministic = deterministic
         self.unavailable = unavailable
         self.bad = bad
         self.block = block
@@ -126,7 +128,7 @@ class MemorySink:
             raise SinkUnavailable("connection refused")
         errors = {i: reason for i, e in enumerate(events) if (reason := self.bad(e)) is not None}
         if errors:
-            raise BadRows(errors)
+            raise BadRows(errors, deterministic=self.deterministic)
         self.applied.extend(events)
         return Outcome(applied=len(events))
 
@@ -137,9 +139,11 @@ class MemorySink:
 class States(NoFlowEvents):
     def __init__(self) -> None:
         self.seen: list[PipelineState] = []
+        self.changed = asyncio.Event()
 
     def state_changed(self, pid: PipelineId, old: PipelineState, new: PipelineState) -> None:
         self.seen.append(new)
+        self.changed.set()
 
 
 @pytest.fixture
@@ -239,13 +243,64 @@ async def test_checkpoint_stops_before_the_batch_being_written_and_terminate_com
     assert sink.ids() + sink2.ids() == [1, 2, 3, 5]
 
 
-async def test_bad_rows_go_to_the_dead_letter_store_and_the_rest_is_applied_once(
+async def test_rows_the_destination_refuses_go_to_the_validation_queue_at_once(
     checkpoints: CheckpointStore, deadletters: DeadLetterStore
 ) -> None:
     clock = ManualClock()
     bad = ev(3, bad="x" * 5)
     source = ListSource([batch(9, ev(1), ev(2), bad, ev(4, S2), ev(5))])
     sink = MemorySink(bad=lambda e: "22001 value too long" if "bad" in e.values else None)
+    config = msgspec.structs.replace(FAST, retry=RetryPolicy(initial=1, max=60, max_attempts=3))
+    pipeline = make(source, sink, checkpoints, deadletters, config=config, clock=clock)
+    start = clock.monotonic()
+    await clock.run_until(pipeline.run())
+    assert clock.monotonic() - start < 1  # no backoff: a deterministic data error is not retried
+    assert sink.ids() == [1, 2, 4, 5]
+    assert sink.calls == 2  # one refusal, then the good rows once
+    assert await deadletters.count("dead", "pg") == 0
+    (entry,) = await deadletters.list("validation", "pg")
+    assert (entry.id, entry.event, entry.reason, entry.attempts, entry.stage, entry.rule) == (
+        entry_id(bad), bad, "22001 value too long", 1, "destination", "destination",
+    )  # fmt: skip
+    assert pipeline.status().events_rejected == 1
+    assert await checkpoints.load("pg", GROUP) == {S1: pos(S1, 9), S2: pos(S2, 9)}
+
+
+async def test_a_full_validation_queue_pauses_the_branch_until_entries_are_dropped(
+    checkpoints: CheckpointStore, deadletters: DeadLetterStore
+) -> None:
+    states = States()
+    source = ListSource([batch(1, ev(1, bad="x"), ev(2, bad="y")), batch(2, ev(3, bad="z"), ev(4))])
+    sink = MemorySink(bad=lambda e: "23514 check violated" if "bad" in e.values else None)
+    config = msgspec.structs.replace(FAST, max_queue_entries=2, batch=BatchPolicy(max_rows=2, max_wait=0.01))
+    pipeline = make(source, sink, checkpoints, deadletters, config=config, events=states)
+    run = asyncio.ensure_future(pipeline.run())
+    await asyncio.wait_for(_until(states, "queue-full"), 10)
+    assert await deadletters.count("validation", "pg") == 2  # nothing dropped, nothing more added
+    assert "validation queue of pg is full" in (pipeline.status().last_error or "")
+    assert sink.ids() == []  # the second batch waits behind its rejection
+    entries = await deadletters.list("validation", "pg")
+    await deadletters.delete("validation", "pg", [e.id for e in entries])  # the operator drops them
+    await asyncio.wait_for(run, 10)
+    assert pipeline.state == "done"
+    assert sink.ids() == [4]
+    assert [e.event.key["id"] for e in await deadletters.list("validation", "pg")] == [3]
+    assert "queue-full" in states.seen
+
+
+async def _until(states: States, state: PipelineState) -> None:
+    while state not in states.seen:
+        states.changed.clear()
+        await states.changed.wait()
+
+
+async def test_bad_rows_go_to_the_dead_letter_store_and_the_rest_is_applied_once(
+    checkpoints: CheckpointStore, deadletters: DeadLetterStore
+) -> None:
+    clock = ManualClock()
+    bad = ev(3, bad="x" * 5)
+    source = ListSource([batch(9, ev(1), ev(2), bad, ev(4, S2), ev(5))])
+    sink = MemorySink(bad=lambda e: "lock timeout" if "bad" in e.values else None, deterministic=False)
     config = msgspec.structs.replace(FAST, retry=RetryPolicy(initial=1, max=60, max_attempts=3))
     pipeline = make(source, sink, checkpoints, deadletters, config=config, clock=clock)
     await clock.run_until(pipeline.run())
@@ -255,7 +310,7 @@ async def test_bad_rows_go_to_the_dead_letter_store_and_the_rest_is_applied_once
     assert len(entries) == 1
     entry = entries[0]
     assert (entry.id, entry.event, entry.reason, entry.attempts, entry.stage) == (
-        entry_id(bad), bad, "22001 value too long", 3, "sending",
+        entry_id(bad), bad, "lock timeout", 3, "sending",
     )  # fmt: skip
     assert entry.last_failed_at > entry.first_failed_at
     assert pipeline.status().events_dead_lettered == 1

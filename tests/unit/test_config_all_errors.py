@@ -121,7 +121,7 @@ def test_every_missing_variable_and_every_error_in_one_pass() -> None:
         "fetch_size, request_timeout, connect_timeout, tablet_group_size, max_concurrent_reads, max_read_rate, tls",
         'cdcd.toml: source.fetch_size: expected an integer, got "x"',
         "cdcd.toml: destinations.pg.pool: unknown key; expected one of: create_tables, batch_max_rows, "
-        "batch_max_wait, offsets_table, offsets_schema, dsn, dsn_file, pool_size, connect_timeout, command_timeout",
+        "batch_max_wait, offsets_table, offsets_schema, add_bookkeeping_columns, dsn, dsn_file, pool_size, connect_timeout, command_timeout",
         'cdcd.toml: tables[0].delete: expected one of "hard", "soft", "tombstone", got "purge"',
         "cdcd.toml: http.admin_token: secrets must not be written in the config file: use an environment "
         'variable ("${VAR}") or admin_token_file',

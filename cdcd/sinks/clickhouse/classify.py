@@ -10,7 +10,7 @@ a ClickHouse code, overload/timeout codes
 bad data: server codes 6, 27, 38, 41, 53, 69,  ``BAD_DATA``: bisect, dead-letter the culprits
 70, 72, 117, 131, 321, 349, 469; client-
 side serialisation errors (DataError, ValueError,
-TypeError, OverflowError, struct.error)
+TypeError, ArithmeticError, struct.error)
 anything else (syntax, unknown table, bugs)    ``FATAL``: surfaces; the group stops loudly
 =============================================  ===============================================
 """
@@ -55,8 +55,9 @@ def classify(exc: BaseException) -> Action:
     if isinstance(exc, ch_exc.OperationalError | OSError | TimeoutError):
         return Action.RETRY
     if isinstance(
-        exc, ch_exc.DataError | ValueError | TypeError | OverflowError | struct.error | AttributeError
-    ):
+        exc,
+        ch_exc.DataError | ValueError | TypeError | ArithmeticError | struct.error | AttributeError,
+    ):  # ArithmeticError: OverflowError, decimal.InvalidOperation (a null into a Decimal column)
         return Action.BAD_DATA
     if isinstance(exc, ch_exc.DatabaseError):
         code = error_code(exc)

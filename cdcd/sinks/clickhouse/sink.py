@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,10 +45,11 @@ from cdcd.config.endpoints import clickhouse_endpoint
 from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, client_certificate_hint, reason
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
-from cdcd.schema import TableSchema
+from cdcd.schema import CqlType, TableSchema
 from cdcd.sinks import Skipped, TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.clickhouse.cache import RowCache
 from cdcd.sinks.clickhouse.classify import Action, classify, error_code
+from cdcd.sinks.clickhouse.convert import conversion as ch_conversion
 from cdcd.sinks.clickhouse.fold import (
     BatchState,
     Prepared,
@@ -74,6 +76,7 @@ from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_par
 from cdcd.sinks.offsets import Applied, offsets_location
 from cdcd.sinks.outcome import check_version_column, version_column
 from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
+from cdcd.stages.targets import CH_COLUMNS_SQL, TargetTable, ch_column, table_from_rows
 
 __all__ = ["ClickHouseSink"]
 
@@ -98,6 +101,9 @@ class _Table:
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
         self.cache = RowCache(cache_rows) if cache_rows > 0 else None
         self.seen: dict[bytes, int] | None = None  # see ClickHouseSink._seen
+        # part ("main"/"static") -> column -> (the user's column type, to it, back from it):
+        # columns of a user-created table whose type differs from cdcd's (convert.py)
+        self.adapt: dict[str, dict[str, tuple[str, Any, Any]]] = {}
 
 
 class ClickHouseSink:
@@ -244,11 +250,17 @@ class ClickHouseSink:
         ddl_settings = await self._ddl_settings(table) if create else None
         if create:
             await self._ddl(f"CREATE DATABASE IF NOT EXISTS {ident(mapping.target_schema)}")
-        for layout in (table.main, table.static):
+        book = create if mapping.bookkeeping is None else mapping.bookkeeping
+        for part, layout in (("main", table.main), ("static", table.static)):
             if layout is not None:
                 if create:
-                    await self._ddl(table_ddl(layout), ddl_settings)
-                await self._check(layout.database, layout.table, layout.column_types(), create, ddl_settings)
+                    await self._ddl(table_ddl(layout, mapping.column_types), ddl_settings)
+                adapt = await self._check(
+                    layout.database, layout.table, layout.column_types(), create, ddl_settings,
+                    cql=table.codec.types, bookkeeping=book, source=mapping.source,
+                )  # fmt: skip
+                if adapt:
+                    table.adapt[part] = adapt
         if mapping.delete == "tombstone":
             name = mapping.target_table + "_history"
             if create:
@@ -262,10 +274,19 @@ class ClickHouseSink:
                 )
             await self._check(mapping.target_schema, name, table.history_types, create, ddl_settings)
         offsets = self._offsets_of(mapping)
-        if create:
+        own = create or book  # cdcd's own bookkeeping table: created like the bookkeeping columns
+        if own:
             await self._ddl(f"CREATE DATABASE IF NOT EXISTS {ident(offsets.database)}")
             await self._ddl(offsets.ddl)
-        await self._check(offsets.database, offsets.table, OFFSETS_COLUMNS, create)
+        try:
+            await self._check(offsets.database, offsets.table, OFFSETS_COLUMNS, own)
+        except SchemaMismatch as exc:
+            if "does not exist" not in str(exc):
+                raise
+            raise SchemaMismatch(
+                f"offsets table {offsets.database}.{offsets.table} does not exist and this destination may not "
+                f"create it (create_tables and add_bookkeeping_columns off); create it with: {offsets.ddl}"
+            ) from None
         self._tables[(mapping.source, mapping.target)] = table
 
     # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
@@ -343,9 +364,18 @@ class ClickHouseSink:
         want: dict[str, str],
         create: bool,
         settings: dict[str, Any] | None = None,
-    ) -> None:
+        *,
+        cql: Mapping[str, CqlType] | None = None,
+        bookkeeping: bool | None = None,
+        source: str = "",
+    ) -> dict[str, tuple[str, Any, Any]]:
         """The table exists and holds every column with the expected type (missing ones are added
-        when ``create``); raises SchemaMismatch otherwise."""
+        when ``create``); raises SchemaMismatch otherwise. Source columns (``cql``) of another
+        type are accepted where ``convert.conversion`` allows it (returned: column -> (type, to,
+        back)). A source column without target column is refused unless ``create``; missing
+        bookkeeping columns are added when ``bookkeeping`` (default ``create``), else refused
+        with the ALTER TABLE statements to run."""
+        cql = cql or {}
         res = await self._call(
             lambda c: c.query(
                 "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
@@ -356,17 +386,44 @@ class ClickHouseSink:
         where = f"{database}.{name}"
         if not have:
             raise SchemaMismatch(f"ClickHouse table {where} does not exist and create_tables is off")
+        add_book = create if bookkeeping is None else bookkeeping
+        missing_book: list[str] = []
+        adapt: dict[str, tuple[str, Any, Any]] = {}
+        wrong: list[str] = []
         for col, typ in want.items():
             got = have.get(col)
             if got is None:
-                if not create:
-                    raise SchemaMismatch(f"ClickHouse table {where} lacks column {col!r} ({typ})")
                 sql = (
                     f"ALTER TABLE {ident(database)}.{ident(name)} ADD COLUMN IF NOT EXISTS {ident(col)} {typ}"
                 )
-                await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
+                if col in cql:
+                    if not create:
+                        raise SchemaMismatch(
+                            f"source column {source or '?'}.{col} has no column in ClickHouse table {where} "
+                            "(create_tables is off): add it, or list it in the table's ignore_columns"
+                        )
+                    await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
+                elif create and not cql:
+                    await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
+                else:
+                    missing_book.append(sql)
             elif norm_type(got) != norm_type(typ):
-                raise SchemaMismatch(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
+                conv = ch_conversion(cql[col], got) if col in cql else None
+                if conv is None:
+                    wrong.append(f"ClickHouse column {where}.{col} is {got}, expected {typ}")
+                else:
+                    adapt[col] = (got, *conv)
+        if wrong:
+            raise SchemaMismatch("; ".join(wrong) + " (docs/type-map-clickhouse.md lists the accepted types)")
+        if missing_book:
+            if not add_book:
+                raise SchemaMismatch(
+                    f"ClickHouse table {where} lacks cdcd's bookkeeping columns and this destination may "
+                    "not add them (add_bookkeeping_columns = false); run: " + "; ".join(missing_book) + ";"
+                )
+            for sql in missing_book:
+                await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
+        return adapt
 
     # -- write -------------------------------------------------------------------------------
     async def write(
@@ -430,13 +487,13 @@ class ClickHouseSink:
                 # answer was lost folds against the rows it already stored, so its blocks can be
                 # smaller (read-back keys are now stale, blind keys come again); they hold nothing
                 # the first insert did not store, and ClickHouse must drop them.
-                await self._insert(block, f"{token}:{block.part}")
+                await self._insert(block, f"{token}:{block.part}", adapt=table.adapt.get(block.part))
         except BaseException as exc:
             if table.cache is not None:
                 table.cache.clear()  # what is stored now is unknown
             if isinstance(exc, SinkUnavailable | SchemaMismatch) or not isinstance(exc, Exception):
                 raise
-            if classify(exc) is not Action.BAD_DATA:
+            if not isinstance(exc, _WireValue) and classify(exc) is not Action.BAD_DATA:
                 raise
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
         if table.cache is not None:
@@ -449,6 +506,13 @@ class ClickHouseSink:
         if applied is not None:  # only after every data block is stored: never ahead of the data
             await self.record_applied(mapping, applied, token)
         return WriteOutcome(applied=done, skipped_stale=len(skipped), skipped=tuple(skipped))
+
+    async def target_definition(self, mapping: TableMapping) -> TargetTable:
+        """The main target table as ClickHouse defines it (``system.columns``), for the validator."""
+        db, name = mapping.target_schema, mapping.target_table
+        res = await self._call(lambda c: c.query(CH_COLUMNS_SQL, parameters={"db": db, "t": name}))
+        cols = [ch_column(str(n), str(t), str(k)) for n, t, k in res.result_rows]
+        return table_from_rows(f"{db}.{name}", cols)
 
     def forget(self, mapping: TableMapping | None = None) -> None:
         """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another
@@ -518,6 +582,9 @@ class ClickHouseSink:
                 chunk_k, keys = keys[:_MAX_KEYS_PER_READ], keys[_MAX_KEYS_PER_READ:]
                 chunk_p, parts = parts[:_MAX_KEYS_PER_READ], parts[_MAX_KEYS_PER_READ:]
                 rows = await self._select(layout, codec.read_formats, chunk_k, chunk_p)
+                adapt = table.adapt.get("static" if static else "main")
+                if adapt:
+                    rows = _back(layout.all_columns(), rows, adapt)
                 state.load(static, layout, rows)
 
     async def _select(
@@ -601,14 +668,30 @@ class ClickHouseSink:
             return None
         return Block.from_records("history", table.history, table.history_types, records, owners)
 
-    async def _insert(self, block: Block, token: str | None, rows: Sequence[int] | None = None) -> None:
+    async def _insert(
+        self,
+        block: Block,
+        token: str | None,
+        rows: Sequence[int] | None = None,
+        adapt: Mapping[str, tuple[str, Any, Any]] | None = None,
+    ) -> None:
         settings = {"insert_deduplication_token": token} if token else None
+        data, types = block.columns(rows), block.types
+        if adapt:
+            data, types = list(data), list(types)
+            for i, n in enumerate(block.names):
+                if n in adapt:
+                    types[i], to, _ = adapt[n]
+                    try:
+                        data[i] = [to(v) for v in data[i]]
+                    except (ValueError, TypeError, decimal.InvalidOperation) as exc:
+                        raise _WireValue(f"column {n} ({types[i]}): {exc}") from exc
         await self._call(
             lambda c: c.insert(
                 block.table,
-                block.columns(rows),
+                data,
                 column_names=block.names,
-                column_type_names=block.types,
+                column_type_names=types,
                 column_oriented=True,
                 settings=settings,
             )
@@ -629,28 +712,54 @@ class ClickHouseSink:
             try:
                 types = dict(zip(block.names, block.types, strict=True))
                 probe_block = Block(block.part, probe, types, block.data, block.events)
-                for row, reason in (await self._bisect(probe_block, list(range(block.nrows)), exc)).items():
+                adapt = table.adapt.get(block.part)
+                bad = await self._bisect(probe_block, list(range(block.nrows)), exc, adapt)
+                for row, reason in bad.items():
                     for i in block.events[row]:
                         found.setdefault(i, reason)
             finally:
                 await self._call(lambda c, p=probe: c.command(f"DROP TABLE IF EXISTS {p}"))
         return found or {0: f"{type(exc).__name__}: {exc}"}
 
-    async def _bisect(self, block: Block, rows: list[int], exc: BaseException) -> dict[int, str]:
+    async def _bisect(
+        self,
+        block: Block,
+        rows: list[int],
+        exc: BaseException,
+        adapt: Mapping[str, tuple[str, Any, Any]] | None = None,
+    ) -> dict[int, str]:
         try:
-            await self._insert(block, None, rows)
+            await self._insert(block, None, rows, adapt)
             return {}
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as err:
-            if classify(err) is not Action.BAD_DATA:
+            if not isinstance(err, _WireValue) and classify(err) is not Action.BAD_DATA:
                 raise
             if len(rows) == 1:
-                return {rows[0]: error_reason(err)}
+                return {rows[0]: str(err) if isinstance(err, _WireValue) else error_reason(err)}
         half = len(rows) // 2
-        out = await self._bisect(block, rows[:half], exc)
-        out.update(await self._bisect(block, rows[half:], exc))
+        out = await self._bisect(block, rows[:half], exc, adapt)
+        out.update(await self._bisect(block, rows[half:], exc, adapt))
         return out
+
+
+class _WireValue(ValueError):
+    """A value cannot be converted into the type of a user-created column (bad data)."""
+
+
+def _back(
+    names: Sequence[str], rows: Sequence[Sequence[Any]], adapt: Mapping[str, tuple[str, Any, Any]]
+) -> list[Any]:
+    """Read-back rows with the values of converted columns back in the sink's value space."""
+    idx = [(i, adapt[n][2]) for i, n in enumerate(names) if n in adapt]
+    out = []
+    for row in rows:
+        r = list(row)
+        for i, back in idx:
+            r[i] = back(r[i])
+        out.append(tuple(r))
+    return out
 
 
 def _without_dataframes() -> None:

@@ -17,7 +17,7 @@ newest version of every live row; metadata columns:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from cdcd.schema import Column, TableSchema
@@ -122,8 +122,10 @@ def layouts_for(schema: TableSchema, database: str, table: str) -> tuple[ChLayou
     return main, static
 
 
-def table_ddl(layout: ChLayout) -> str:
+def table_ddl(layout: ChLayout, overrides: Mapping[str, str] | None = None) -> str:
+    """``overrides``: source column -> type, taken as written (column type overrides)."""
     types = layout.column_types()
+    types.update({n: t for n, t in (overrides or {}).items() if n in types})
     cols = ", ".join(f"{ident(n)} {t}" for n, t in types.items())
     order = ", ".join(ident(n) for n in layout.key_names)
     settings = _TABLE_SETTINGS

@@ -114,13 +114,19 @@ class TableCodec:
         static: TargetLayout | None,
         *,
         keys_only: bool = False,
+        convs: Mapping[str, Converter] | None = None,
     ) -> None:
+        """``convs``: per column, a conversion into the type of a user-created column, applied
+        after cdcd's own (``convert.conversion``)."""
         self.main = main
         self.static = static
         # cdc delta 'keys': delta rows carry no values; each change takes its row from its postimage.
         self.keys_only = keys_only
         self.types: dict[str, CqlType] = {c.name: c.type for c in columns}
         self.conv: dict[str, Converter] = {c.name: to_pg(c.type) for c in columns}
+        for name, extra in (convs or {}).items():
+            if name in self.conv:
+                self.conv[name] = _then(self.conv[name], extra)
         self.cols: dict[str, ColumnCodec] = {}
         for c in columns:
             if c.kind in ("partition_key", "clustering"):
@@ -244,6 +250,12 @@ class TableCodec:
             if unknown:
                 raise ValueError(f"UDT {t.udt.name} has no field(s) {unknown}")
         return list(keys)  # list timeuuids, UDT field names
+
+
+def _then(first: Converter, second: Converter) -> Converter:
+    if first is identity:
+        return lambda v: None if v is None else second(v)
+    return lambda v: None if v is None else second(first(v))
 
 
 def _identity(v: Any) -> Any:
@@ -432,7 +444,7 @@ class _Folder:
             elif kind == _TEXT:
                 if value is not None and "\x00" in value:
                     raise ValueError(f"column {name!r}: {NUL_REASON}")
-                sets[name] = value
+                sets[name] = value if conv is None else conv(value)
             else:
                 nul = cols[name].nul
                 if value is not None and nul is not None and nul(value):

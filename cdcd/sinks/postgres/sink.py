@@ -73,6 +73,7 @@ from cdcd.sinks.postgres.table import (
     PgTable,
     ensure_layout,
     init_connection,
+    not_null_columns,
     require_columns,
 )
 from cdcd.sinks.postgres.types import (
@@ -80,6 +81,7 @@ from cdcd.sinks.postgres.types import (
     json_value,
     row_key,
 )
+from cdcd.stages.targets import PG_CHECKS_SQL, PG_COLUMNS_SQL, TargetTable, pg_column, table_from_rows
 
 __all__ = ["PostgresSink"]
 
@@ -239,6 +241,8 @@ class PostgresSink:
         the source gained. Raises ``SchemaMismatch`` for names PostgreSQL cannot hold, a missing
         table/column with ``create`` off, or a column of another type."""
         table = PgTable(mapping, schema)
+        convs: dict[str, Any] = {}
+        fill: set[str] = set()
 
         async def setup(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
@@ -251,7 +255,14 @@ class PostgresSink:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(mapping.target_schema)}")
                 for layout in (table.main, table.static):
                     if layout is not None:
-                        await ensure_layout(conn, layout, mapping.create)
+                        convs.update(
+                            await ensure_layout(
+                                conn, layout, mapping.create, types=mapping.column_types,
+                                bookkeeping=mapping.bookkeeping, source=mapping.source,
+                            )
+                        )  # fmt: skip
+                        values = {c.name for c in layout.values}
+                        fill.update(values & await not_null_columns(conn, layout.schema, layout.table))
                 if table.static is not None and mapping.create:
                     for ddl in static_view_ddl(table.main, table.static):
                         await conn.execute(ddl)
@@ -261,10 +272,15 @@ class PostgresSink:
                             history_ddl(mapping.target_schema, mapping.target_table, schema.primary_key)
                         )
                     await require_columns(conn, mapping.target_schema, mapping.target_table + "_history")
-                await offsets.ensure(conn, mapping.create)
+                # the offsets table is cdcd's own bookkeeping: created like the bookkeeping columns
+                # of a user's table (add_bookkeeping_columns), else refused with its CREATE TABLE
+                book = mapping.create if mapping.bookkeeping is None else mapping.bookkeeping
+                await offsets.ensure(conn, mapping.create or book)
 
         offsets = self._offsets_of(mapping)
         await self._run(setup)
+        if convs or fill:
+            table = PgTable(mapping, schema, convs, frozenset(fill))
         self._tables[(mapping.source, mapping.target)] = table
 
     # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
@@ -302,6 +318,19 @@ class PostgresSink:
         offsets = self._offsets_of(mapping)
         start: int | None = await self._run(offsets.start)
         return start
+
+    async def target_definition(self, mapping: TableMapping) -> TargetTable:
+        """The target table as PostgreSQL defines it (columns, NOT NULL, CHECK constraints), for
+        the validator (``cdcd.stages.targets``)."""
+        schema, name = mapping.target_schema, mapping.target_table
+
+        async def read(conn: asyncpg.Connection) -> TargetTable:
+            cols = [pg_column(r) for r in await conn.fetch(PG_COLUMNS_SQL, schema, name)]
+            checks = [(r["name"], r["def"]) for r in await conn.fetch(PG_CHECKS_SQL, schema, name)]
+            return table_from_rows(f"{schema}.{name}", cols, checks)
+
+        result: TargetTable = await self._run(read)
+        return result
 
     # -- write -------------------------------------------------------------------------------
     async def write(

@@ -12,7 +12,7 @@ columns becoming null), ``_cdc_deleted`` and ``_cdc_deleted_at`` (soft deletes).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from cdcd.errors import SchemaMismatch
@@ -129,11 +129,13 @@ def layouts_for(
     return main, static
 
 
-def column_defs(layout: TargetLayout) -> list[tuple[str, str]]:
-    """(physical column, its DDL) of every column of ``layout``, in ``all_columns()`` order."""
-    defs = [(c.name, f"{ident(c.name)} {pg_type(c.type)} NOT NULL") for c in layout.key]
+def column_defs(layout: TargetLayout, types: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(physical column, its DDL) of every column of ``layout``, in ``all_columns()`` order;
+    ``types`` overrides the type of source columns (checked by ``convert.check_type_text``)."""
+    types = types or {}
+    defs = [(c.name, f"{ident(c.name)} {types.get(c.name) or pg_type(c.type)} NOT NULL") for c in layout.key]
     for c in layout.values:
-        defs.append((c.name, f"{ident(c.name)} {pg_type(c.type)}"))
+        defs.append((c.name, f"{ident(c.name)} {types.get(c.name) or pg_type(c.type)}"))
         if c.name in layout.list_keys:
             defs.append((LIST_KEYS_PREFIX + c.name, f"{ident(LIST_KEYS_PREFIX + c.name)} uuid[]"))
     defs += [
@@ -146,9 +148,9 @@ def column_defs(layout: TargetLayout) -> list[tuple[str, str]]:
     return defs
 
 
-def table_ddl(layout: TargetLayout) -> str:
+def table_ddl(layout: TargetLayout, types: Mapping[str, str] | None = None) -> str:
     pk = ", ".join(ident(n) for n in layout.key_names)
-    cols = ", ".join(d for _, d in column_defs(layout))
+    cols = ", ".join(d for _, d in column_defs(layout, types))
     return f"CREATE TABLE IF NOT EXISTS {layout.name} ({cols}, PRIMARY KEY ({pk}))"
 
 
@@ -272,8 +274,13 @@ def upsert_sql(
     *,
     deleted: bool = False,
     guard: str | None = None,
+    fill: frozenset[str] = frozenset(),
 ) -> str:
     """Upsert the staged rows of one signature, setting only the ``carried`` columns.
+
+    ``fill``: NOT NULL value columns of a user-created table. When not carried, the candidate
+    row takes the current row's value (PostgreSQL checks NOT NULL on it before ON CONFLICT), so a
+    partial update of an existing row passes and one that would create a row without it fails.
 
     ``replace``: the row was deleted earlier in the batch, so every other column becomes NULL.
     ``soft``: a soft-deleted target row is revived the same way (Scylla had deleted it).
@@ -286,6 +293,14 @@ def upsert_sql(
     if deleted:
         insert_cols += [DELETED, DELETED_AT]
     sets = [f"{ident(c)} = excluded.{ident(c)}" for c in cols]
+    filled = [c for c in layout.value_columns() if c in fill and c not in carried]
+    select = [*insert_cols]
+    if filled:
+        match = " AND ".join(f"c.{k} = s.{k}" for k in keys)
+        insert_cols += [ident(c) for c in filled]
+        select = [f"s.{c}" for c in select] + [
+            f"(SELECT c.{ident(c)} FROM {layout.name} AS c WHERE {match})" for c in filled
+        ]
     for c in layout.value_columns():
         if c in carried:
             continue
@@ -309,8 +324,8 @@ def upsert_sql(
     ]
     return (
         f"INSERT INTO {layout.name} AS t ({', '.join(insert_cols)}) "
-        f"SELECT {', '.join(insert_cols)} FROM {ident(layout.staging_name())} "
-        f"WHERE {seg} = $1 AND {sig} = $2 "
+        f"SELECT {', '.join(select)} FROM {ident(layout.staging_name())} AS s "
+        f"WHERE s.{seg} = $1 AND s.{sig} = $2 "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)} "
         f"WHERE {guard or version_guard('timestamp', None)}"
     )

@@ -6,6 +6,7 @@ texts of one mapping (built once, prepared once per connection by asyncpg), and 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ from cdcd.events import CqlDuration
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
 from cdcd.sinks.outcome import check_version_column, version_column
+from cdcd.sinks.postgres.convert import conversion
 from cdcd.sinks.postgres.fold import TableCodec
 from cdcd.sinks.postgres.sql import (
     DELETED,
@@ -34,7 +36,7 @@ from cdcd.sinks.postgres.sql import (
     version_guard,
     wide_delete_sql,
 )
-from cdcd.sinks.postgres.types import JSON_DECODER, JSON_ENCODER, pg_type
+from cdcd.sinks.postgres.types import JSON_DECODER, JSON_ENCODER, Converter, identity, pg_type
 
 __all__ = [
     "DELETE_SIG",
@@ -42,6 +44,7 @@ __all__ = [
     "PgTable",
     "ensure_layout",
     "init_connection",
+    "not_null_columns",
     "require_columns",
 ]
 
@@ -73,7 +76,13 @@ def _ts_dec(t: tuple[int]) -> dt.datetime:
 class PgTable:
     """Everything the sink knows about one mapping: layouts, converters, statement texts."""
 
-    def __init__(self, mapping: TableMapping, schema: TableSchema) -> None:
+    def __init__(
+        self,
+        mapping: TableMapping,
+        schema: TableSchema,
+        convs: Mapping[str, Converter] | None = None,
+        fill: frozenset[str] = frozenset(),
+    ) -> None:
         self.mapping = mapping
         self.schema = schema
         self.main, self.static = layouts_for(schema, mapping.target_schema, mapping.target_table)
@@ -84,8 +93,9 @@ class PgTable:
                 "values to replicate (enable postimage, or delta 'full')"
             )
         check_version_column(mapping, schema)
-        self.codec = TableCodec(schema.columns, self.main, self.static, keys_only=keys_only)
+        self.codec = TableCodec(schema.columns, self.main, self.static, keys_only=keys_only, convs=convs)
         self.soft = mapping.delete == "soft"
+        self.fill = fill  # NOT NULL value columns of a user-created table (upsert_sql)
         self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
         self._sql: dict[Any, str] = {}
 
@@ -102,7 +112,9 @@ class PgTable:
         if text is None:
             if kind == "upsert":
                 guard = version_guard(self.mapping.staleness, self.version(layout))
-                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2], guard=guard)
+                text = upsert_sql(
+                    layout, args[0], args[1], self.soft, deleted=args[2], fill=self.fill, guard=guard
+                )
             elif kind == "skipped":
                 text = skipped_sql(layout, self.version(layout))
             elif kind == "delete":
@@ -160,6 +172,17 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def not_null_columns(conn: asyncpg.Connection, schema: str, table: str) -> set[str]:
+    """Columns of an existing table declared NOT NULL."""
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(quote_ident($1) || '.' || "
+        "quote_ident($2)) AND attnum > 0 AND NOT attisdropped AND attnotnull",
+        schema,
+        table,
+    )
+    return {str(r["attname"]) for r in rows}
+
+
 async def require_columns(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
     """Column name -> type of an existing table; SchemaMismatch when it does not exist."""
     rows = await conn.fetch(
@@ -175,21 +198,69 @@ async def require_columns(conn: asyncpg.Connection, schema: str, table: str) -> 
     return {r["column_name"]: r["type"] for r in rows}
 
 
-async def ensure_layout(conn: asyncpg.Connection, layout: TargetLayout, create: bool) -> None:
-    """Create (``create``) or check one physical table; add missing columns; refuse columns of
-    another type."""
+def _bookkeeping_def(col_def: str) -> str:
+    """The DDL of a bookkeeping column added to a table that may hold rows: NOT NULL columns get
+    a default (0: older than any change, so the first change of each row applies)."""
+    if col_def.endswith("bigint NOT NULL"):
+        return col_def + " DEFAULT 0"
+    return col_def
+
+
+async def ensure_layout(
+    conn: asyncpg.Connection,
+    layout: TargetLayout,
+    create: bool,
+    *,
+    types: Mapping[str, str] | None = None,
+    bookkeeping: bool | None = None,
+    source: str = "",
+) -> dict[str, Converter]:
+    """Create (``create``) or check one physical table; add missing columns; accept columns of
+    another type where ``convert.conversion`` allows it (returned: column -> converter), refuse
+    the others. A source column without a target column is refused unless ``create``; cdcd's
+    bookkeeping columns are added when ``bookkeeping`` (default: ``create``), else refused with
+    the exact ALTER TABLE statements to run."""
     if create:
-        await conn.execute(table_ddl(layout))
+        await conn.execute(table_ddl(layout, types))
     have = await require_columns(conn, layout.schema, layout.table)
-    for col, col_def in column_defs(layout):
-        if col not in have:
+    user = {c.name for c in (*layout.key, *layout.values)}
+    add_book = create if bookkeeping is None else bookkeeping
+    missing_book: list[str] = []
+    for col, col_def in column_defs(layout, types):
+        if col in have:
+            continue
+        if col in user:
             if not create:
-                raise SchemaMismatch(f"{layout.schema}.{layout.table} lacks column {col!r}")
+                raise SchemaMismatch(
+                    f"source column {source or '?'}.{col} has no column in {layout.schema}.{layout.table} "
+                    "(create_tables is off): add it, or list it in the table's ignore_columns"
+                )
             await conn.execute(f"ALTER TABLE {layout.name} ADD COLUMN IF NOT EXISTS {col_def}")
+        else:
+            missing_book.append(f"ALTER TABLE {layout.name} ADD COLUMN {_bookkeeping_def(col_def)};")
+    if missing_book:
+        if not add_book:
+            raise SchemaMismatch(
+                f"{layout.schema}.{layout.table} lacks cdcd's bookkeeping columns and this destination "
+                "may not add them (add_bookkeeping_columns = false); run: " + " ".join(missing_book)
+            )
+        for stmt in missing_book:
+            await conn.execute(stmt.rstrip(";").replace(" ADD COLUMN ", " ADD COLUMN IF NOT EXISTS ", 1))
+    convs: dict[str, Converter] = {}
+    wrong: list[str] = []
     for c in (*layout.key, *layout.values):
         want = pg_type(c.type)
         got = have.get(c.name)
-        if got is not None and got != want:
-            raise SchemaMismatch(
-                f"{layout.schema}.{layout.table}.{c.name} is {got}, expected {want} for CQL {c.type.cql()}"
+        if got is None or got == want:
+            continue
+        conv = conversion(c.type, got)
+        if conv is None:
+            wrong.append(
+                f"{layout.schema}.{layout.table}.{c.name} is {got}, expected {want} for CQL {c.type.cql()} "
+                f"({got} cannot hold it; docs/type-map.md lists the accepted types)"
             )
+        elif conv is not identity:
+            convs[c.name] = conv
+    if wrong:
+        raise SchemaMismatch("; ".join(wrong))
+    return convs
