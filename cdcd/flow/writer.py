@@ -91,6 +91,7 @@ class SinkWriter:
         pid: PipelineId,
         dead_letter: Callable[[list[DeadLetter]], Awaitable[None]],
         set_state: Callable[[PipelineState | None], None],
+        audit_stale: bool = True,
     ) -> None:
         self.sink = sink
         self.mapping = mapping
@@ -103,6 +104,9 @@ class SinkWriter:
         self.pid = pid
         self.dead_letter = dead_letter
         self.set_state = set_state  # None = back to normal after a retry/breaker wait
+        # record events the version guard found stale in the staleness audit (False: only count
+        # them; cdcd snapshot, whose rows losing to newer streamed changes are expected)
+        self.audit_stale = audit_stale
         self.stats = WriteStats()
 
     async def write(
@@ -172,7 +176,7 @@ class SinkWriter:
         """Record the events the version guard found older than their destination row in the
         staleness audit (``stale`` queue; duplicates are only counted)."""
         stale = [s for s in getattr(outcome, "skipped", ()) if s.reason == "stale"]
-        if not stale:
+        if not stale or not self.audit_stale:
             return
         now = self.clock.time()
         entries = [
