@@ -8,7 +8,7 @@
     cdcd resume --config cdcd.toml --table ks.t
     cdcd schema history --config cdcd.toml --table ks.t [--json]
     cdcd vault reveal TOKEN --config cdcd.toml
-    cdcd status --config cdcd.toml [--json]
+    cdcd status --config cdcd.toml [--json] [--watch [SECONDS]]
     cdcd dlq list|show|export|retry|edit|drop ... --config cdcd.toml   (cdcd.app.dlq_cli)
     cdcd snapshot --config cdcd.toml --table ks.t [--destination D] [--ranges N] [--restart]
     cdcd reconcile --config cdcd.toml --table ks.t [--destination D] [--repair] [--json] [--ranges N]
@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+        help="print it again every SECONDS (default 2) until Ctrl-C",
+    )  # fmt: skip
     from cdcd.app.dlq_cli import add_parser as add_dlq_parser
 
     add_dlq_parser(sub)  # cdcd dlq list|show|export|retry|edit|drop (cdcd.app.dlq_cli)
@@ -191,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             backfill=args.backfill,
         )  # fmt: skip
     if args.command == "status":
-        from cdcd.app.cluster import print_status
+        from cdcd.app.cluster import print_status, watch_status
 
+        if args.watch is not None:
+            return watch_status(config, interval=max(0.2, args.watch))
         return print_status(config, as_json=args.json)
     return app.check(config, config_file=args.config, offline=args.offline, timeout=args.timeout)
 

@@ -42,6 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.tls import server_context
+
 __all__ = ["ClickHouseTestServer", "main"]
 
 # URL parameters that belong to the HTTP interface or the client, not to query settings.
@@ -307,14 +309,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
-def tls_context(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """A server TLS context; with ``client_ca`` clients must present a certificate it signed."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    if client_ca is not None:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+tls_context = server_context  # (tests.tls)
 
 
 class ClickHouseTestServer:

@@ -17,10 +17,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
-__all__ = ["TestPki"]
+__all__ = ["TestPki", "server_context"]
+
+
+def server_context(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context presenting ``cert_file``/``key_file``; with ``client_ca``, clients must
+    present a certificate signed by it (mutual TLS: Scylla's ``require_client_auth``,
+    ClickHouse's ``verificationMode: strict``)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def _openssl(*args: str, cwd: Path) -> None:

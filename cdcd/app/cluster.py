@@ -21,7 +21,11 @@ from cdcd.config import Config
 from cdcd.ops.logging import scrub
 from cdcd.state.leases import LeaseStore
 
-__all__ = ["cluster_view", "print_status"]
+__all__ = [
+    "cluster_view",
+    "print_status",
+    "watch_status",
+]
 
 
 async def cluster_view(cfg: Config) -> dict[str, Any]:
@@ -107,4 +111,53 @@ def print_status(cfg: Config, *, as_json: bool = False, out: TextIO = sys.stdout
     print(f"unowned groups ({len(view['unowned'])}):", file=out)
     for u in view["unowned"]:
         print(f"  {u['table']} {u['group']}", file=out)
+    _print_tables(view, out)
+    return 0
+
+
+def _print_tables(view: dict[str, Any], out: TextIO) -> None:
+    """Per table and destination: groups running, unowned, and the worst lag (a terminal table)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for g in view["groups"]:
+        for dest, lag in g["lag_seconds"].items():
+            r = rows.setdefault((g["table"], dest), {"groups": 0, "lag": None})
+            r["groups"] += 1
+            if lag is not None:
+                r["lag"] = lag if r["lag"] is None else max(r["lag"], lag)
+    unowned: dict[str, int] = {}
+    for u in view["unowned"]:
+        unowned[u["table"]] = unowned.get(u["table"], 0) + 1
+    if not rows and not unowned:
+        return
+    print(f"{'table':<32} {'destination':<14} {'groups':>6} {'unowned':>7} {'lag':>10}", file=out)
+    for (table, dest), r in sorted(rows.items()):
+        print(
+            f"{table:<32} {dest:<14} {r['groups']:>6} {unowned.get(table, 0):>7} {_lag(r['lag']):>10}",
+            file=out,
+        )
+    for table in sorted(set(unowned) - {t for t, _ in rows}):
+        print(f"{table:<32} {'-':<14} {0:>6} {unowned[table]:>7} {'-':>10}", file=out)
+
+
+def watch_status(
+    cfg: Config, *, interval: float = 2.0, out: TextIO = sys.stdout, rounds: int | None = None
+) -> int:
+    """``cdcd status --watch``: the cluster view again every ``interval`` seconds (the screen is
+    cleared first on a terminal) until Ctrl-C; ``rounds`` stops after that many (tests)."""
+    n = 0
+    try:
+        while rounds is None or n < rounds:
+            if n:
+                time.sleep(interval)
+            if out.isatty():
+                out.write("\x1b[H\x1b[2J")
+            else:
+                print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}", file=out)
+            code = print_status(cfg, out=out)
+            out.flush()
+            if code and rounds is not None:
+                return code
+            n += 1
+    except KeyboardInterrupt:
+        return 0
     return 0

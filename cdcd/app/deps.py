@@ -73,6 +73,8 @@ def table_mapping(table: TableConfig, dest: Destination) -> TableMapping:
         target_table=table.target_table,
         delete=table.delete,
         create=dest.create_tables,
+        staleness=table.staleness,
+        version_column=table.version_column,
     )
 
 

@@ -42,6 +42,7 @@ from cdcd.app.validation import branch_stages, project, table_options
 from cdcd.config import Config, TableConfig
 from cdcd.errors import BadRows, CdcdError, ConfigError
 from cdcd.events import ChangeEvent, CqlDuration
+from cdcd.flow.writer import stale_reason
 from cdcd.schema import CqlType, TableSchema
 from cdcd.sinks import Sink, TableMapping
 from cdcd.stages import Chain
@@ -352,12 +353,17 @@ class DlqTool:
         if outcome.applied:
             await self.store.resolve(entry)
             return "applied"
-        if interrupted:
-            await self.store.resolve(entry)  # the interrupted attempt wrote it: applied once
+        skip = next(iter(getattr(outcome, "skipped", ())), None)  # cdcd.sinks.Skipped
+        if interrupted or (skip is not None and skip.reason == "duplicate"):
+            # the interrupted attempt (or an earlier write) stored exactly this change: applied once
+            await self.store.resolve(entry)
             return "applied"
+        why = "stale: the destination row holds a newer change than this resubmitted one; skipped"
+        if skip is not None:  # both write times (and versions), as the writer's audit entries
+            why = stale_reason(entry.event, skip.row_write_time_us, skip.row_version)
         audit = DeadLetterStore.make(
             "stale", entry.destination, entry.event,
-            reason="stale: the destination row holds a newer change than this resubmitted one; skipped",
+            reason=why,
             stage="resubmit", attempts=entry.attempts + 1, first_failed_at=now,
             columns=entry.columns, rule="stale",
         )  # fmt: skip

@@ -329,6 +329,21 @@ class Finisher:
                 )
                 continue  # (its targets would only repeat the news)
             seen[t.source] = i
+            if t.staleness != "timestamp" and not t.version_column:
+                self.fail(
+                    f"tables[{i}].version_column",
+                    f'staleness = "{t.staleness}" needs version_column = "<a column of {t.source}>"',
+                )
+            elif t.staleness == "timestamp" and t.version_column:
+                self.fail(
+                    f"tables[{i}].version_column",
+                    'is only used with staleness = "version" or "hybrid" (staleness is "timestamp")',
+                )
+            elif t.version_column and _masked(cfg, t.masking, t.version_column):
+                self.fail(
+                    f"tables[{i}].version_column",
+                    f'"{t.version_column}" is masked: its masked values cannot order versions',
+                )
             for j, d in enumerate(t.destinations):
                 if d not in cfg.destinations:
                     self.fail(
@@ -378,6 +393,19 @@ class Finisher:
 # A column type override: a name with optional (arguments) such as numeric(12,2), varchar(50),
 # Decimal(18, 2), LowCardinality(String), Enum8('a' = 1, 'b' = 2).
 _TYPE_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\((?:[A-Za-z0-9_ ,.'=()-])*\))?(\[\])?")
+
+
+def _masked(cfg: Config, table_masking: Any, column: str) -> bool:
+    """Whether a table's masking or a [[masking.rules]] pattern masks ``column``."""
+    if column in table_masking:
+        return str(getattr(table_masking[column], "strategy", table_masking[column])) != "passthrough"
+    for rule in cfg.masking.rules:
+        try:
+            if re.search(rule.pattern, column):
+                return str(rule.strategy) != "passthrough"
+        except re.error:
+            return False  # reported by the masking checks
+    return False
 
 
 def _password_in(value: str) -> str:

@@ -350,6 +350,10 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     schema_changes: Literal["propagate", "log", "halt"] = "propagate"
     # column (or "col.field") -> strategy name or { strategy = ..., class = ..., ... }; wins over rules
     masking: dict[str, MaskStrategy | ColumnMask] = {}
+    # version guard: "timestamp" (CQL write time), "version" (version_column: a lower
+    # version is stale), "hybrid" (version, then write time on ties)
+    staleness: Literal["timestamp", "version", "hybrid"] = "timestamp"
+    version_column: str | None = None  # required by "version" and "hybrid"
     # a refused change: "skip" holds back only that change; "quarantine_key" also holds back the
     # later changes of its primary key (validation queue, rule "quarantine") until it is resolved
     on_invalid: Literal["skip", "quarantine_key"] = "skip"

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
@@ -32,9 +33,28 @@ from cdcd.flow.contracts import BatchSink, FlowEvents, PipelineId, PipelineState
 from cdcd.flow.retry import CircuitBreaker, RetryPolicy, is_retriable
 from cdcd.state.deadletter import DeadLetter, DeadLetterStore
 
-__all__ = ["SinkWriter", "WriteStats"]
+__all__ = ["SinkWriter", "WriteStats", "stale_reason"]
 
 log = logging.getLogger(__name__)
+
+
+def _rfc3339(us: int) -> str:
+    return (
+        (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us))
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def stale_reason(event: ChangeEvent, row_us: int | None, row_version: Any = None) -> str:
+    """The audit reason of an event the version guard skipped as older than its row: both write
+    times (RFC 3339 and µs since the epoch) and, with a version column, both versions."""
+    ev_time = f"{_rfc3339(event.write_time_us)} ({event.write_time_us} us)"
+    row_time = "unknown" if row_us is None else f"{_rfc3339(row_us)} ({row_us} us)"
+    text = f"stale: event written at {ev_time}; destination row written at {row_time}"
+    if row_version is not None:
+        text += f"; destination row version {row_version!r}"
+    return text
 
 
 class WriteStats:
@@ -71,6 +91,7 @@ class SinkWriter:
         pid: PipelineId,
         dead_letter: Callable[[list[DeadLetter]], Awaitable[None]],
         set_state: Callable[[PipelineState | None], None],
+        audit_stale: bool = True,
     ) -> None:
         self.sink = sink
         self.mapping = mapping
@@ -83,6 +104,9 @@ class SinkWriter:
         self.pid = pid
         self.dead_letter = dead_letter
         self.set_state = set_state  # None = back to normal after a retry/breaker wait
+        # record events the version guard found stale in the staleness audit (False: only count
+        # them; cdcd snapshot, whose rows losing to newer streamed changes are expected)
+        self.audit_stale = audit_stale
         self.stats = WriteStats()
 
     async def write(
@@ -142,10 +166,32 @@ class SinkWriter:
             self.breaker.record_success()
             self.stats.applied += outcome.applied
             self.stats.skipped_stale += outcome.skipped_stale
+            await self._audit_stale(pending, outcome)
             self.stats.last_event_us = max(e.write_time_us for e in pending)
             self.events.batch_written(self.pid, pending, outcome, self.clock.monotonic() - started)
             self.set_state(None)
             pending = []
+
+    async def _audit_stale(self, pending: list[ChangeEvent], outcome: Any) -> None:
+        """Record the events the version guard found older than their destination row in the
+        staleness audit (``stale`` queue; duplicates are only counted)."""
+        stale = [s for s in getattr(outcome, "skipped", ()) if s.reason == "stale"]
+        if not stale or not self.audit_stale:
+            return
+        now = self.clock.time()
+        entries = [
+            DeadLetterStore.make(
+                "stale",
+                self.destination,
+                pending[s.index],
+                reason=stale_reason(pending[s.index], s.row_write_time_us, s.row_version),
+                stage="version-guard",
+                attempts=0,
+                first_failed_at=now,
+            )
+            for s in stale
+        ]
+        await self.dead_letter(entries)
 
     async def _bad_rows(
         self,

@@ -332,7 +332,14 @@ class FlowTelemetry:
         for label, n in by_op.items():
             m.EVENTS_APPLIED.labels(t, d, label, _replica).inc(n)
         if outcome.skipped_stale:
-            m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(outcome.skipped_stale)
+            # Per event when the sink says which (cdcd.sinks.Skipped): replays are "duplicate".
+            detail = getattr(outcome, "skipped", ())
+            dups = sum(1 for x in detail if x.reason == "duplicate")
+            stale = len(detail) - dups if detail else outcome.skipped_stale
+            if stale:
+                m.EVENTS_SKIPPED.labels(t, d, "stale", _replica).inc(stale)
+            if dups:
+                m.EVENTS_SKIPPED.labels(t, d, "duplicate", _replica).inc(dups)
         span = trace.get_current_span()  # the branch's cdcd.write span (tracing on)
         if span.is_recording():
             span.set_attributes({"applied": outcome.applied, "skipped_stale": outcome.skipped_stale})

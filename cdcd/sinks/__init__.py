@@ -36,9 +36,10 @@ from cdcd.errors import ConfigError
 from cdcd.events import ChangeEvent
 from cdcd.schema import TableSchema
 
-__all__ = ["Sink", "TableMapping", "WriteOutcome", "config_secret", "create_sink", "sink_types"]
+__all__ = ["Sink", "Skipped", "TableMapping", "WriteOutcome", "config_secret", "create_sink", "sink_types"]
 
 DeleteStrategy = Literal["hard", "soft", "tombstone"]
+StalenessStrategy = Literal["timestamp", "version", "hybrid"]
 
 
 class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +50,10 @@ class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
     target_table: str
     delete: DeleteStrategy = "hard"
     create: bool = True  # create missing tables / add missing columns
+    # Version guard (R-22): "timestamp" (CQL write time), "version" (``version_column``: a lower
+    # version is stale), "hybrid" (version, then write time on ties). See cdcd.sinks.outcome.
+    staleness: StalenessStrategy = "timestamp"
+    version_column: str | None = None
     # add cdcd's bookkeeping columns (version guard, soft delete) to an existing table that lacks
     # them; None: only when ``create``. Off and missing: refused with the ALTER statements to run
     bookkeeping: bool | None = None
@@ -60,11 +65,40 @@ class TableMapping(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.target_schema}.{self.target_table}"
 
 
+class Skipped(msgspec.Struct, frozen=True):
+    """One event the version guard skipped (``WriteOutcome.skipped``).
+
+    ``reason``: ``"duplicate"`` (a replay: the row already holds this event's version, or a later
+    event of the same batch that it had already been folded under) or ``"stale"`` (older than the
+    row: the staleness audit records it). ``row_write_time_us``/``row_version``: what the
+    destination row holds (its write time in µs; its ``version_column`` value, if any)."""
+
+    index: int  # into the ``events`` handed to ``write``
+    reason: Literal["stale", "duplicate"]
+    row_write_time_us: int | None = None
+    row_version: Any = None
+
+
 class WriteOutcome(msgspec.Struct, frozen=True):
-    """What one ``Sink.write`` did. ``applied + skipped_stale == len(events)``."""
+    """What one ``Sink.write`` did. ``applied + skipped_stale == len(events)``.
+
+    ``skipped`` names, per event, those the version guard skipped (duplicates and stale ones);
+    ``skipped_stale`` is their number (kept for callers that only count)."""
 
     applied: int  # events whose effect is now in the destination
-    skipped_stale: int = 0  # events older than the destination row: skipped by the version guard
+    skipped_stale: int = 0  # events skipped by the version guard (stale or duplicate)
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for s in self.skipped if s.reason == "duplicate")
+
+    @property
+    def stale(self) -> int:
+        """Stale events (an outcome without per-event detail: every skipped one)."""
+        if not self.skipped:
+            return self.skipped_stale
+        return sum(1 for s in self.skipped if s.reason == "stale")
 
 
 class Sink(Protocol):

@@ -94,7 +94,7 @@ class DestinationPath:
             sink=sink, mapping=mapping, destination=destination,
             breaker=breaker or CircuitBreaker(clock), retry=retry, write_timeout=write_timeout,
             clock=clock, events=self.events, pid=self.pid, dead_letter=deadletters.add,
-            set_state=lambda _state: None,
+            set_state=lambda _state: None, audit_stale=False,
         )  # fmt: skip
 
     def prepare(self, events: Sequence[ChangeEvent]) -> tuple[list[ChangeEvent], list[Any]]:

@@ -6,7 +6,8 @@ staleness audit (the dead-letter store's ``stale`` queue, ``cdcd.state.deadlette
 destination, table, key (masked: masking ran before the fan-out), the event's write time, the
 time it was read and the threshold, and counts it in ``cdcd_events_skipped_total{reason="too_old"}``.
 Stale and duplicate events against the destination row's version are skipped by the sinks'
-version guards (counted as ``reason="stale"``).
+version guards (``cdcd.sinks.outcome``); the writer audits the stale ones (stage
+``version-guard``, with the row's write time) and counts ``reason="stale"|"duplicate"``.
 
 ``max_age = "0"``, ``[staleness] enabled = false`` and ``cdcd run --backfill`` turn the check off;
 the daemon then records that in the audit (``audit_off``) and logs it.

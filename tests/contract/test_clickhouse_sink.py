@@ -487,7 +487,9 @@ async def test_a_retried_batch_of_blind_and_read_back_keys_is_not_stored_twice(
     assert (await sink.write(m, batch)).applied == 2
     physical = await count(ch, ch_database)
     retry = await sink.write(m, batch)
-    assert (retry.applied, retry.skipped_stale) == (1, 1)
+    # Every key is read back now (per-event staleness reporting): both events are replays.
+    assert (retry.applied, retry.skipped_stale) == (0, 2)
+    assert {x.reason for x in retry.skipped} == {"duplicate"}
     assert await count(ch, ch_database) == physical
     assert [(r["pk"], r["v1"], r["v2"]) for r in await rows(ch, ch_database)] == [(1, "a", 1), (2, "b", 2)]
 
@@ -597,8 +599,9 @@ async def test_integer_and_uuid_keys_are_read_back(
 async def test_full_row_inserts_are_not_read_back_and_stay_correct(
     sink: ClickHouseSink, ch: Any, ch_database: str, strategy: str
 ) -> None:
-    """INSERTs that set every column skip the read-back: ReplacingMergeTree keeps the newest version,
-    and a delete after such an INSERT in the same batch still hides the stored row."""
+    """INSERTs that set every column of new keys skip the fold; a replayed older one is reported
+    stale (every key is read back); a delete after such an INSERT in the same batch still hides the
+    stored row."""
     sch = schema([("pk", "int", "partition_key"), ("v", "text", "regular"), ("l", "list<int>", "regular")])
     m = await setup(sink, ch_database, sch, strategy)
     k1, k2 = uuid.uuid1(), uuid.uuid1()
@@ -610,7 +613,10 @@ async def test_full_row_inserts_are_not_read_back_and_stay_correct(
     await sink.write(m, [newer])
     # A replay of an older full INSERT (another batch, another token) does not show.
     out = await sink.write(m, [first[0]])
-    assert out.applied == 1  # stored as an older version, not counted as stale
+    assert (out.applied, [(x.reason, x.row_write_time_us) for x in out.skipped]) == (
+        0,
+        [("stale", newer.write_time_us)],
+    )
     # A full INSERT then a delete of a stored row in one batch: the stored row is hidden.
     later = [
         ev(Op.INSERT, {"pk": 1}, values={"v": "b"}, deleted=frozenset({"l"})),

@@ -54,7 +54,7 @@ def test_panels_cover_what_operators_watch() -> None:
     for name in (
         "cdcd_replication_lag_seconds", "cdcd_time_until_data_loss_seconds", "cdcd_events_applied_total",
         "cdcd_replication_latency_seconds_bucket", "cdcd_errors_total", "cdcd_events_skipped_total",
-        "cdcd_in_flight_events", "cdcd_dlq_size", "cdcd_pipelines",
+        "cdcd_in_flight_events", "cdcd_dlq_size", "cdcd_pipelines", "cdcd_leases_held", "cdcd_rejected_share",
     ):  # fmt: skip
         assert name in used, name
 

@@ -22,6 +22,7 @@ import decimal
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -343,7 +344,12 @@ def _run(
     assert out.returncode == 0 and "stale" in out.stdout, out.stdout + out.stderr
     assert pg_rows(pg_dsn)[stale_key]["qty"] == 9
     stale = listing(proc, "--queue", "stale", "--destination", "pg")
-    assert [e["key"]["id"] for e in stale] == [stale_key] and "newer change" in stale[0]["reason"]
+    assert [e["key"]["id"] for e in stale] == [stale_key]
+    # both write times: the resubmitted change's and the destination row's (cdcd.flow.writer.stale_reason)
+    assert re.match(
+        r"stale: event written at \S+ \(\d+ us\); destination row written at \S+ \(\d+ us\)",
+        stale[0]["reason"],
+    ), stale[0]["reason"]
 
     # Widen the column, then retry every PostgreSQL entry, killed (-9) while one is in flight.
     asyncio.run(pg_exec(f"ALTER TABLE {ch_db}.orders ALTER COLUMN name TYPE varchar(40)"))

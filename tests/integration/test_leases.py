@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 import uuid
@@ -245,6 +246,15 @@ async def test_cdcd_status_prints_replicas_owners_lag_and_unowned(
     assert "r2  name=two  leases=0  config=other" in text and "CONFIG DIFFERS" in text
     assert f"ks.t {a}  owner=r1  epoch=1" in text and "lag: pg=1.5s" in text
     assert f"unowned groups (1):\n  ks.t {b}" in text
+    # the per-table view: one group running (lag 1.5 s), one unowned
+    assert re.search(r"^ks\.t\s+pg\s+1\s+1\s+1\.5s$", text, re.M), text
+    # --watch: the same view again every interval (here two rounds, not on a terminal)
+    from cdcd.app.cluster import watch_status
+
+    out = io.StringIO()
+    assert await asyncio.to_thread(watch_status, cfg, interval=0.1, out=out, rounds=2) == 0
+    frames = out.getvalue().split("--- ")
+    assert len(frames) == 3 and all("replicas (2):" in f for f in frames[1:])
 
 
 async def test_a_restarted_replica_takes_over_its_dead_predecessors_leases_at_once(

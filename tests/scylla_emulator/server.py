@@ -44,6 +44,7 @@ from tests.scylla_emulator.api import (
     SetKeyspaceResult,
 )
 from tests.scylla_emulator.cdc import LOG_SUFFIX
+from tests.tls import server_context
 
 __all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer", "LogReadStats"]
 
@@ -106,15 +107,7 @@ class LogReadStats:
             self.served = []
 
 
-def tls_context(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """A server TLS context presenting ``cert_file``/``key_file``; with ``client_ca``, clients must
-    present a certificate signed by it (Scylla's ``require_client_auth: true``)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    if client_ca is not None:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+tls_context = server_context  # (tests.tls)
 
 
 class EmulatorServer:

@@ -301,6 +301,26 @@ CASES = [
         BASE + "[source.tls]\ncert_file = 'x'\n", "source.tls.cert_file: file ", id="missing tls file"
     ),
     pytest.param(BASE + "x = [\n", "cdcd.toml: not valid TOML: ", id="toml syntax"),
+    pytest.param(
+        BASE + "staleness = 'version'\n",
+        'tables[0].version_column: staleness = "version" needs version_column = "<a column of shop.orders>"',
+        id="version strategy without its column",
+    ),
+    pytest.param(
+        BASE + "version_column = 'rev'\n",
+        'tables[0].version_column: is only used with staleness = "version" or "hybrid"',
+        id="version column with the timestamp strategy",
+    ),
+    pytest.param(
+        BASE + "staleness = 'newest'\n",
+        'tables[0].staleness: expected one of "timestamp", "version", "hybrid", got "newest"',
+        id="unknown staleness strategy",
+    ),
+    pytest.param(
+        BASE + "staleness = 'hybrid'\nversion_column = 'rev'\n[tables.masking]\nrev = 'redact'\n",
+        'tables[0].version_column: "rev" is masked: its masked values cannot order versions',
+        id="masked version column",
+    ),
 ]
 
 

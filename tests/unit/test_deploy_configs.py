@@ -16,7 +16,7 @@ def test_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     for var, value in {
         "PG_DSN": "postgresql://cdcd@db/analytics", "TS_DSN": "postgresql://cdcd@ts/metrics",
         "CH_PASSWORD": "pw", "CDCD_ADMIN_TOKEN": "token", "DEMO_SCYLLA_PORT": "9042", "DEMO_REDIS_PORT": "6379",
-        "DEMO_HTTP_PORT": "8088",
+        "DEMO_HTTP_PORT": "8088", "CDCD_HASH_KEY": "ab" * 32,
     }.items():  # fmt: skip
         monkeypatch.setenv(var, value)
     cfg = load(path)

@@ -22,7 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from cdcd.events import Op
+from cdcd.sinks import Skipped
 from cdcd.sinks.clickhouse.codec import TableCodec, is_empty, merge_into
 from cdcd.sinks.clickhouse.prepare import Prepared, blind_keys, bulk_columns, fresh_columns, prepare
 from cdcd.sinks.clickhouse.sql import DELETED, DELETED_AT, EMPTY, IS_DELETED, MARKER, VERSION, ChLayout
@@ -32,6 +35,7 @@ from cdcd.sinks.clickhouse.types import (
     as_list,
     identity,
 )
+from cdcd.sinks.outcome import compare
 
 __all__ = [
     "BatchState",
@@ -66,9 +70,14 @@ class Row:
 class BatchState:
     """Rows of one batch, keyed by (static, key)."""
 
-    def __init__(self, codec: TableCodec, strategy: str) -> None:
+    def __init__(
+        self, codec: TableCodec, strategy: str, *, staleness: str = "timestamp", version: str | None = None
+    ) -> None:
         self.codec = codec
         self.soft = strategy == "soft"
+        self.staleness = staleness
+        self.version = version  # the version column (None: write time alone)
+        self.verdicts: dict[int, Skipped] = {}  # events the version guard skipped
         self.rows: dict[tuple[bool, Any], Row] = {}
         self.blind: set[Any] = set()  # hashed main-table keys not read back (see ``blind_keys``)
         self.partitions: dict[Any, dict[Any, Row]] = {}  # partition key -> main rows in state
@@ -163,7 +172,7 @@ class BatchState:
             row.events.append(p.index)
             wt = ev.write_time_us
             if wt < row.version or (wt == row.version and not row.live):  # older, or a replay
-                self.skipped += 1
+                self._skip(p.index, row, wt == row.version)
                 return
             self.applied += 1
             self._kill(row, ev.write_time_us)
@@ -209,10 +218,18 @@ class BatchState:
         row = self._row(ev.static, p.key)
         row.events.append(p.index)
         wt = ev.write_time_us
-        if wt <= row.version:
-            self.skipped += 1
+        version = self.version
+        if version is not None and row.live:
+            mine = p.sets.get(version) if version in p.sets else None
+            c = compare(self.staleness, (mine, wt, 0), (row.values.get(version), row.version, 0))
+        else:
+            c = 1 if wt > row.version else 0 if wt == row.version else -1
+        if c <= 0:
+            self._skip(p.index, row, c == 0)
             return
         self.applied += 1
+        if wt <= row.version:  # a higher version written earlier: ReplacingMergeTree keeps the
+            wt = row.version + 1  # greatest _cdc_version, so this one must be greater
         codec = self.codec
         vals = row.values
         if not row.live:  # deleted (or never existed): the row starts empty
@@ -241,6 +258,31 @@ class BatchState:
         if not row.marker and not row.empty and all(is_empty(vals.get(c)) for c in layout.value_columns()):
             row.live = False  # no row marker and no live cell: the row no longer exists
             row.deleted_at = wt
+
+    def _skip(self, index: int, row: Row, same: bool) -> None:
+        """The version guard skipped event ``index``: a duplicate when the row holds its version,
+        else stale (possibly a duplicate after all: see ``skipped_events``)."""
+        self.skipped += 1
+        self.verdicts[index] = Skipped(
+            index,
+            "duplicate" if same else "stale",
+            row_write_time_us=row.version,
+            row_version=row.values.get(self.version) if self.version is not None else None,
+        )
+
+    def skipped_events(self) -> list[Skipped]:
+        """Per event, what the guard skipped. An event older than its row is a ``duplicate``, not
+        stale, when a later event of the same row in this batch is a duplicate: the batch is a
+        replay, whose earlier events the row's version had already superseded."""
+        if not self.verdicts:
+            return []
+        out = self.verdicts
+        for row in self.rows.values():
+            last_dup = max((i for i in row.events if i in out and out[i].reason == "duplicate"), default=-1)
+            for i in row.events:
+                if i < last_dup and i in out and out[i].reason == "stale":
+                    out[i] = msgspec.structs.replace(out[i], reason="duplicate")
+        return sorted(out.values(), key=lambda x: x.index)
 
     # -- output --------------------------------------------------------------------------------
     def output(self, static: bool) -> list[tuple[Row, dict[str, Any]]]:

@@ -179,7 +179,9 @@ def blind_keys(codec: TableCodec, prepared: Iterable[Prepared]) -> set[Any]:
 
     Such a key's new row does not depend on the stored one, and ReplacingMergeTree keeps the newest
     ``_cdc_version`` by itself: a stale full INSERT (a replay) is stored as an older version that
-    ``FINAL`` never shows, instead of being skipped and counted in ``skipped_stale``. Events after
+    ``FINAL`` never shows, instead of being skipped and counted in ``skipped_stale``; the sink
+    therefore reads back, all the same, keys whose event may be older than their row (sink.py
+    ``_seen``), to report stale and duplicate events. Events after
     it in the batch fold on top of it, which is the stored state again when the stream is replayed
     in order (CDC keeps per-key order).
     """

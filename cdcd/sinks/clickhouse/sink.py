@@ -7,10 +7,17 @@ Per ``write()``:
    case) becomes columns directly (fold.bulk_columns / fresh_columns) and skips 2-3;
 2. the newest stored version of every row the batch touches (delete markers included; whole
    partitions for partition/range deletes) is read back with server-side parameters, except keys
-   whose first event is a full-row INSERT ("blind": ReplacingMergeTree keeps the newest version
-   anyway) and keys held by the optional row cache (cache.py, ``row_cache_rows``);
-3. the batch is applied in memory on those rows (fold.BatchState: version guard, partial
-   updates, exact collection deltas, deletes), giving ONE full row per touched key;
+   held by the optional row cache (cache.py, ``row_cache_rows``) and keys whose first event is a
+   full-row INSERT newer than anything stored for its CDC stream ("blind", ``_seen``: it can be
+   neither stale nor a replay, and ReplacingMergeTree keeps the newest version anyway). A bulk
+   batch of such INSERTs (or whose older keys the read-back does not find) is inserted as
+   converted, without 3;
+3. the batch is applied in memory on those rows (fold.BatchState: version guard per the table's
+   ``staleness`` strategy, partial updates, exact collection deltas, deletes), giving ONE full row
+   per touched key and, per skipped event, ``duplicate`` or ``stale`` with the row's write time
+   (``WriteOutcome.skipped``; cdcd.sinks.outcome). With a version column, a row kept by its
+   higher version gets ``_cdc_version`` = the replaced row's + 1 when its own write time is not
+   later (ReplacingMergeTree keeps the greatest ``_cdc_version``);
 4. one Native, column-oriented insert per physical table (main, ``<table>_static``,
    ``<table>_history``), each with an ``insert_deduplication_token`` derived from the batch's CDC
    positions, so a batch retried after a crash is not stored twice;
@@ -39,7 +46,7 @@ from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, c
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import CqlType, TableSchema
-from cdcd.sinks import TableMapping, WriteOutcome, config_secret
+from cdcd.sinks import Skipped, TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.clickhouse.cache import RowCache
 from cdcd.sinks.clickhouse.classify import Action, classify, error_code
 from cdcd.sinks.clickhouse.convert import conversion as ch_conversion
@@ -56,6 +63,7 @@ from cdcd.sinks.clickhouse.offsets import COLUMNS as OFFSETS_COLUMNS
 from cdcd.sinks.clickhouse.offsets import ChOffsets
 from cdcd.sinks.clickhouse.sql import (
     DELETED_AT,
+    VERSION,
     ChLayout,
     history_columns,
     history_ddl,
@@ -66,6 +74,7 @@ from cdcd.sinks.clickhouse.sql import (
 )
 from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
 from cdcd.sinks.offsets import Applied, offsets_location
+from cdcd.sinks.outcome import check_version_column, version_column
 from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
 from cdcd.stages.targets import CH_COLUMNS_SQL, TargetTable, ch_column, table_from_rows
 
@@ -91,6 +100,7 @@ class _Table:
         self.history = f"{ident(mapping.target_schema)}.{ident(mapping.target_table + '_history')}"
         self.history_types = history_columns(schema.primary_key, len(schema.partition_key))
         self.cache = RowCache(cache_rows) if cache_rows > 0 else None
+        self.seen: dict[bytes, int] | None = None  # see ClickHouseSink._seen
         # part ("main"/"static") -> column -> (the user's column type, to it, back from it):
         # columns of a user-created table whose type differs from cdcd's (convert.py)
         self.adapt: dict[str, dict[str, tuple[str, Any, Any]]] = {}
@@ -234,6 +244,7 @@ class ClickHouseSink:
             await self._ensure_table(mapping, schema)
 
     async def _ensure_table(self, mapping: TableMapping, schema: TableSchema) -> None:
+        check_version_column(mapping, schema)
         table = _Table(mapping, schema, int(getattr(self.config, "row_cache_rows", 0) or 0))
         create = mapping.create and bool(getattr(self.config, "create_tables", True))
         ddl_settings = await self._ddl_settings(table) if create else None
@@ -425,26 +436,50 @@ class ClickHouseSink:
             if applied is not None:
                 await self.record_applied(mapping, applied)
             return WriteOutcome(applied=0)
-        fresh = bulk_columns(table.codec, events)  # plain bulk INSERTs: converted column by column
+        codec = table.codec
+        version = version_column(mapping)
+        state = BatchState(codec, mapping.delete, staleness=mapping.staleness, version=version)
+        # Plain bulk INSERTs are converted column by column; they skip the fold only when none of
+        # their keys is stored yet (the guard then has nothing to compare with).
+        fresh = bulk_columns(codec, events) if version is None else None
         prepared: list[Prepared] = []
         if fresh is None:
-            prepared, bad = prepare(table.codec, events)
+            prepared, bad = prepare(codec, events)
             if bad:
                 raise BadRows(bad)
-            fresh = fresh_columns(table.codec, prepared)
-        if fresh is not None:  # only full-row INSERTs of distinct keys: nothing to read or fold
+            fresh = fresh_columns(codec, prepared) if version is None else None
+        read = False
+        seen = await self._seen(table) if version is None else None
+        if fresh is not None:
+            assert seen is not None
+            # Only events that may be older than their row need a read-back (see ``_seen``).
+            old = [i for i, e in enumerate(events) if e.write_time_us <= seen.get(e.pos.stream_id, seen[b""])]
+            if old:
+                keys = list(zip(*(fresh[n] for n in table.main.key_names), strict=True))
+                read = True
+                if await self._load_keys(table, [keys[i] for i in old], state):
+                    fresh = None  # some rows exist: fold on them (the others are new: blind)
+                    gone = set(old)
+                    state.blind = {codec.hkey(k) for i, k in enumerate(keys) if i not in gone}
+                    if not prepared:
+                        prepared, bad = prepare(codec, events)
+                        if bad:
+                            raise BadRows(bad)
+        skipped: list[Skipped] = []
+        if fresh is not None:  # full-row INSERTs of new distinct keys: nothing to fold
             data = [fresh[n] for n in table.main_types]
             owners = [[i] for i in range(len(events))]
             blocks = [Block("main", table.main.name, table.main_types, data, owners)]
-            done, skipped = len(events), 0
+            done = len(events)
         else:
-            state = BatchState(table.codec, mapping.delete)
-            state.blind = blind_keys(table.codec, prepared)
-            await self._read_back(table, prepared, state)
+            if not read:
+                if seen is not None:
+                    state.blind = _blind(codec, prepared, seen)
+                await self._read_back(table, prepared, state)
             for p in prepared:
                 state.apply(p)
             blocks = self._blocks(table, state, events)
-            done, skipped = state.applied, state.skipped
+            done, skipped = state.applied, state.skipped_events()
         token = batch_token(mapping, events)
         try:
             for block in blocks:
@@ -463,9 +498,14 @@ class ClickHouseSink:
             raise BadRows(await self._find_bad(table, blocks, exc)) from exc
         if table.cache is not None:
             _remember(table, blocks)  # what is stored now, whether or not the offsets insert works
+        if seen is not None:
+            floor = seen[b""]  # a stream's entry, once there, is above the floor
+            for e in events:
+                if e.write_time_us > seen.get(e.pos.stream_id, floor):
+                    seen[e.pos.stream_id] = e.write_time_us
         if applied is not None:  # only after every data block is stored: never ahead of the data
             await self.record_applied(mapping, applied, token)
-        return WriteOutcome(applied=done, skipped_stale=skipped)
+        return WriteOutcome(applied=done, skipped_stale=len(skipped), skipped=tuple(skipped))
 
     async def target_definition(self, mapping: TableMapping) -> TargetTable:
         """The main target table as ClickHouse defines it (``system.columns``), for the validator."""
@@ -478,10 +518,43 @@ class ClickHouseSink:
         """Drop cached rows (``row_cache_rows``) of one mapping or of all: call it when another
         writer may have written the table's keys (a stream group's lease was reassigned)."""
         for (source, target), table in self._tables.items():
-            if table.cache is not None and (
-                mapping is None or (source, target) == (mapping.source, mapping.target)
-            ):
-                table.cache.clear()
+            if mapping is None or (source, target) == (mapping.source, mapping.target):
+                table.seen = None  # another writer may have stored newer rows
+                if table.cache is not None:
+                    table.cache.clear()
+
+    async def _seen(self, table: _Table) -> dict[bytes, int]:
+        """Per CDC stream, the newest write time this sink stored for it; under ``b""`` the newest
+        ``_cdc_version`` the table held when this sink first wrote to it.
+
+        A stored row can only be as new as an event of the stream its key belongs to (a stream's
+        log is in write-time order; a new generation starts after the old one's last write), so a
+        full-row INSERT newer than both cannot be stale or a replay: it is written without reading
+        its row back ("blind": ReplacingMergeTree keeps the newest version anyway). Older events
+        (a replay after a restart, a resubmission) are read back and reported per event."""
+        if table.seen is None:
+            res = await self._call(lambda c: c.query(f"SELECT max({VERSION}) FROM {table.main.name}"))
+            table.seen = {b"": int(res.result_rows[0][0] or 0) if res.result_rows else 0}
+        return table.seen
+
+    async def _load_keys(self, table: _Table, keys: list[tuple[Any, ...]], state: BatchState) -> bool:
+        """Load the stored rows (newest versions) of these main-table keys into ``state``; True
+        when any exists."""
+        codec = table.codec
+        wanted = {codec.hkey(k): k for k in keys}
+        found = False
+        if table.cache is not None:
+            hits = _cached(table.cache, False, wanted)
+            if hits:
+                state.load_records(False, table.main, hits)
+                found = True
+        rest = list(wanted.values())
+        for i in range(0, len(rest), _MAX_KEYS_PER_READ):
+            rows = await self._select(table.main, codec.read_formats, rest[i : i + _MAX_KEYS_PER_READ], [])
+            if rows:
+                state.load(False, table.main, rows)
+                found = True
+        return found
 
     async def _read_back(self, table: _Table, prepared: list[Prepared], state: BatchState) -> None:
         """Load the newest stored version of every row (and wide-deleted partition) into ``state``."""
@@ -700,6 +773,23 @@ def _without_dataframes() -> None:
     if "pd" not in vars(options):
         options.pd = None
         options.pd_time_test = None
+
+
+def _blind(codec: TableCodec, prepared: list[Prepared], seen: dict[bytes, int]) -> set[Any]:
+    """``blind_keys`` whose first event is newer than anything stored for its stream."""
+    blind = blind_keys(codec, prepared)
+    if not blind:
+        return blind
+    floor = seen[b""]
+    first: set[Any] = set()
+    for p in prepared:
+        hk = codec.hkey(p.key) if not p.ev.static else None
+        if hk is None or hk in first:
+            continue
+        first.add(hk)
+        if hk in blind and p.ev.write_time_us <= seen.get(p.ev.pos.stream_id, floor):
+            blind.discard(hk)
+    return blind
 
 
 def _cached(cache: RowCache, static: bool, wanted: dict[Any, tuple[Any, ...]]) -> list[dict[str, Any]]:

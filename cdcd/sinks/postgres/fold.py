@@ -63,8 +63,8 @@ class RowPlan:
     """The folded effect of a batch's events on one row (a plain slotted class: one is built per
     distinct row of every batch)."""
 
-    __slots__ = ("colls", "delete", "events", "keep", "key", "layout", "marker", "nulled", "replace", "seq",
-                 "sets", "write_time")  # fmt: skip
+    __slots__ = ("colls", "delete", "events", "indices", "keep", "key", "layout", "marker", "nulled", "replace",
+                 "seq", "sets", "write_time")  # fmt: skip
 
     def __init__(self, layout: TargetLayout, key: tuple[Any, ...], write_time: int, seq: int = 0) -> None:
         self.layout = layout
@@ -79,6 +79,7 @@ class RowPlan:
         self.sets: dict[str, Any] = {}  # physical column -> PostgreSQL value
         self.colls: dict[str, Collection] = {}
         self.events = 0  # number of batch events folded into this plan
+        self.indices: list[int] = []  # which ones (indices into the folded batch)
 
 
 @dataclass
@@ -323,6 +324,7 @@ class _Folder:
         self.codec = codec
         self.soft = soft
         self.segments = [Segment()]
+        self.index = 0  # the event being folded
 
     def plan(self, static: bool, key: tuple[Any, ...], ev: ChangeEvent) -> RowPlan:
         plans = self.segments[-1].plans
@@ -333,9 +335,11 @@ class _Folder:
             assert layout is not None
             plan = plans[index] = RowPlan(layout, key, ev.write_time_us, ev.batch_seq)
         plan.events += 1
+        plan.indices.append(self.index)
         return plan
 
     def event(self, i: int, ev: ChangeEvent) -> None:
+        self.index = i
         codec = self.codec
         op = ev.op
         if op in _UPSERTS:

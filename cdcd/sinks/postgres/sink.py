@@ -47,9 +47,10 @@ from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable, reason
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
-from cdcd.sinks import TableMapping, WriteOutcome, config_secret
+from cdcd.sinks import Skipped, TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
 from cdcd.sinks.offsets import Applied, offsets_location
+from cdcd.sinks.outcome import in_batch, version_column
 from cdcd.sinks.postgres.fold import RowPlan, Segment, fold, resolve
 from cdcd.sinks.postgres.grants import missing_grants
 from cdcd.sinks.postgres.offsets import PgOffsets
@@ -344,21 +345,28 @@ class PostgresSink:
             if applied is not None:
                 await self.record_applied(mapping, applied)
             return WriteOutcome(applied=0)
-        segments, bad = fold(table.codec, events, soft=table.soft)
+        keep, skipped = in_batch(events, mapping.staleness, version_column(mapping))
+        work = events if len(keep) == len(events) else [events[i] for i in keep]
+        segments, bad = fold(table.codec, work, soft=table.soft)
         if bad:
-            raise BadRows(bad)
+            raise BadRows({keep[i]: r for i, r in bad.items()})
         record = self._offsets_of(mapping) if applied is not None and applied.positions else None
         try:
-            skipped = await self._run(
-                lambda conn: self._apply(conn, table, events, segments, probe=False, record=(record, applied))
+            guarded: dict[int, Skipped] = await self._run(
+                lambda conn: self._apply(conn, table, work, segments, probe=False, record=(record, applied))
             )
         except (SinkUnavailable, SchemaMismatch):
             raise
         except Exception as exc:
             if classify(exc) is not Action.BAD_DATA:
                 raise
-            raise BadRows(await self._bisect(table, events, list(range(len(events))), exc)) from exc
-        return WriteOutcome(applied=len(events) - skipped, skipped_stale=skipped)
+            found = await self._bisect(table, work, list(range(len(work))), exc)
+            raise BadRows({keep[i]: r for i, r in found.items()}) from exc
+        if guarded:
+            skipped += [msgspec.structs.replace(x, index=keep[i]) for i, x in guarded.items()]
+            skipped.sort(key=lambda x: x.index)
+        n = len(skipped)
+        return WriteOutcome(applied=len(events) - n, skipped_stale=n, skipped=tuple(skipped))
 
     async def _bisect(
         self, table: PgTable, events: Sequence[ChangeEvent], idx: list[int], exc: BaseException
@@ -397,21 +405,23 @@ class PostgresSink:
         probe: bool,
         *,
         record: tuple[PgOffsets | None, Applied | None] = (None, None),
-    ) -> int:
+    ) -> dict[int, Skipped]:
+        """Apply the segments in one transaction; returns the events the version guard skipped
+        (by index into ``events``)."""
         for layout in (table.main, table.static):  # outside the transaction: a rollback keeps them
             if layout is not None:
                 key = (conn.get_server_pid(), layout.staging_name())
                 if key not in self._staged:
                     await conn.execute(layout.staging_ddl())
                     self._staged.add(key)
-        skipped = 0
+        skipped: dict[int, tuple[RowPlan, Skipped]] = {}
         async with conn.transaction():
             for n, seg in enumerate(segments):
                 for layout in (table.main, table.static):
                     if layout is not None:
                         plans = [p for p in seg.plans.values() if p.layout is layout]
                         if plans:
-                            skipped += await self._apply_plans(conn, table, layout, plans, n)
+                            await self._apply_plans(conn, table, layout, plans, n, skipped=skipped)
                 if table.mapping.delete == "tombstone" and seg.deletes:
                     await self._history(conn, table, [events[i] for i in seg.deletes])
                 if seg.breaker is not None:
@@ -421,7 +431,16 @@ class PostgresSink:
             offsets, applied = record
             if offsets is not None and applied is not None:
                 await offsets.record(conn, applied)  # same transaction as the data: both or neither
-        return skipped
+        if not skipped:
+            return {}
+        # An event that also wrote the other table (static cells) is applied if either part was.
+        lost = {id(p) for p, _ in skipped.values()}
+        for seg in segments:
+            for p in seg.plans.values():
+                if id(p) not in lost:
+                    for i in p.indices:
+                        skipped.pop(i, None)
+        return {i: x for i, (_, x) in skipped.items()}
 
     async def _read_back(
         self, conn: asyncpg.Connection, table: PgTable, layout: TargetLayout, plans: list[RowPlan], seg: int
@@ -446,10 +465,17 @@ class PostgresSink:
                 resolve(table.codec, p, current.get(row_key(p.key)))
 
     async def _apply_plans(
-        self, conn: asyncpg.Connection, table: PgTable, layout: TargetLayout, plans: list[RowPlan], seg: int
-    ) -> int:
-        """Stage and apply the row plans of one layout in one segment; returns events skipped as
-        stale (older than, or the same as, what the row already holds)."""
+        self,
+        conn: asyncpg.Connection,
+        table: PgTable,
+        layout: TargetLayout,
+        plans: list[RowPlan],
+        seg: int,
+        *,
+        skipped: dict[int, tuple[RowPlan, Skipped]],
+    ) -> None:
+        """Stage and apply the row plans of one layout in one segment; the events of plans the
+        version guard skipped (older than, or the same as, what the row holds) go to ``skipped``."""
         await self._read_back(conn, table, layout, plans, seg)
         used: set[str] = set()
         keep = False
@@ -459,7 +485,7 @@ class PostgresSink:
         value_cols = [c for c in layout.value_columns() if c in used]  # the columns COPY sends
         meta = [WRITE_TIME, SEQ, MARKER, *((DELETED, DELETED_AT) if keep else ())]
         sigs: dict[tuple[frozenset[str], bool, bool, bool], int] = {}
-        events_per_sig: dict[int, list[int]] = {}
+        plans_per_sig: dict[int, list[RowPlan]] = {}
         records = []
         deletes = 0
         for p in plans:
@@ -472,8 +498,8 @@ class PostgresSink:
                 sig = sigs.get(shape, -3)
                 if sig == -3:
                     sig = sigs[shape] = len(sigs)
-                    events_per_sig[sig] = []
-                events_per_sig[sig].append(p.events)
+                    plans_per_sig[sig] = []
+                plans_per_sig[sig].append(p)
             record = [seg, sig, *p.key, *[p.sets.get(c) for c in value_cols], p.write_time, p.seq, p.marker]
             if keep:
                 gone = _UNIX_EPOCH + dt.timedelta(microseconds=p.write_time) if p.keep else None
@@ -484,21 +510,47 @@ class PostgresSink:
             records=records,
             columns=[*STAGING_COLUMNS, *layout.key_names, *value_cols, *meta],
         )
-        skipped = 0
         for (carried, replace, _, keep), sig in sigs.items():
             status = await conn.execute(table.sql("upsert", layout, carried, replace, keep), seg, sig)
             applied = int(status.rsplit(" ", 1)[-1])
-            counts = events_per_sig[sig]
-            if applied < len(counts):
-                # Which rows were stale is not reported; when some were, count one event per row
-                # unless none applied (a replay), where every folded event was stale.
-                skipped += sum(counts) if applied == 0 else len(counts) - applied
+            if applied < len(plans_per_sig[sig]):  # some rows were newer: which, and how new
+                await self._skipped(conn, table, layout, plans_per_sig[sig], seg, sig, skipped)
         vanish = [sig for shape, sig in sigs.items() if shape[2]]
         if vanish:
             await conn.execute(table.sql("vanish", layout), seg, vanish)
         if deletes:
-            await conn.execute(table.sql("delete", layout), seg)
-        return skipped
+            status = await conn.execute(table.sql("delete", layout), seg)
+            if int(status.rsplit(" ", 1)[-1]) < deletes:  # some rows were newer (or already gone)
+                deleted = [p for p in plans if p.delete and not p.keep]
+                await self._skipped(conn, table, layout, deleted, seg, DELETE_SIG, skipped)
+
+    async def _skipped(  # noqa: PLR0917
+        self,
+        conn: asyncpg.Connection,
+        table: PgTable,
+        layout: TargetLayout,
+        plans: list[RowPlan],
+        seg: int,
+        sig: int,
+        out: dict[int, tuple[RowPlan, Skipped]],
+    ) -> None:
+        """Classify the plans of one signature the version guard skipped: the stored rows this
+        transaction did not write. ``duplicate`` when the row holds the version the plan ends
+        with (a replay), else ``stale``, with the row's write time and version."""
+        nkeys = len(layout.key)
+        by_key = {row_key(p.key): p for p in plans}
+        version = table.version(layout)
+        for row in await conn.fetch(table.sql("skipped", layout), seg, sig):
+            p = by_key.get(row_key(tuple(row[:nkeys])))
+            if p is None:
+                continue
+            wt, seq, ver = row[nkeys], row[nkeys + 1], row[nkeys + 2]
+            dup = (wt, seq) == (p.write_time, p.seq)
+            if dup and version is not None and p.sets.get(version, ver) != ver:
+                dup = False
+            verdict = Skipped(0, "duplicate" if dup else "stale", row_write_time_us=wt, row_version=ver)
+            for i in p.indices:
+                out[i] = (p, msgspec.structs.replace(verdict, index=i))
 
     async def _wide_delete(self, conn: asyncpg.Connection, table: PgTable, ev: ChangeEvent) -> None:
         """Partition delete (main + static row) or clustering-range delete, guarded by write time."""

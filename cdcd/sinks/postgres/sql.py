@@ -32,10 +32,12 @@ __all__ = [
     "qualified",
     "range_rows_sql",
     "rows_by_ctid_sql",
+    "skipped_sql",
     "static_view_ddl",
     "table_ddl",
     "upsert_sql",
     "vanish_sql",
+    "version_guard",
     "wide_delete_sql",
 ]
 
@@ -232,6 +234,38 @@ def lexicographic(
 # the same timestamp, as in Scylla.
 
 
+def version_guard(strategy: str, version: str | None) -> str:
+    """The ``ON CONFLICT .. WHERE`` condition: does the staged row (``excluded``) win over the
+    stored one (``t``)? See cdcd.sinks.outcome for the strategies. A staged row that does not
+    carry the version column (NULL) keeps the row's version."""
+    by_time = f"(t.{WRITE_TIME}, t.{SEQ}) < (excluded.{WRITE_TIME}, excluded.{SEQ})"
+    if version is None or strategy == "timestamp":
+        return by_time
+    v = ident(version)
+    ev = f"coalesce(excluded.{v}, t.{v})"
+    tie = (
+        by_time
+        if strategy == "hybrid"
+        else f"(t.{WRITE_TIME}, t.{SEQ}) <> (excluded.{WRITE_TIME}, excluded.{SEQ})"
+    )
+    return f"CASE WHEN {ev} > t.{v} THEN true WHEN {ev} < t.{v} THEN false ELSE {tie} END"
+
+
+def skipped_sql(layout: TargetLayout, version: str | None) -> str:
+    """After an upsert of one signature ($1 segment, $2 signature) applied fewer rows than staged:
+    the stored rows this transaction did not write (their keys, write time, batch seq and version),
+    i.e. the staged rows the version guard skipped."""
+    seg, sig = STAGING_COLUMNS
+    keys = [f"t.{ident(k)}" for k in layout.key_names]
+    v = f"t.{ident(version)}" if version is not None else "NULL"
+    join = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in layout.key_names)
+    return (
+        f"SELECT {', '.join(keys)}, t.{WRITE_TIME}, t.{SEQ}, {v} FROM {layout.name} AS t "
+        f"JOIN {ident(layout.staging_name())} AS s ON {join} WHERE s.{seg} = $1 AND s.{sig} = $2 "
+        "AND t.xmin::text <> (txid_current() % 4294967296)::text"
+    )
+
+
 def upsert_sql(
     layout: TargetLayout,
     carried: frozenset[str],
@@ -239,6 +273,7 @@ def upsert_sql(
     soft: bool,
     *,
     deleted: bool = False,
+    guard: str | None = None,
     fill: frozenset[str] = frozenset(),
 ) -> str:
     """Upsert the staged rows of one signature, setting only the ``carried`` columns.
@@ -292,7 +327,7 @@ def upsert_sql(
         f"SELECT {', '.join(select)} FROM {ident(layout.staging_name())} AS s "
         f"WHERE s.{seg} = $1 AND s.{sig} = $2 "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)} "
-        f"WHERE (t.{WRITE_TIME}, t.{SEQ}) < (excluded.{WRITE_TIME}, excluded.{SEQ})"
+        f"WHERE {guard or version_guard('timestamp', None)}"
     )
 
 

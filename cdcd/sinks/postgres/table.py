@@ -15,6 +15,7 @@ from cdcd.errors import SchemaMismatch
 from cdcd.events import CqlDuration
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
+from cdcd.sinks.outcome import check_version_column, version_column
 from cdcd.sinks.postgres.convert import conversion
 from cdcd.sinks.postgres.fold import TableCodec
 from cdcd.sinks.postgres.sql import (
@@ -28,9 +29,11 @@ from cdcd.sinks.postgres.sql import (
     layouts_for,
     range_rows_sql,
     rows_by_ctid_sql,
+    skipped_sql,
     table_ddl,
     upsert_sql,
     vanish_sql,
+    version_guard,
     wide_delete_sql,
 )
 from cdcd.sinks.postgres.types import JSON_DECODER, JSON_ENCODER, Converter, identity, pg_type
@@ -89,11 +92,17 @@ class PgTable:
                 f"{schema.qualified} has cdc delta 'keys' without postimage: its CDC log holds no "
                 "values to replicate (enable postimage, or delta 'full')"
             )
+        check_version_column(mapping, schema)
         self.codec = TableCodec(schema.columns, self.main, self.static, keys_only=keys_only, convs=convs)
         self.soft = mapping.delete == "soft"
         self.fill = fill  # NOT NULL value columns of a user-created table (upsert_sql)
         self.history_sql = history_insert_sql(mapping.target_schema, mapping.target_table, schema.primary_key)
         self._sql: dict[Any, str] = {}
+
+    def version(self, layout: TargetLayout) -> str | None:
+        """The version column guarding ``layout`` (None: write time alone)."""
+        name = version_column(self.mapping)
+        return name if name is not None and any(c.name == name for c in layout.values) else None
 
     def sql(self, kind: str, layout: TargetLayout, *args: Any) -> str:
         """Statement text, built once per (kind, layout, shape); asyncpg then prepares it once per
@@ -102,7 +111,12 @@ class PgTable:
         text = self._sql.get(key)
         if text is None:
             if kind == "upsert":
-                text = upsert_sql(layout, args[0], args[1], self.soft, deleted=args[2], fill=self.fill)
+                guard = version_guard(self.mapping.staleness, self.version(layout))
+                text = upsert_sql(
+                    layout, args[0], args[1], self.soft, deleted=args[2], fill=self.fill, guard=guard
+                )
+            elif kind == "skipped":
+                text = skipped_sql(layout, self.version(layout))
             elif kind == "delete":
                 text = delete_sql(layout, self.soft)
             elif kind == "vanish":
