@@ -5,6 +5,8 @@
     cdcd --version
     cdcd run --config cdcd.toml [--start-at now|earliest|2026-01-31T12:00:00Z] [--backfill]
     cdcd check-config --config cdcd.toml [--offline]
+    cdcd resume --config cdcd.toml --table ks.t
+    cdcd schema history --config cdcd.toml --table ks.t [--json]
     cdcd vault reveal TOKEN --config cdcd.toml
     cdcd status --config cdcd.toml [--json] [--watch [SECONDS]]
     cdcd dlq list|show|export|retry|edit|drop ... --config cdcd.toml   (cdcd.app.dlq_cli)
@@ -85,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=15.0, help="seconds per dependency check (default 15)"
     )
+    # schema changes (cdcd.schema_watch.commands)
+    resume = sub.add_parser("resume", help="resume a table halted by a schema change (schema_changes = halt)")
+    resume.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    resume.add_argument("--table", required=True, help="the source table, keyspace.table")
+    schema = sub.add_parser("schema", help="schema versions of a source table")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    hist = schema_sub.add_parser("history", help="the recorded schema versions of a table, newest first")
+    hist.add_argument("--config", "-c", required=True, help="path of cdcd.toml")
+    hist.add_argument("--table", required=True, help="the source table, keyspace.table")
+    hist.add_argument("--json", action="store_true", help="print JSON")
     vault = sub.add_parser("vault", help="the token vault of masking (strategy tokenize)")
     vault_sub = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
     reveal = vault_sub.add_parser(
@@ -159,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(errors) > 1:
             print(f"cdcd: {len(errors)} configuration errors; nothing was started", file=sys.stderr)
         return 2
+    if args.command in ("resume", "schema"):
+        from cdcd.schema_watch import commands
+
+        if args.command == "resume":
+            return commands.resume(config, args.table)
+        return commands.history(config, args.table, as_json=args.json)
     if args.command == "vault":
         from cdcd.masking.cli import reveal
 

@@ -53,6 +53,7 @@ from cdcd.ops.http import CheckResult, HttpServer, build_status, make_app
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.ops.progress import ProgressLog
 from cdcd.schema import TableSchema
+from cdcd.schema_watch import SchemaGate, SchemaStore, SchemaWatcher
 from cdcd.scylla import GroupReader, StreamDiscovery, StreamGroup, start_floor_ms
 from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
@@ -245,6 +246,20 @@ class Daemon:
             self.schemas[table.source] = schema
             self.ttls[table.source] = schema.cdc.ttl
         self.masking.check(self.schemas)
+        # schema changes (cdcd.schema_watch): versions in Redis, detection, per-table policy
+        self.schema_watch = SchemaWatcher(
+            self.deps.scylla,
+            SchemaStore(
+                self.deps.redis, prefix=cfg.state.key_prefix, cache_ttl=cfg.source.schema_check_interval
+            ),
+            {t.source: (t.schema_changes, self.schemas[t.source]) for t in cfg.tables},
+            check_interval=cfg.source.schema_check_interval,
+            replica=cfg.instance.replica,
+        )
+        self.gates: dict[tuple[str, str], SchemaGate] = {}
+        await self._until_up("redis", self.schema_watch.start)
+        if self.stopping:
+            return
         # What start-up built (modules, driver metadata, config) lives as long as the process:
         # keep it out of the collector's scans (measured: garbage collection per 100k changes
         # 1.63 -> 1.19 CPU-s, bench/all_destinations.py --gc-stats=--freeze).
@@ -268,6 +283,7 @@ class Daemon:
             log.warning("staleness max_age check is off: old events are applied", by=self.staleness_off)
         self._tasks.append(asyncio.create_task(maintain_audit(self.deadletters, self.cfg, off_by=self.staleness_off, replica=self.cfg.instance.replica, sleep=self._sleep, stopping=lambda: self.stopping), name="staleness-audit"))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._refresh_quarantine(), name="quarantine"))
+        self._tasks.append(asyncio.create_task(self.schema_watch.run(), name="schema-watch"))
         self._tasks.append(asyncio.create_task(self._watch_data_loss(), name="data-loss-watch"))
         self._tasks.append(asyncio.create_task(ProgressLog(self._statuses, self.cfg.logging.progress_interval, sleep=self._sleep, stopping=lambda: self.stopping).run(), name="progress"))  # fmt: skip
         stop = asyncio.create_task(self._stop.wait())
@@ -402,10 +418,19 @@ class Daemon:
             raise ConfigError(
                 str(exc), key=f"tables[{self.cfg.tables.index(table)}].ignore_columns"
             ) from None
+        assert self.deps.redis is not None
+        # schema changes: the table is watched (also one added by a reload), the gate applies its policy
+        await self.schema_watch.track(
+            table.source, table.schema_changes, self.schemas[table.source],
+            check_interval=self.cfg.source.schema_check_interval,
+        )  # fmt: skip
+        gate = self.gates[(table.source, dest)] = SchemaGate(
+            watcher=self.schema_watch, table=table.source, destination=dest, sink=sink, mapping=mapping,
+            redis=self.deps.redis, prefix=self.cfg.state.key_prefix,
+            dest_schema=functools.partial(self._dest_schema, table),  # ignored columns out, masked: text
+        )  # fmt: skip
+        await self._until_up(f"destination:{dest}", gate.ensure)  # sink.ensure_table at the applied schema
         dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
-        await self._until_up(
-            f"destination:{dest}", functools.partial(sink.ensure_table, mapping, dest_schema)
-        )
         stages = await self._until_up(
             f"destination:{dest}",
             functools.partial(
@@ -649,6 +674,7 @@ class Daemon:
                 *([] if self.staleness_off else [StalenessStage(self.cfg.staleness.max_age)]),
                 *self.branch_stages.get((table.source, dest), ()),
             ],
+            gate=self.gates.get((table.source, dest)),
         )
 
     def _start_supervisor(self, table: TableConfig, dest: str) -> None:
@@ -871,6 +897,16 @@ class Daemon:
         return self.masking.override([p.status() for p in list(self.pipelines.values())])
 
     def status(self) -> Mapping[str, Any]:
+        out = dict(self._status())
+        watch = getattr(self, "schema_watch", None)
+        if watch is not None:  # each table's schema version (cdcd.schema_watch)
+            out["schemas"] = watch.status()
+            for table, entry in (out.get("tables") or {}).items():
+                if table in out["schemas"] and isinstance(entry, dict):
+                    entry["schema_version"] = out["schemas"][table]["version"]
+        return out
+
+    def _status(self) -> Mapping[str, Any]:
         return build_status(
             self._statuses(),
             ttls=self.ttls,
@@ -905,6 +941,12 @@ class Daemon:
             "daemon": CheckResult(ok=self.state == "running" and active == pairs, detail=detail),
             **self.masking.ready_checks(CheckResult),
         }
+        watch = getattr(self, "schema_watch", None)
+        halted = {t: w.halt for t, w in watch.tables.items() if w.halt is not None} if watch else {}
+        if halted:  # tables halted by a schema change (schema_changes = "halt")
+            checks["schema"] = CheckResult(
+                ok=False, detail="; ".join(f"halted: {t} ({h.reason})" for t, h in sorted(halted.items()))
+            )
         probes: dict[str, Awaitable[Any]] = {}  # run at once: one slow dependency does not add up
         if self.deps.redis is not None:
             probes["redis"] = self.deps.redis.ping()
@@ -941,13 +983,34 @@ class Daemon:
                 errors.append(scrub(f"{dest} {table} {group}: {type(exc).__name__}: {exc}"))
         return {"pipelines": flushed, "saved": saved, "failed": len(errors), "errors": errors[:20]}
 
+    def _dest_schema(self, table: TableConfig, schema: TableSchema) -> TableSchema:
+        """The destination's schema of ``schema``: without the table's ``ignore_columns`` (those it
+        still has), masked columns as text (the current rules)."""
+        names = {c.name for c in schema.columns}
+        kept = project(schema, [c for c in table.ignore_columns if c in names])
+        out: TableSchema = self.masking.schema_for(table.source, kept)
+        return out
+
+    async def _resume(self, table: str) -> Mapping[str, Any]:
+        """Admin ``resume/<table>``: lift a schema-change halt (``cdcd resume --table`` does the same)."""
+        watch = getattr(self, "schema_watch", None)
+        if watch is None:
+            raise RuntimeError("cdcd is still starting")
+        result: Mapping[str, Any] = await watch.resume(table)
+        return result
+
     def _http_app(self) -> Any:
         return make_app(
             status=self.status,
             ready=self.ready,
             registries=[metrics.REGISTRY, self.local_metrics],
             admin_token=self.cfg.http.admin_token,
-            admin_actions={"checkpoints/flush": self.flush_checkpoints, "reload": self.reload},
+            admin_actions={
+                "checkpoints/flush": self.flush_checkpoints,
+                "reload": self.reload,
+                # POST /admin/resume/<keyspace.table>: lift a schema-change halt
+                **{f"resume/{t.source}": functools.partial(self._resume, t.source) for t in self.cfg.tables},
+            },
             extra_routes=dlq_routes(self._dlq_tool),
         )
 

@@ -80,6 +80,15 @@ class SourceConfig(_Section, frozen=True, kw_only=True):
     # log rows read per second per replica on average, catch-up readers included; 0 = no cap
     max_read_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)  # TLS to Scylla
+    # how often each table's schema is checked against the server (a missed change is found
+    # within this; also the TTL of the schema cache in Redis); 1s..60s
+    schema_check_interval: Duration = Duration(30.0)
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.schema_check_interval <= 60.0:
+            raise ValueError(
+                f'schema_check_interval must be between "1s" and "60s", got "{self.schema_check_interval}"'
+            )
 
 
 class StateConfig(_Section, frozen=True, kw_only=True):
@@ -336,6 +345,9 @@ class TableConfig(_Section, frozen=True, kw_only=True):
     destinations: Annotated[list[str], msgspec.Meta(min_length=1)]  # names under [destinations]
     delete: Literal["hard", "soft", "tombstone"] = "hard"  # delete strategy (R-02)
     target: TargetTable | None = None  # "schema.table" in the destinations (default: the source name)
+    # what a schema change of the source table does (cdcd.schema_watch): "propagate" adds new
+    # columns to destination tables cdcd created, "log" leaves them out, "halt" stops the table
+    schema_changes: Literal["propagate", "log", "halt"] = "propagate"
     # column (or "col.field") -> strategy name or { strategy = ..., class = ..., ... }; wins over rules
     masking: dict[str, MaskStrategy | ColumnMask] = {}
     # version guard (R-22): "timestamp" (CQL write time), "version" (version_column: a lower

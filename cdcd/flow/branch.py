@@ -206,6 +206,7 @@ class Branch:
         rejection_kind: Callable[[RejectionLike], Kind] = default_rejection_kind,
         catch_up: SourceFactory | None = None,
         floor_time: uuid.UUID | None = None,
+        gate: Any = None,
     ) -> None:
         self.destination = destination
         self.group = group
@@ -222,6 +223,7 @@ class Branch:
         self.rejection_kind = rejection_kind
         self.catch_up = catch_up  # opens a reader of its own while detached (None: never detaches)
         self.floor_time = floor_time  # where streams without a checkpoint start (None: the reader's)
+        self.gate = gate  # schema changes (cdcd.schema_watch.SchemaGate): admit(events) before writes
         self.pid = PipelineId(destination=destination, table=group.table, group=group.key)
         self._last_trace: Any = None  # span context of the last read batch written (tracing)
         self.state: PipelineState = "starting"
@@ -663,14 +665,34 @@ class Branch:
         rows = self.config.batch.max_rows
         marks = completed_positions(units, rows) if self._records else None
         traces = [u.trace for u in units for _ in u.events] if tracing.active() else []
-        for n, i in enumerate(range(0, len(events), rows)):
-            chunk = events[i : i + rows]
-            attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
-                     "rows": len(chunk), **batch_fields(chunk)}  # fmt: skip
-            with correlation(chunk), tracing.child_span("cdcd.write", traces[i : i + rows], attrs) as span:
-                await self._writer_policy.write(chunk, None if marks is None else marks[n])
-                if span is not None:
-                    span.set_attribute("outcome", "written")
+        # schema changes (cdcd.schema_watch.SchemaGate): alter the target, leave columns out, or
+        # halt; its parts keep one event per input, so chunks and marks stay those of ``events``
+        parts = self.gate.admit(events, self._set_state) if self.gate is not None else _whole(events)
+        base = 0
+        async for part in parts:
+            if part.rejections:
+                with correlation([r.event for r in part.rejections]):
+                    await self._record_rejections(part.rejections)
+            pe, j = part.events, 0
+            while j < len(pe):
+                i = base + j
+                n = i // rows
+                end = min(len(pe), (n + 1) * rows - base)
+                chunk = pe[j:end]
+                done = base + end == min((n + 1) * rows, len(events))  # this write completes chunk n
+                attrs = {"table": self.pid.table, "destination": self.destination, "group": self.pid.group,
+                         "rows": len(chunk), **batch_fields(chunk)}  # fmt: skip
+                with (
+                    correlation(chunk),
+                    tracing.child_span("cdcd.write", traces[i : i + len(chunk)], attrs) as span,
+                ):
+                    await self._writer_policy.write(chunk, None if marks is None or not done else marks[n])
+                    if span is not None:
+                        span.set_attribute("outcome", "written")
+                j = end
+            base += len(pe)
+        if base != len(events):
+            raise RuntimeError(f"schema gate returned {base} events for {len(events)}")
         if traces:
             self._last_trace = traces[-1]
         self.events.processed(self.pid, len(events) + len(rejections))
@@ -791,6 +813,19 @@ class Branch:
             return
         self.last_error = f"{type(error).__name__}: {error}"
         self._set_state("failed")
+
+
+async def _whole(events: list[ChangeEvent]) -> AsyncIterator[Any]:
+    """``events`` as the one part a branch without a schema gate writes."""
+    yield _Part(events)
+
+
+class _Part:
+    __slots__ = ("events", "rejections")
+
+    def __init__(self, events: list[ChangeEvent]) -> None:
+        self.events = events
+        self.rejections: list[RejectionLike] = []
 
 
 def completed_positions(units: Sequence[_Unit], rows: int) -> list[dict[bytes, Position]]:

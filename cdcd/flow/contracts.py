@@ -44,6 +44,7 @@ PipelineState = Literal[
     "running",  # reading and writing normally
     "retrying",  # a write or state update failed and is being retried with backoff
     "circuit-open",  # the destination's circuit breaker is open; waiting for half-open
+    "halted",  # a schema change halted the table (schema_changes = "halt"); waiting for resume
     "draining",  # close() called: writing what was read, then the final commit
     "done",  # the group's generation is closed and fully applied (checkpoint marked done)
     "closed",  # close() finished: drained and committed

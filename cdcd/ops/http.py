@@ -178,6 +178,7 @@ _FALSE = ("false", "0", "no", "off", "")
 _RANK = {
     "done": 0, "closed": 1, "starting": 2, "running": 3, "draining": 4, "retrying": 5,
     "circuit-open": 6, "terminated": 7, "failed": 8, "masking-unavailable": 9, "queue-full": 6,
+    "halted": 6,
 }  # fmt: skip
 
 

@@ -265,6 +265,7 @@ STATES = (
     "running",
     "retrying",
     "circuit-open",
+    "halted",
     "draining",
     "done",
     "closed",

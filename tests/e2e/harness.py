@@ -70,6 +70,7 @@ class TableSpec:
     target: str  # "schema.table" in PostgreSQL (database.table in ClickHouse)
     delete: str = "hard"
     destinations: tuple[str, ...] = ("pg",)
+    schema_changes: str = ""  # "propagate" | "log" | "halt"; empty: the default (not written)
     extra: str = ""  # raw TOML lines of this [[tables]] entry (keys first, then its sub-tables)
 
 
@@ -86,7 +87,7 @@ class ConfigOptions:
     batch_max_rows: int = 1000
     batch_max_wait: str = "100ms"
     log_level: str = "info"
-    # section -> raw TOML lines appended: "source", "pipeline", and "destinations" (whole
+    # section -> raw TOML lines appended: "source", "pipeline", "http", and "destinations" (whole
     # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB, and any other
     # top-level tables such as [masking]).
     extra: dict[str, str] = field(default_factory=dict)
@@ -128,6 +129,7 @@ checkpoint_every = {o.checkpoint_every}
 
 [http]
 listen = "127.0.0.1:{http_port}"
+{o.extra.get("http", "")}
 
 [pipeline]
 shutdown_timeout = "20s"
@@ -156,6 +158,8 @@ pool_size = 2
         dests = ", ".join(json.dumps(d) for d in t.destinations)
         text += f'\n[[tables]]\nsource = "{t.source}"\ndestinations = [{dests}]\n'
         text += f'delete = "{t.delete}"\ntarget = "{t.target}"\n'
+        if t.schema_changes:
+            text += f'schema_changes = "{t.schema_changes}"\n'
         if t.extra:
             text += t.extra.rstrip("\n") + "\n"
     path.write_text(text)

@@ -59,3 +59,41 @@ def test_driver_metadata_writes_and_log_reads(emulator: Any) -> None:
         assert len(got) == len(log)
     finally:
         cluster.shutdown()
+
+
+def test_alter_table_invalidates_prepared_statements_like_scylla(emulator: Any) -> None:
+    """Scylla drops the prepared statements of an altered table and of its CDC log
+    (query_processor::migration_subscriber::on_update_column_family): EXECUTE answers UNPREPARED,
+    the driver prepares again, and a prepared ``SELECT *`` of the log returns the new columns."""
+    from tests.scylla_emulator.api import CqlError, ErrorCode
+
+    cluster = Cluster([emulator.host], port=emulator.port, protocol_version=4)
+    try:
+        s = cluster.connect()
+        s.row_factory = dict_factory
+        s.execute(
+            "CREATE KEYSPACE pi WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
+        )
+        s.execute("CREATE TABLE pi.t (pk int PRIMARY KEY, v int) WITH cdc = {'enabled': true}")
+        s.execute("CREATE TABLE pi.other (pk int PRIMARY KEY, v int)")
+        ins = s.prepare("INSERT INTO pi.t (pk, v) VALUES (?, ?)")
+        sel = s.prepare("SELECT * FROM pi.t_scylla_cdc_log")
+        other = s.prepare("SELECT * FROM pi.other")
+        s.execute(ins, (1, 1))
+        assert "w" not in next(iter(s.execute(sel)))
+        engine = emulator.engine
+        s.execute("ALTER TABLE pi.t ADD w int")
+        for stmt in (ins, sel):
+            try:
+                engine.execute_prepared(stmt.query_id, [], keyspace=None)
+            except CqlError as exc:
+                assert exc.code == ErrorCode.UNPREPARED
+            else:
+                raise AssertionError("the statement outlived the ALTER")
+        engine.execute_prepared(other.query_id, [], keyspace=None)  # another table's: kept
+        s.execute(s.prepare("INSERT INTO pi.t (pk, v, w) VALUES (?, ?, ?)"), (2, 2, 7))
+        rows = list(s.execute(sel))  # the driver prepares again on UNPREPARED
+        assert {"w", "cdc$deleted_w"} <= set(rows[0])
+        assert [r["w"] for r in rows if r["pk"] == 2] == [7]
+    finally:
+        cluster.shutdown()

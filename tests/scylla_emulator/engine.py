@@ -223,6 +223,16 @@ class EmulatorEngine:
         self._prepared[pid] = p
         return PreparedInfo(pid, p.specs, p.pk_idx, p.result_cols)
 
+    def invalidate_prepared(self, keyspace: str, tables: set[str | None] | None) -> None:
+        """Forget the prepared statements reading or writing ``keyspace``'s ``tables`` (all of the
+        keyspace's when None): EXECUTE then answers UNPREPARED, as Scylla does after a DDL."""
+        for pid, p in list(self._prepared.items()):
+            st = p.stmt
+            if not isinstance(st, A.Insert | A.Update | A.Delete | A.Select):
+                continue
+            if (st.keyspace or p.keyspace) == keyspace and (tables is None or st.table in tables):
+                del self._prepared[pid]
+
     def _refresh_prepared(self, p: _Prepared) -> None:
         if p.version == self.catalog.schema_version:
             return

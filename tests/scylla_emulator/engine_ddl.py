@@ -95,6 +95,13 @@ def _changed(  # noqa: PLR0917
 ) -> SchemaChangeResult:
     eng.catalog.bump()
     eng.schema_events.extend(extra or [])
+    if change in ("UPDATED", "DROPPED") and target in ("TABLE", "KEYSPACE"):
+        # Scylla drops the prepared statements of an altered or dropped table (its log table's
+        # too): query_processor::migration_subscriber::on_update_column_family (all changes,
+        # "#1255: Ignoring columns_changed deliberately") / on_drop_*; the next EXECUTE gets
+        # UNPREPARED and the driver prepares again (a `SELECT *` then has the new columns).
+        tables = None if target == "KEYSPACE" else {name, *(e.name for e in extra or () if e.name)}
+        eng.invalidate_prepared(ks, tables)
     for rt in eng.catalog.all_tables():
         _refresh_rt(eng, rt)
     systables.refresh(eng)

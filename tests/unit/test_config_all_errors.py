@@ -118,7 +118,8 @@ def test_every_missing_variable_and_every_error_in_one_pass() -> None:
         "cdcd.toml: destinations.ch.password: environment variable CH_PASSWORD is not set",
         "cdcd.toml: source.hostz: unknown key; expected one of: hosts, username, password, password_file, "
         "local_dc, consistency, confidence_window, poll_interval, window, max_window, generation_poll, "
-        "fetch_size, request_timeout, connect_timeout, tablet_group_size, max_concurrent_reads, max_read_rate, tls",
+        "fetch_size, request_timeout, connect_timeout, tablet_group_size, max_concurrent_reads, max_read_rate, tls, "
+        "schema_check_interval",
         'cdcd.toml: source.fetch_size: expected an integer, got "x"',
         "cdcd.toml: destinations.pg.pool: unknown key; expected one of: create_tables, batch_max_rows, "
         "batch_max_wait, offsets_table, offsets_schema, add_bookkeeping_columns, dsn, dsn_file, pool_size, connect_timeout, command_timeout",
