@@ -124,6 +124,8 @@ class LeaseCoordinator:
         self.stopping = False
         self.host = host_identity()
         self._gone: set[str] = set()  # replicas of this host known dead (kill -9, then restarted)
+        self._last_beat: float | None = None  # monotonic time of the last successful heartbeat
+        self._quiet_until = 0.0  # after Redis lost its state: no new lease before this
 
     # ------------------------------------------------------------------------------- the fence
 
@@ -214,7 +216,16 @@ class LeaseCoordinator:
         await self._balance(replicas)
 
     async def _heartbeat(self) -> None:
-        await self.store.heartbeat(self.replica, self._info(), self.ttl)
+        beat_at = time.monotonic()
+        kept = await self.store.heartbeat(self.replica, self._info(), self.ttl)
+        if not kept and self._last_beat is not None and beat_at - self._last_beat < self.ttl:
+            # Our heartbeat vanished before its TTL: Redis lost its state (restart without
+            # persistence, FLUSHALL, failover). Leases of other replicas vanished with it, though
+            # their holders may still be working until they notice: take no free lease for a
+            # whole TTL, so nobody's work can overlap ours (they stop before their lease ends).
+            self._quiet_until = beat_at + self.ttl
+            log.warning("Redis lost the lease state; taking no lease for one lease TTL", ttl_s=self.ttl)
+        self._last_beat = beat_at
 
     def _info(self) -> dict[str, Any]:
         lags = self.lags()
@@ -298,8 +309,9 @@ class LeaseCoordinator:
                 self._hand_over(gid, "rebalance")
             emit.lease_rebalanced(held=len(mine), share=hi, replicas=len(replicas))
             return
-        if self._beats_ok < 2 or self._releasing:
-            return  # just (re)connected: see the other replicas first; or still handing over
+        if self._beats_ok < 2 or self._releasing or time.monotonic() < self._quiet_until:
+            return  # just (re)connected: see the other replicas first; still handing over; or
+            # Redis lost its state a moment ago (see _heartbeat)
         room = hi - len(mine)
         if room <= 0:
             return

@@ -212,11 +212,15 @@ class LeaseStore:
 
     # ------------------------------------------------------------------------------- heartbeats
 
-    async def heartbeat(self, replica: str, info: Mapping[str, Any], ttl: float) -> None:
-        """Announce ``replica`` as live for ``ttl`` seconds, with ``info`` (JSON-able)."""
+    async def heartbeat(self, replica: str, info: Mapping[str, Any], ttl: float) -> bool:
+        """Announce ``replica`` as live for ``ttl`` seconds, with ``info`` (JSON-able). True when
+        the previous heartbeat was still there (False: first one, expired, or Redis lost it)."""
         key = self.replica_key(replica)
         with redis_errors(f"heartbeat {key}"):
-            await self.client.set(key, json.dumps(info, separators=(",", ":")), px=int(ttl * 1000))
+            old = await self.client.set(
+                key, json.dumps(info, separators=(",", ":")), px=int(ttl * 1000), get=True
+            )
+        return old is not None
 
     async def forget_replica(self, replica: str) -> None:
         """Remove the heartbeat at once (clean shutdown: the others rebalance without waiting)."""
