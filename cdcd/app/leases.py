@@ -28,6 +28,10 @@ The unit of work is a (table, stream group): its ``SharedReader`` and every dest
   previous process: its heartbeat is removed and its leases are taken over at once (a Lua swap
   from its token to a new epoch) instead of after they expire. Anything uncertain (another
   name, another host or container, a pid that exists) waits for the expiry.
+* **Redis lost its state** (restart without persistence, FLUSHALL, failover to an empty
+  replica): holders notice at their next renewal, at most a TTL later. Until then a free lease
+  may still be worked on, so no replica takes one before Redis has been up for a TTL, nor within
+  a TTL of a replica finding its own heartbeat gone (``LeaseStore.settle_wait``).
 * **Redis down.** Nothing can be renewed: every group stops before its lease expires; when Redis
   answers again, leases are taken again at the next ticks (after two heartbeats, so the other
   replicas are seen first) and work resumes from the checkpoints.
@@ -126,6 +130,7 @@ class LeaseCoordinator:
         self._gone: set[str] = set()  # replicas of this host known dead (kill -9, then restarted)
         self._last_beat: float | None = None  # monotonic time of the last successful heartbeat
         self._quiet_until = 0.0  # after Redis lost its state: no new lease before this
+        self._settle_logged = 0.0  # (monotonic) until when the settle wait was last logged
 
     # ------------------------------------------------------------------------------- the fence
 
@@ -223,8 +228,10 @@ class LeaseCoordinator:
             # persistence, FLUSHALL, failover). Leases of other replicas vanished with it, though
             # their holders may still be working until they notice: take no free lease for a
             # whole TTL, so nobody's work can overlap ours (they stop before their lease ends).
+            # Recorded in Redis too, for replicas that started meanwhile and cannot tell.
             self._quiet_until = beat_at + self.ttl
             log.warning("Redis lost the lease state; taking no lease for one lease TTL", ttl_s=self.ttl)
+            await self.store.mark_lost(self.ttl)
         self._last_beat = beat_at
 
     def _info(self) -> dict[str, Any]:
@@ -317,6 +324,7 @@ class LeaseCoordinator:
             return
         leases = {(x.table, x.group): x for x in await self.store.leases()}
         starved = any(c < lo for r, c in counts.items() if r != self.replica)
+        settled: bool | None = None  # may free leases be taken (``_settled``), asked once
         for gid in sorted(self.demand):
             if room <= 0:
                 break
@@ -333,6 +341,10 @@ class LeaseCoordinator:
                     gid[0], gid[1], f"{held.epoch}:{held.owner}", self.replica, self.ttl
                 )
             else:
+                if settled is None:
+                    settled = await self._settled()
+                if not settled:
+                    continue  # a dead predecessor's leases may still be taken over
                 token = await self.store.acquire(gid[0], gid[1], self.replica, self.ttl)
             if token is None:
                 continue
@@ -346,6 +358,21 @@ class LeaseCoordinator:
         for gid in list(self._free_since):
             if gid not in self.demand:
                 del self._free_since[gid]
+
+    async def _settled(self) -> bool:
+        """May a free lease be taken now? Not within a lease TTL of Redis losing its state (see
+        ``LeaseStore.settle_wait``): a holder that has not noticed may still be working."""
+        wait = await self.store.settle_wait(self.ttl)
+        if wait <= 0:
+            return True
+        now = time.monotonic()
+        if now >= self._settle_logged:
+            self._settle_logged = now + wait
+            log.info(
+                "Redis started or lost its state less than one lease TTL ago; taking free leases "
+                "once any earlier holder has stopped", wait_s=round(wait, 1),
+            )  # fmt: skip
+        return False
 
     def _hand_over(self, gid: GroupId, reason: str) -> None:
         """Ask the group's branches to drain and checkpoint, then release the lease."""

@@ -222,6 +222,42 @@ class LeaseStore:
             )
         return old is not None
 
+    def lost_key(self) -> str:
+        return f"{self.prefix}:leases:lost"
+
+    async def mark_lost(self, ttl: float) -> None:
+        """Record (for every replica) that Redis was just seen to have lost its state: no free lease
+        is taken until one lease TTL after this (``settle_wait``)."""
+        with redis_errors("record the loss of the lease state"):
+            sec, usec = await self.client.time()
+            await self.client.set(self.lost_key(), str(sec * 1000 + usec // 1000), px=int(2 * ttl * 1000))
+
+    async def settle_wait(self, ttl: float) -> float:
+        """Seconds to wait before taking a free lease, 0 when it is safe now.
+
+        A lease that is free may still be believed held by a replica that has not noticed Redis
+        lost it (restart without persistence, FLUSHALL, failover to an empty replica): that holder
+        stops at its next renewal, at most one TTL later. So: not while Redis has been up for less
+        than a TTL (``INFO server`` uptime, when the user may run INFO), nor within a TTL of a
+        replica recording the loss (``mark_lost``)."""
+        with redis_errors("check the lease state"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.get(self.lost_key())
+                (sec, usec), lost = await pipe.execute()
+            wait = 0.0
+            if lost is not None:
+                now_ms = sec * 1000 + usec // 1000
+                wait = max(wait, (int(lost) + ttl * 1000 - now_ms) / 1000)
+            try:
+                info = await self.client.info("server")
+            except aioredis.ResponseError:  # INFO not granted to this user: the marker only
+                return wait
+            uptime = info.get("uptime_in_seconds")
+            if isinstance(uptime, int):
+                wait = max(wait, ttl + 1 - uptime)  # uptime counts whole seconds
+        return wait
+
     async def forget_replica(self, replica: str) -> None:
         """Remove the heartbeat at once (clean shutdown: the others rebalance without waiting)."""
         with redis_errors("remove heartbeat"):

@@ -431,13 +431,70 @@ async def wait_converged(
                 problems = diff(expected, actual)
                 if not problems:
                     return actual
+                history = await explain_rows(session, schema, conn, target, expected, actual)
                 raise AssertionError(
                     f"PostgreSQL {target} did not converge to the source within {timeout:.0f}s:\n"
-                    + "\n".join(problems)
+                    + "\n".join(problems + history)
                 )
             await asyncio.sleep(0.25)
     finally:
         await conn.close()
+
+
+def _time_us(t: uuid.UUID) -> int:
+    return (t.time - 0x01B21DD213814000) // 10
+
+
+async def explain_rows(  # noqa: PLR0917 (the two snapshots and where they come from)
+    session: Any,
+    schema: TableSchema,
+    conn: asyncpg.Connection,
+    target: str,
+    expected: Snapshot,
+    actual: Snapshot,
+    *,
+    limit: int = 3,
+) -> list[str]:
+    """For the first ``limit`` rows that differ (or are missing/extra): every CDC log row of their
+    partition (time in µs, batch seq, operation, the differing columns) and the PostgreSQL row's
+    version columns, to tell a change cdcd never read from one its version guard skipped."""
+    keys = sorted((expected.rows.keys() ^ actual.rows.keys()) | {
+        k for k in expected.rows.keys() & actual.rows.keys() if expected.rows[k] != actual.rows[k]
+    }, key=repr)[:limit]  # fmt: skip
+    if not keys:
+        return []
+    pk = [c.name for c in schema.partition_key]
+    ck = [c.name for c in schema.clustering_key]
+    cols = [c.name for c in schema.regular_columns]
+    stmt = SimpleStatement(f"SELECT * FROM {schema.keyspace}.{schema.name}_scylla_cdc_log", fetch_size=5000)
+    log = await asyncio.to_thread(lambda: list(_dicts(session.execute(stmt))))
+    tschema, _, ttable = target.partition(".")
+    out = ["history of the differing rows (CDC log of their partition; PostgreSQL version columns):"]
+    for key in keys:
+        part = key[: len(pk)]
+        out.append(f"  row {key}:")
+        for r in sorted(log, key=lambda r: (timeuuid_sort_key(r["cdc$time"]), r["cdc$batch_seq_no"])):
+            if tuple(r.get(c) for c in pk) != part:
+                continue
+            rck = tuple(r.get(c) for c in ck)
+            if r["cdc$operation"] not in (4, 5, 6) and rck != key[len(pk) :]:
+                continue
+            vals = {c: r.get(c) for c in cols if r.get(c) is not None or r.get(f"cdc$deleted_{c}")}
+            out.append(
+                f"    t={_time_us(r['cdc$time'])} seq={r['cdc$batch_seq_no']} op={r['cdc$operation']} "
+                f"stream={bytes(r['cdc$stream_id']).hex()[:12]} ck={rck} {vals}"
+            )
+        where = " AND ".join(f"{_q(c)} = ${i + 1}" for i, c in enumerate([*pk, *ck]))
+        try:
+            row = await conn.fetchrow(
+                f"SELECT _cdc_write_time, _cdc_batch_seq, _cdc_row_marker, _cdc_deleted "
+                f"FROM {_q(tschema)}.{_q(ttable)} WHERE {where}",
+                *key,
+            )
+        except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+            row = f"({type(exc).__name__}: {exc})"
+        out.append(f"    postgres: {dict(row) if isinstance(row, asyncpg.Record) else row}")
+    return out
 
 
 # -------------------------------------------------------------------------------------- history

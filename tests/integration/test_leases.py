@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import time
 import uuid
@@ -37,9 +38,17 @@ def group(i: int = 0) -> StreamGroup:
     return StreamGroup(table="ks.t", generation=GEN, end=None, streams=(S1,), key=f"{GEN}:{i}")
 
 
+async def settled(client: aioredis.Redis, ttl: float) -> None:
+    """Wait until Redis has been up for a lease TTL: before that no free lease is taken (a
+    holder from before a restart may still be working; ``LeaseStore.settle_wait``)."""
+    uptime = float((await client.info("server"))["uptime_in_seconds"])
+    await asyncio.sleep(max(0.0, ttl + 1.2 - uptime))
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     c = aioredis.Redis.from_url(redis_url)
+    await settled(c, 3.0)
     try:
         yield c
     finally:
@@ -286,3 +295,58 @@ async def test_a_restarted_replica_takes_over_its_dead_predecessors_leases_at_on
     assert coord.holds[("ks.t", group(0).key)].epoch == 2
     assert set(await store.replicas()) == {f"same.{os.getppid()}.x1", f"other.{dead.pid}.x2", coord.replica}
     await coord.close()
+
+
+@pytest.mark.slow  # ~15 s
+@pytest.mark.parametrize("loss", ["restart", "flushall"])
+async def test_no_free_lease_is_taken_within_a_ttl_of_redis_losing_its_state(loss: str) -> None:
+    """Redis restarts empty (or is flushed) while a replica holds every group, and a new replica
+    starts right then (a restarted process knows nothing of the loss). The holder only notices at
+    its next renewal, so nobody may take the now free leases before one TTL has passed: not the
+    new replica (Redis uptime; the loss recorded by the holder), not the holder itself."""
+    ttl = 3.0
+    server = _OwnRedis()
+    server.start()
+    client = aioredis.Redis(port=server.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+    store = LeaseStore(client, prefix="cdcd:t")
+    replicas: list[_Replica] = []
+    overlaps: set[str] = set()
+    taken: list[float] = []  # when a lease was first held after the loss
+
+    async def watch(old: _Replica, new: _Replica, since: float) -> None:
+        before = {id(h) for h in old.coord.holds.values()}  # the holds from before the loss
+        while True:
+            overlaps.update(old.held() & new.held())
+            fresh = [h for r in (old, new) for h in r.coord.holds.values() if id(h) not in before]
+            if fresh and not taken:
+                taken.append(time.monotonic() - since)
+            await asyncio.sleep(0.02)
+
+    try:
+        await settled(client, ttl)
+        old = _Replica(store, 2, ttl=ttl)
+        replicas.append(old)
+        await _until(lambda: len(old.held()) == 2, 10, "both leases")
+        if loss == "restart":  # without persistence: the AOF goes with it
+            server.kill()
+            shutil.rmtree(server.dir)
+            os.makedirs(server.dir)
+            server.start()
+        else:
+            await client.flushall()
+        lost_at = time.monotonic()
+        new = _Replica(store, 2, ttl=ttl)
+        replicas.append(new)
+        watcher = asyncio.create_task(watch(old, new, lost_at))
+        try:
+            await _until(lambda: not old.held(), 5, "the old holder noticed")
+            await _until(lambda: len(old.held() | new.held()) == 2, 20, "both groups held again")
+        finally:
+            watcher.cancel()
+        assert taken and taken[0] >= ttl - 0.3, f"a free lease was taken {taken} s after Redis lost its state"
+        assert not overlaps, f"held by both replicas at once: {overlaps}"
+    finally:
+        for r in replicas:
+            await r.stop()
+        await client.aclose()
+        server.stop()

@@ -46,7 +46,7 @@ from tests.scylla_emulator.api import (
 from tests.scylla_emulator.cdc import LOG_SUFFIX
 from tests.tls import server_context
 
-__all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer", "LogReadStats"]
+__all__ = ["PASSWORD_AUTHENTICATOR", "EmulatorServer", "LateWrites", "LogReadStats"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +107,36 @@ class LogReadStats:
             self.served = []
 
 
+class LateWrites:
+    """Client-side timestamps that reached the emulator late: a write whose timestamp T (taken by
+    the driver when it created the request) is applied more than ``warn_after`` seconds after T
+    lands in the CDC log behind a reader that already read up to ``now - confidence_window`` (the
+    out-of-order visibility of scylla-cdc.md §5.1, here from queueing on a loaded machine). Counted,
+    the worst kept, and logged (at most every 5 s) so a test that diverged can tell that apart
+    from a cdcd bug."""
+
+    def __init__(self, warn_after: float = 0.5) -> None:
+        self.warn_after_us = int(warn_after * 1e6)
+        self.count = 0
+        self.worst_us = 0
+        self._logged = 0.0
+
+    def note(self, now_us: int, ts: int) -> None:
+        late = now_us - ts
+        if late <= self.warn_after_us:
+            return
+        self.count += 1
+        self.worst_us = max(self.worst_us, late)
+        t = time.monotonic()
+        if t - self._logged >= 5.0:
+            self._logged = t
+            log.warning(
+                "late write: a client timestamp reached the emulator %.3f s after it was taken (%d such "
+                "writes so far, worst %.3f s); a CDC reader whose confidence window is shorter can miss it",
+                late / 1e6, self.count, self.worst_us / 1e6,
+            )  # fmt: skip
+
+
 tls_context = server_context  # (tests.tls)
 
 
@@ -143,6 +173,7 @@ class EmulatorServer:
         # enabled): see ``tls_context`` for a server context, with or without client certificates.
         self.tls = tls
         self.log_stats = LogReadStats()
+        self.late_writes = LateWrites()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -400,6 +431,8 @@ class EmulatorServer:
         if opcode == op.QUERY:
             query, params = P.decode_query(body, flags)
             conn.consistency = params.consistency
+            if params.timestamp is not None and query.lstrip()[:6].lower() != "select":
+                self.late_writes.note(self.engine.now_us(), params.timestamp)
             result = self.engine.execute(
                 query, params.values, keyspace=conn.keyspace, consistency=params.consistency,
                 page_size=params.page_size, paging_state=params.paging_state,
@@ -414,6 +447,9 @@ class EmulatorServer:
         if opcode == op.EXECUTE:
             pid, params = P.decode_execute(body, flags)
             conn.consistency = params.consistency
+            info = self._prepared.get(pid)
+            if params.timestamp is not None and info is not None and info.result_columns is None:
+                self.late_writes.note(self.engine.now_us(), params.timestamp)
             values = self._by_position(pid, params.values, params.names)
             result = self.engine.execute_prepared(
                 pid, values, keyspace=conn.keyspace, consistency=params.consistency,
@@ -424,6 +460,8 @@ class EmulatorServer:
         if opcode == op.BATCH:
             req = P.decode_batch(body, flags)
             conn.consistency = req.consistency
+            if req.timestamp is not None:
+                self.late_writes.note(self.engine.now_us(), req.timestamp)
             stmts = [self._batch_child(conn, ch) for ch in req.children]
             result = self.engine.batch(
                 req.kind, stmts, keyspace=conn.keyspace, consistency=req.consistency, timestamp=req.timestamp,
