@@ -59,7 +59,7 @@ from cdcd.scylla.decode import UndecodableGroup
 from cdcd.scylla.limits import ReadLimiter
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import Sink
-from cdcd.sinks.offsets import RecordsApplied
+from cdcd.sinks.offsets import RecordsApplied, floor_applied
 from cdcd.snapshot.background import TableJobs
 from cdcd.snapshot.run import ACTIVE as SNAPSHOTS
 from cdcd.stages.staleness import StalenessStage, maintain_audit, off_reason
@@ -377,21 +377,28 @@ class Daemon:
         assert self.deps.redis is not None
         key = f"{self.cfg.state.key_prefix}:start:{dest}:{table.source}"
         now_ms = int(time.time() * 1000)
+        recorder = cast(RecordsApplied, sink) if sink is not None and records_applied(sink) else None
+        held = None
         if self.start_at is not None:
             floor = start_floor_ms(self.start_at, now_ms)
             await self.deps.redis.set(key, str(floor))
-            return floor
-        held = None
-        if await self.deps.redis.get(key) is None and sink is not None and records_applied(sink):
-            held = await cast(RecordsApplied, sink).applied_start(mapping)
-        await self.deps.redis.set(key, str(now_ms if held is None else held), nx=True)
-        stored = await self.deps.redis.get(key)
-        if held is not None:
-            log.warning(
-                "Redis had no start position: restored from the destination's offsets table",
-                table=table.source, destination=dest, start_ms=held,
-            )  # fmt: skip
-        return int(stored) if stored is not None else now_ms
+        else:
+            if await self.deps.redis.get(key) is None and recorder is not None:
+                held = await recorder.applied_start(mapping)
+            await self.deps.redis.set(key, str(now_ms if held is None else held), nx=True)
+            stored = await self.deps.redis.get(key)
+            floor = int(stored) if stored is not None else now_ms
+            if held is not None:
+                log.warning(
+                    "Redis had no start position: restored from the destination's offsets table",
+                    table=table.source, destination=dest, start_ms=held,
+                )  # fmt: skip
+        # The destination keeps the floor from the start, not only from its first write: else
+        # Redis losing its state before anything was written would move the floor to a later "now"
+        # and skip what changed in between.
+        if recorder is not None and held is None and await recorder.applied_start(mapping) is None:
+            await recorder.record_applied(mapping, floor_applied(floor))
+        return floor
 
     async def _sink(self, dest: str) -> Sink | None:
         """The destination's sink, connected (None if cdcd stops first). One connection attempt

@@ -244,20 +244,22 @@ class GroupReader:
             done, broken = assembler.feed(rows)
             events: list[ChangeEvent] = []
             upto: dict[bytes, Position] = {}
+            # ``positions`` moves only once the page's batch is complete: an error part-way (a
+            # schema refresh that fails) re-reads the window without skipping what was decoded
+            moved = dict(positions)
             for raw in broken:
-                if raw[0] not in positions or timeuuid_sort_key(raw[1]) <= timeuuid_sort_key(
-                    positions[raw[0]]
-                ):
+                if raw[0] not in moved or timeuuid_sort_key(raw[1]) <= timeuuid_sort_key(moved[raw[0]]):
                     continue
                 await self._route(self._broken(raw, "rows of a group without cdc$end_of_batch"))
-                self._advance(positions, upto, raw[0], raw[1])
+                self._advance(moved, upto, raw[0], raw[1])
             decode_began = time.perf_counter_ns()
             for raw in done:
                 stream, t, group_rows = raw
-                if stream not in positions or timeuuid_sort_key(t) <= timeuuid_sort_key(positions[stream]):
+                if stream not in moved or timeuuid_sort_key(t) <= timeuuid_sort_key(moved[stream]):
                     continue  # delivered before (re-read after a retry or restart)
                 events.extend(await self._decode(group_rows))
-                self._advance(positions, upto, stream, t)
+                self._advance(moved, upto, stream, t)
+            positions.update(moved)
             if events:
                 yield EventBatch(events=events, upto=upto, decode_ns=time.perf_counter_ns() - decode_began)
             elif upto:

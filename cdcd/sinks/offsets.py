@@ -18,6 +18,11 @@ start_ms      where this group's streams without a position start (the start flo
 updated_at    when the row was written (information only)
 ============  ===========================================================================
 
+One more row per (destination, source table), written when cdcd first sets the table up, before
+anything is applied: generation 0, an empty ``stream_id``, ``start_ms`` (and ``position``) at the
+start floor (``floor_applied``). So the floor survives Redis losing its state even before the
+first change was written; rows of real generations take precedence over it.
+
 A row is written in the same transaction as the data it covers (PostgreSQL), or by an insert
 after the data's inserts under a token derived from the same batch (ClickHouse: a retried batch
 records nothing twice, and a crash between the two inserts leaves the offsets behind the data,
@@ -36,7 +41,9 @@ import msgspec
 
 from cdcd.events import Position, timeuuid_to_micros
 
-__all__ = ["DEFAULT_TABLE", "Applied", "RecordsApplied", "newest", "offsets_location", "rows_of"]
+__all__ = [
+    "DEFAULT_TABLE", "Applied", "RecordsApplied", "floor_applied", "newest", "offsets_location", "rows_of",
+]  # fmt: skip
 
 DEFAULT_TABLE = "cdcd_offsets"
 
@@ -53,6 +60,14 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
         if len(gens) != 1:
             raise ValueError(f"positions to record span generations {sorted(gens)}; expected one")
         return gens.pop()
+
+
+def floor_applied(start_ms: int) -> Applied:
+    """The start-floor row (see the module docstring) as an ``Applied`` to record."""
+    from cdcd.scylla.windows import min_timeuuid  # here: cdcd.scylla loads the driver
+
+    floor = Position(generation=0, stream_id=b"", time=min_timeuuid(start_ms * 1000))
+    return Applied(positions={b"": floor}, start_ms=start_ms)
 
 
 def rows_of(applied: Applied) -> list[tuple[bytes, Any, int]]:

@@ -15,7 +15,7 @@ from cdcd.events import Op, Position
 from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import TableMapping
 from cdcd.sinks.clickhouse import ClickHouseSink
-from cdcd.sinks.offsets import Applied
+from cdcd.sinks.offsets import Applied, floor_applied
 from cdcd.sinks.postgres import PostgresSink
 from tests.contract import test_clickhouse_sink as chs
 from tests.contract.builders import STREAM, schema
@@ -220,3 +220,21 @@ async def test_ch_offsets_table_must_exist_when_create_is_off(
 
 
 sink = chs.sink  # the ClickHouse sink fixture
+
+
+async def test_the_start_floor_is_kept_before_anything_is_applied(
+    pg: PostgresSink, sink: ClickHouseSink, ch_database: str
+) -> None:
+    """``floor_applied``: the floor recorded when a table is set up is what ``applied_start``
+    gives while nothing was applied (Redis lost it before the first write); the rows of a real
+    generation take precedence once written; positions of real streams are not affected."""
+    pm = await pg_setup(pg)
+    cm = await chs.setup(sink, ch_database, schema(SIMPLE))
+    for dest, m in ((pg, pm), (sink, cm)):
+        assert await dest.applied_start(m) is None
+        await dest.record_applied(m, floor_applied(GEN + 3))
+        assert await dest.applied_start(m) == GEN + 3
+        assert await dest.load_applied(m, GEN, [STREAM]) == {}
+        await dest.record_applied(m, applied(at(STREAM, 9), start_ms=GEN + 5))
+        assert await dest.applied_start(m) == GEN + 5
+        assert await dest.load_applied(m, GEN, [STREAM]) == {STREAM: at(STREAM, 9)}

@@ -331,6 +331,13 @@ class EmulatorProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def late_writes(self) -> list[str]:
+        """The emulator's "late write" warnings (client timestamps that reached it late: a
+        reader with a shorter confidence window can miss those writes)."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        return [line for line in self.log_path.read_text().splitlines() if "late write" in line]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
