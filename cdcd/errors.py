@@ -121,6 +121,14 @@ class SchemaMismatch(CdcdError):
     """The configured destination cannot represent the source table (e.g. a bad upsert key)."""
 
 
+class UnmanagedTable(SchemaMismatch):
+    """A source column has no column in a destination table cdcd did not create: cdcd never adds
+    columns to a user's table (the schema gate then leaves the column out)."""
+
+
+MANAGED_COMMENT = "managed by cdcd"  # table comment of the destination tables cdcd created
+
+
 class LeaseLost(CdcdError):
     """Another replica holds the stream group now; stop reading and do not save checkpoints."""
 

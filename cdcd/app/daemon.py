@@ -435,6 +435,7 @@ class Daemon:
             watcher=self.schema_watch, table=table.source, destination=dest, sink=sink, mapping=mapping,
             redis=self.deps.redis, prefix=self.cfg.state.key_prefix,
             dest_schema=functools.partial(self._dest_schema, table),  # ignored columns out, masked: text
+            on_altered=functools.partial(self._retarget, table.source, dest),
         )  # fmt: skip
         await self._until_up(f"destination:{dest}", gate.ensure)  # sink.ensure_table at the applied schema
         dest_schema = self.masking.schema_for(table.source, schema)  # masked columns are text
@@ -860,6 +861,12 @@ class Daemon:
                         size = await self.deadletters.count(kind, dest)
                         emit.dlq_size(destination=dest, kind=kind, size=size)
             await self._sleep(30.0)
+
+    async def _retarget(self, table: str, dest: str) -> None:
+        """The schema gate altered the destination table: its validator checks the new columns
+        from the next event on (not only at the next periodic refresh)."""
+        key = (table, dest)
+        await refresh_targets({key: self.branch_stages.get(key, [])}, self.deps.sinks, self.cfg)
 
     async def _refresh_quarantine(self) -> None:
         """on_invalid = "quarantine_key": release keys whose entries were resolved (cdcd dlq);

@@ -18,7 +18,8 @@ about to be written:
 * A field added to a user type (``ALTER TYPE ... ADD``): the destination column keeps the
   type's previous fields; the new field's values are left out (top-level UDT columns; ClickHouse
   cannot change a tuple's type in place).
-* A destination table cdcd did not create (``create_tables = false``): new source columns are
+* A destination table cdcd did not create (``create_tables = false``, or a table that existed
+  before cdcd first ran: cdcd marks the tables it creates with a comment): new source columns are
   not added; if the table has no such column it is handled as ``log`` (said once).
 * ``log``: the destination is never altered after its creation; values of columns it lacks are
   left out of the events (never dead-lettered).
@@ -32,13 +33,13 @@ about to be written:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
-from cdcd.errors import SchemaMismatch
+from cdcd.errors import SchemaMismatch, UnmanagedTable
 from cdcd.events import ChangeEvent
 from cdcd.ops.logging import get_logger, scrub
 from cdcd.schema import TableSchema
@@ -132,6 +133,7 @@ class SchemaGate:
         redis: aioredis.Redis,
         prefix: str,
         dest_schema: Callable[[TableSchema], TableSchema] = lambda s: s,
+        on_altered: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.watcher = watcher
         self.watch: TableWatch = watcher.tables[table]
@@ -141,6 +143,7 @@ class SchemaGate:
         self.mapping = mapping
         self.redis = redis
         self.dest_schema = dest_schema  # source schema -> the destination's (masked columns are text)
+        self.on_altered = on_altered  # awaited after the destination table was altered
         self.key = f"{prefix.rstrip(':')}:schema:applied:{key_part(destination, 'destination')}:{key_part(table, 'table')}"
         self.applied: TableSchema | None = None
         self.applied_version = -1
@@ -203,21 +206,22 @@ class SchemaGate:
                 await self._ensure(target)
             return
         added = sorted(set(c.name for c in target.columns) - self._names)
-        if not getattr(self.mapping, "create", True):
-            try:
-                await self._ensure(target)
-            except SchemaMismatch as exc:
-                self._once(
-                    f"user-table:{added}",
-                    "destination table was not created by cdcd: new source columns are not added; "
-                    "events are written without them",
-                    columns=added, detail=scrub(str(exc)),
-                )  # fmt: skip
-                await self._ensure(self.applied)
-                return
+        try:
             await self._apply(target)
+        except SchemaMismatch as exc:
+            # a table the user created (or create_tables off): cdcd never adds columns to it
+            if not isinstance(exc, UnmanagedTable) and getattr(self.mapping, "create", True):
+                raise
+            self._once(
+                f"user-table:{added}",
+                "destination table was not created by cdcd: new source columns are not added; "
+                "events are written without them",
+                columns=added, detail=scrub(str(exc)),
+            )  # fmt: skip
+            await self._ensure(self.applied)
             return
-        await self._apply(target)
+        if self.on_altered is not None:
+            await self.on_altered()  # e.g. the destination's validator reads the table again
         if added:
             log.info(
                 "destination table altered",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable
+from cdcd.errors import BadRows, SchemaMismatch, SinkUnavailable, UnmanagedTable
 from cdcd.events import ChangeEvent, CqlDuration, Op, RangeBound
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping, create_sink
@@ -569,10 +569,23 @@ async def test_existing_table_must_match_when_create_is_off(
     )
     with pytest.raises(SchemaMismatch, match=r"source column ks\.t\.v2 has no column in ClickHouse table"):
         await sink.ensure_table(m, schema(SIMPLE))
-    # With create on, missing columns are added; a column of another type is refused.
+    # With create on, missing columns are not added either: cdcd did not create the table.
+    with pytest.raises(UnmanagedTable, match=r"ks\.t\.v2 has no column .*a table cdcd did not create"):
+        await sink.ensure_table(
+            TableMapping(source="ks.t", target_schema=ch_database, target_table="t"), schema(SIMPLE)
+        )
+    await ch.command(f"ALTER TABLE `{ch_database}`.`t` ADD COLUMN v2 Nullable(Int32)")
     await sink.ensure_table(
         TableMapping(source="ks.t", target_schema=ch_database, target_table="t"), schema(SIMPLE)
     )
+    # A table cdcd created gets a new source column.
+    created = TableMapping(source="ks.t", target_schema=ch_database, target_table="own")
+    await sink.ensure_table(created, schema(SIMPLE[:3]))
+    await sink.ensure_table(created, schema(SIMPLE))
+    res = await ch.query(
+        f"SELECT name FROM system.columns WHERE database = '{ch_database}' AND table = 'own'"
+    )
+    assert "v2" in {r[0] for r in res.result_rows}
     bad = schema([("pk", "int", "partition_key"), ("ck", "int", "clustering"), ("v1", "int", "regular")])
     with pytest.raises(SchemaMismatch, match="expected"):
         await sink.ensure_table(TableMapping(source="ks.t", target_schema=ch_database, target_table="t"), bad)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from cdcd.errors import BadRows, SchemaMismatch
+from cdcd.errors import BadRows, SchemaMismatch, UnmanagedTable
 from cdcd.events import Op
 from cdcd.sinks import TableMapping
 from cdcd.sinks.postgres import PostgresSink
@@ -59,7 +59,8 @@ async def sink(pg_dsn: str) -> AsyncIterator[PostgresSink]:
 
 
 def mapping(**kw: object) -> TableMapping:
-    return TableMapping(source="ks.t", target_schema="ks", target_table="t", create=False, **kw)  # type: ignore[arg-type]
+    kw.setdefault("create", False)
+    return TableMapping(source="ks.t", target_schema="ks", target_table="t", **kw)  # type: ignore[arg-type]
 
 
 async def test_without_bookkeeping_permission_the_exact_alter_statements_are_given(
@@ -89,6 +90,11 @@ async def test_a_source_column_without_target_column_is_named(
     cols = [*COLS, ("gone", "text", "regular")]
     with pytest.raises(SchemaMismatch, match=r"source column ks\.t\.gone has no column in ks\.t"):
         await sink.ensure_table(mapping(bookkeeping=True), schema(cols))
+    # create_tables on: still not added, the table is not cdcd's
+    with pytest.raises(
+        UnmanagedTable, match=r"ks\.t\.gone has no column in ks\.t, a table cdcd did not create"
+    ):
+        await sink.ensure_table(mapping(bookkeeping=True, create=True), schema(cols))
     await conn.execute("ALTER TABLE ks.t ALTER COLUMN ratio TYPE boolean USING false")
     with pytest.raises(SchemaMismatch, match=r"ks\.t\.ratio is boolean, expected double precision"):
         await sink.ensure_table(mapping(bookkeeping=True), schema(COLS))

@@ -419,7 +419,7 @@ async def wait_converged(
                 alive()
             try:
                 actual = await pg_snapshot(conn, schema, target)
-            except (AssertionError, asyncpg.UndefinedTableError):
+            except (AssertionError, asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
                 if time.monotonic() > deadline:
                     raise
                 actual = None

@@ -333,6 +333,37 @@ async def test_log_mode_writes_the_rest_without_the_new_column(
     assert cdcd.stop() == 0
 
 
+async def test_a_table_the_user_created_gets_no_new_column_even_with_create_tables_on(
+    cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    """The destination table existed before cdcd first ran (create_tables is on, so cdcd added
+    only its bookkeeping columns): a column added to the source is not added to it; its events are
+    written without that column, said once, nothing queued. A table cdcd created gets it."""
+    ks(cql)
+    w = Writer(cql, "sc.u", {"a": "text", "b": "int"}, seed=7)
+    w.create()
+    conn = await pg_connect(pg_dsn)
+    try:
+        await conn.execute("CREATE TABLE public.u (pk int, ck int, a text, b int, PRIMARY KEY (pk, ck))")
+    finally:
+        await conn.close()
+    cdcd = make_cdcd([TableSpec("sc.u", "public.u")], ConfigOptions(extra={"source": FAST}))
+    cdcd.start()
+    cdcd.wait_ready()
+    w.start()
+    await asyncio.sleep(1.0)
+    w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
+    await asyncio.sleep(2.0)
+    w.join()
+    schema = source_schema(cql, "sc.u")
+    await wait_converged(cql, without(schema, "w"), pg_dsn, "public.u", timeout=60, alive=alive(cdcd))
+    assert "w" not in await pg_columns(pg_dsn, "u")
+    said = [m for m in cdcd.log_messages() if "was not created by cdcd" in m.get("message", "")]
+    assert len(said) == 1 and said[0]["columns"] == ["w"], said
+    assert queued(redis_url, redis_prefix) == 0 and queued(redis_url, redis_prefix, "validation") == 0
+    assert cdcd.stop() == 0
+
+
 async def test_halt_stops_only_that_table_and_resumes_without_loss(
     cql: Any, make_cdcd: MakeCdcd, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:

@@ -42,7 +42,16 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 
 from cdcd.config.endpoints import clickhouse_endpoint
-from cdcd.errors import BadRows, ConfigError, SchemaMismatch, SinkUnavailable, client_certificate_hint, reason
+from cdcd.errors import (
+    MANAGED_COMMENT,
+    BadRows,
+    ConfigError,
+    SchemaMismatch,
+    SinkUnavailable,
+    UnmanagedTable,
+    client_certificate_hint,
+    reason,
+)
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.ops.logging import scrub
 from cdcd.schema import CqlType, TableSchema
@@ -253,11 +262,14 @@ class ClickHouseSink:
         book = create if mapping.bookkeeping is None else mapping.bookkeeping
         for part, layout in (("main", table.main), ("static", table.static)):
             if layout is not None:
-                if create:
-                    await self._ddl(table_ddl(layout, mapping.column_types), ddl_settings)
+                managed = await self._managed(layout.database, layout.table)
+                if create and managed is None:
+                    ddl = table_ddl(layout, mapping.column_types) + f" COMMENT '{MANAGED_COMMENT}'"
+                    await self._ddl(ddl, ddl_settings)
+                    managed = await self._managed(layout.database, layout.table)
                 adapt = await self._check(
                     layout.database, layout.table, layout.column_types(), create, ddl_settings,
-                    cql=table.codec.types, bookkeeping=book, source=mapping.source,
+                    cql=table.codec.types, bookkeeping=book, source=mapping.source, managed=bool(managed),
                 )  # fmt: skip
                 if adapt:
                     table.adapt[part] = adapt
@@ -357,6 +369,16 @@ class ClickHouseSink:
             "the enable_nullable_tuple_type setting)"
         )
 
+    async def _managed(self, database: str, name: str) -> bool | None:
+        """Was the table created by cdcd (its comment)? None when it does not exist."""
+        res = await self._call(
+            lambda c: c.query(
+                "SELECT comment FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                parameters={"db": database, "t": name},
+            )
+        )
+        return str(res.result_rows[0][0]) == MANAGED_COMMENT if res.result_rows else None
+
     async def _check(
         self,
         database: str,
@@ -368,9 +390,11 @@ class ClickHouseSink:
         cql: Mapping[str, CqlType] | None = None,
         bookkeeping: bool | None = None,
         source: str = "",
+        managed: bool = True,
     ) -> dict[str, tuple[str, Any, Any]]:
         """The table exists and holds every column with the expected type (missing ones are added
-        when ``create``); raises SchemaMismatch otherwise. Source columns (``cql``) of another
+        when ``create``, source columns only to a table cdcd created: ``managed``, else
+        ``UnmanagedTable``); raises SchemaMismatch otherwise. Source columns (``cql``) of another
         type are accepted where ``convert.conversion`` allows it (returned: column -> (type, to,
         back)). A source column without target column is refused unless ``create``; missing
         bookkeeping columns are added when ``bookkeeping`` (default ``create``), else refused
@@ -401,6 +425,12 @@ class ClickHouseSink:
                         raise SchemaMismatch(
                             f"source column {source or '?'}.{col} has no column in ClickHouse table {where} "
                             "(create_tables is off): add it, or list it in the table's ignore_columns"
+                        )
+                    if not managed:
+                        raise UnmanagedTable(
+                            f"source column {source or '?'}.{col} has no column in ClickHouse table {where}, "
+                            "a table cdcd did not create (it adds columns only to its own tables): add it, "
+                            "or list it in the table's ignore_columns"
                         )
                     await self._call(lambda c, sql=sql: c.command(sql, settings=settings))
                 elif create and not cql:

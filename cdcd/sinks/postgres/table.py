@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from cdcd.errors import SchemaMismatch
+from cdcd.errors import MANAGED_COMMENT, SchemaMismatch, UnmanagedTable
 from cdcd.events import CqlDuration
 from cdcd.schema import TableSchema
 from cdcd.sinks import TableMapping
@@ -217,11 +217,19 @@ async def ensure_layout(
 ) -> dict[str, Converter]:
     """Create (``create``) or check one physical table; add missing columns; accept columns of
     another type where ``convert.conversion`` allows it (returned: column -> converter), refuse
-    the others. A source column without a target column is refused unless ``create``; cdcd's
+    the others. A source column without a target column is refused unless ``create`` and the
+    table is cdcd's (created by it: its comment is ``MANAGED_COMMENT``; ``UnmanagedTable``); cdcd's
     bookkeeping columns are added when ``bookkeeping`` (default: ``create``), else refused with
     the exact ALTER TABLE statements to run."""
+    managed = False  # created by cdcd (its comment): only then are source columns added
     if create:
-        await conn.execute(table_ddl(layout, types))
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", layout.name):
+            await conn.execute(table_ddl(layout, types))
+            await conn.execute(f"COMMENT ON TABLE {layout.name} IS '{MANAGED_COMMENT}'")
+            managed = True
+        else:
+            comment = await conn.fetchval("SELECT obj_description(to_regclass($1), 'pg_class')", layout.name)
+            managed = comment == MANAGED_COMMENT
     have = await require_columns(conn, layout.schema, layout.table)
     user = {c.name for c in (*layout.key, *layout.values)}
     add_book = create if bookkeeping is None else bookkeeping
@@ -234,6 +242,12 @@ async def ensure_layout(
                 raise SchemaMismatch(
                     f"source column {source or '?'}.{col} has no column in {layout.schema}.{layout.table} "
                     "(create_tables is off): add it, or list it in the table's ignore_columns"
+                )
+            if not managed:
+                raise UnmanagedTable(
+                    f"source column {source or '?'}.{col} has no column in {layout.schema}.{layout.table}, "
+                    "a table cdcd did not create (it adds columns only to its own tables): add it, "
+                    "or list it in the table's ignore_columns"
                 )
             await conn.execute(f"ALTER TABLE {layout.name} ADD COLUMN IF NOT EXISTS {col_def}")
         else:
