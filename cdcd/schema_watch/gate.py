@@ -163,12 +163,36 @@ class SchemaGate:
                 raw = await self.redis.get(self.key)
             if raw is not None:
                 self._set(_schema_dec.decode(raw))
+            elif self.watch.policy != "propagate" and await self._from_destination():
+                return
             if self.applied is None:
                 await self._apply(self.watch.schema)
             elif self._follows():
                 await self._move(start=True)
             else:
                 await self._ensure(self.applied)
+
+    async def _from_destination(self) -> bool:
+        """No applied schema in Redis (first start, or Redis lost its state) and a ``log`` or
+        ``halt`` policy: if the destination table exists but lacks source columns, those were
+        added while cdcd did not alter it; it stays as it is (``log``: they are left out) or the
+        table halts again (``halt``: a halt lost with Redis's state is restored). True if so."""
+        describe = getattr(self.sink, "target_definition", None)
+        if describe is None:
+            return False
+        have = set((await describe(self.mapping)).columns)
+        if not have:
+            return False  # not there yet: created at the source's schema
+        source = self.watch.schema
+        lacking = sorted(c.name for c in self.dest_schema(source).columns if c.name not in have)
+        if not lacking:
+            return False
+        await self._apply(
+            msgspec.structs.replace(source, columns=tuple(c for c in source.columns if c.name not in lacking))
+        )
+        if self.watch.policy == "halt" and self.watch.halt is None:
+            await self.watcher.halt_lacking(self.table, lacking, self.destination)
+        return True
 
     def _follows(self) -> bool:
         """The destination follows source changes now (propagate, or halt when not halted)."""

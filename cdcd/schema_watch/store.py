@@ -153,14 +153,24 @@ class SchemaStore:
         return None if raw is None else _halt.decode(raw)
 
     async def resume(self, table: str) -> Halt | None:
-        """Lift the halt; returns what it was (None: the table was not halted)."""
+        """Lift the halt; returns what it was (None: the table was not halted). The version
+        resumed is kept (``resumed``): a halt gone without it was lost with Redis's state."""
         key = self._key("halt", table)
         with redis_errors(f"resuming {table}"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.delete(key)
-                raw, _ = await pipe.execute()
-        return None if raw is None else _halt.decode(raw)
+            raw = await self.client.get(key)
+            if raw is None:
+                return None
+            was = _halt.decode(raw)
+            # first the resumed version, then the halt goes: nobody sees it gone without a resume
+            await self.client.set(self._key("resumed", table), str(was.version))
+            await self.client.delete(key)
+        return was
+
+    async def resumed(self, table: str) -> int | None:
+        """The schema version whose halt an operator lifted last (None: none recorded)."""
+        with redis_errors(f"reading the resume state of {table}"):
+            raw = await self.client.get(self._key("resumed", table))
+        return None if raw is None else int(raw)
 
 
 def describe_entry(e: HistoryEntry) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from prometheus_client import Counter
@@ -318,12 +318,36 @@ class SchemaWatcher:
         """Re-read the halt state (another replica or ``cdcd resume`` may have lifted it)."""
         w = self.tables[table]
         halt = await self.store.halted(table)
+        if w.halt is not None and halt is None and await self.store.resumed(table) != w.halt.version:
+            # gone without a resume: Redis lost its state (FLUSHALL, restart without persistence)
+            w.halt = await self.store.halt(table, w.halt)
+            log.warning(
+                "the halt of a table was gone from Redis without a resume (Redis lost its state); "
+                "halted again", table=table, version=w.halt.version,
+            )  # fmt: skip
+            return w.halt
         if w.halt is not None and halt is None:
             log.info("table resumed", table=table, version=w.halt.version)
             w.halt = None
             w._notify()
         else:
             w.halt = halt
+        return w.halt
+
+    async def halt_lacking(self, table: str, lacking: Sequence[str], destination: str) -> Halt:
+        """Halt ``table`` because a destination lacks source columns while no halt or schema
+        history is recorded (Redis lost its state while the table was halted, then cdcd
+        restarted): events from now on, and any carrying those columns, are held as before."""
+        w = self.tables[table]
+        reason = f"{destination} lacks source columns {sorted(lacking)} and Redis holds no schema history"
+        w.halt = await self.store.halt(
+            table, Halt(version=w.version, since_us=int(time.time() * 1e6), reason=reason, at=time.time())
+        )
+        log.error(
+            "table halted by a schema change; resume with `cdcd resume --table` or POST /admin/resume/<table>",
+            table=table, version=w.halt.version, reason=w.halt.reason,
+        )  # fmt: skip
+        w._notify()
         return w.halt
 
     async def resume(self, table: str) -> Mapping[str, Any]:

@@ -131,6 +131,17 @@ def queued(redis_url: str, prefix: str, kind: str = "dead") -> int:
         client.close()
 
 
+def forget_state(redis_url: str, prefix: str) -> None:
+    """What FLUSHALL does to this test's cdcd (only its keys: the Redis is shared)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def without(schema: Any, *names: str) -> Any:
     return msgspec.structs.replace(schema, columns=tuple(c for c in schema.columns if c.name not in names))
 
@@ -409,6 +420,20 @@ async def test_halt_stops_only_that_table_and_resumes_without_loss(
         m.get("message", "").startswith("table halted") and m.get("level") == "error"
         for m in cdcd.log_messages()
     )
+    hist = await asyncio.to_thread(cli, cdcd, "schema", "history", "--table", "sc.h")
+    assert hist.returncode == 0 and "version 2" in hist.stdout and "column added w" in hist.stdout, hist
+    # Redis loses its state while halted (as by FLUSHALL): the running process halts it again...
+    forget_state(redis_url, redis_prefix)
+    await asyncio.sleep(6.0)  # the gates look at the halt every 2 s; the leases come back after a TTL
+    assert halted() and "w" not in await pg_columns(pg_dsn, "h")
+    # ... and so does a restart that finds no halt and no schema history in Redis: PostgreSQL
+    # lacks the new column, so the table halts again instead of being altered.
+    cdcd.kill9()
+    forget_state(redis_url, redis_prefix)
+    cdcd.start()
+    await asyncio.to_thread(wait_for, halted, 60, "/readyz names the halted table after Redis lost it")
+    await asyncio.sleep(2.0)
+    assert "w" not in await pg_columns(pg_dsn, "h")
     h.join()
     # `cdcd resume --table` (the CLI) lifts it; the admin endpoint answers for a table not halted.
     out = await asyncio.to_thread(cli, cdcd, "resume", "--table", "sc.h")
@@ -421,8 +446,6 @@ async def test_halt_stops_only_that_table_and_resumes_without_loss(
     await asyncio.to_thread(cdcd.wait_ready, 30)
     body = await asyncio.to_thread(admin_post, cdcd, "resume/sc.h", token)
     assert body["result"]["was_halted"] is False
-    hist = await asyncio.to_thread(cli, cdcd, "schema", "history", "--table", "sc.h")
-    assert hist.returncode == 0 and "version 2" in hist.stdout and "column added w" in hist.stdout, hist
     assert queued(redis_url, redis_prefix) == 0
     assert cdcd.stop() == 0
 
