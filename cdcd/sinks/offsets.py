@@ -34,18 +34,20 @@ start floor. The protocol ``RecordsApplied`` is what ``cdcd.flow.applied`` needs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from cdcd.events import Position, timeuuid_to_micros
 
 __all__ = [
-    "DEFAULT_TABLE", "Applied", "RecordsApplied", "floor_applied", "newest", "offsets_location", "rows_of",
+    "DEFAULT_TABLE", "Applied", "PerMapping", "RecordsApplied", "floor_applied", "newest", "offsets_location",
+    "rows_of",
 ]  # fmt: skip
 
 DEFAULT_TABLE = "cdcd_offsets"
+T = TypeVar("T")
 
 
 class Applied(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +117,22 @@ class RecordsApplied(Protocol):
         """``start_ms`` of the newest generation recorded for the mapping's source table (the
         floor to restore when Redis lost it); None when nothing is recorded."""
         ...
+
+
+class PerMapping(Generic[T]):
+    """One ``make(mapping)`` per (source, target) mapping, made on first use (a sink's offsets
+    statements per mapping)."""
+
+    def __init__(self, make: Callable[[Any], T]) -> None:
+        self._make = make
+        self._made: dict[tuple[str, str], T] = {}
+
+    def __call__(self, mapping: Any) -> T:
+        key = (mapping.source, mapping.target)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(mapping)
+        return made
 
 
 def newest(a: Mapping[bytes, Position], b: Mapping[bytes, Position]) -> dict[bytes, Position]:

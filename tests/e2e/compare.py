@@ -36,6 +36,7 @@ import ipaddress
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from cdcd.schema import CqlType, TableSchema
 
 __all__ = [
     "Snapshot",
+    "assert_history_once",
     "diff",
     "history_positions",
     "log_delete_positions",
@@ -511,6 +513,28 @@ def log_delete_positions(session: Any, table: str) -> set[tuple[bytes, uuid.UUID
         for r in _dicts(session.execute(stmt))
         if r["cdc$operation"] in (3, 4, 5, 6)
     }
+
+
+async def assert_history_once(session: Any, table: str, pg_dsn: str, target: str, polls: int = 40) -> int:
+    """PostgreSQL's delete history (``<target>_history``) holds every delete of the source's CDC
+    log exactly once, and nothing else (polled briefly); returns the number of deletes."""
+    expected = log_delete_positions(session, table)
+    conn = await pg_connect(pg_dsn)
+    try:
+        found: list[tuple[bytes, uuid.UUID, int]] = []
+        for _ in range(polls):  # the history commits with the main table; poll briefly anyway
+            found = await history_positions(conn, target)
+            if set(found) >= expected:
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+    dupes = [p for p, n in Counter(found).items() if n > 1]
+    assert not dupes, f"duplicate history rows: {dupes[:5]}"
+    assert set(found) == expected, (
+        f"history: {len(expected - set(found))} deletes missing, {len(set(found) - expected)} unexpected"
+    )
+    return len(expected)
 
 
 async def history_positions(conn: asyncpg.Connection, target: str) -> list[tuple[bytes, uuid.UUID, int]]:

@@ -61,6 +61,18 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
     raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last error: {last!r})")
 
 
+def ch_ts_destinations(clickhouse_url: str, *, timescale: bool = True, pool_size: int | None = 2) -> str:
+    """``[destinations.ch]`` (and ``[destinations.ts]``, DSN from ``$TS_DSN``) for
+    ``ConfigOptions.extra["destinations"]``: the ClickHouse and TimescaleDB destinations of the
+    multi-destination tests (PostgreSQL is the harness's ``pg``)."""
+    out = f'\n[destinations.ch]\ntype = "clickhouse"\nurl = "{clickhouse_url}"\n'
+    if timescale:
+        out += '\n[destinations.ts]\ntype = "timescaledb"\ndsn = "${TS_DSN}"\n'
+        if pool_size is not None:
+            out += f"pool_size = {pool_size}\n"
+    return out
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """One ``[[tables]]`` entry, replicated into the ``pg`` destination unless ``destinations``

@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from tests.e2e.compare import (
-    history_positions,
-    log_delete_positions,
-    pg_connect,
+    assert_history_once,
     source_schema,
     wait_converged,
 )
@@ -86,23 +83,8 @@ async def test_kill9_at_random_moments_loses_and_duplicates_nothing(
     assert len(snap.rows) > 100
 
     # Every delete of the CDC log is in the history exactly once, and nothing else is.
-    expected = log_delete_positions(cql, "crash.t")
-    conn = await pg_connect(pg_dsn)
-    try:
-        found: list[Any] = []
-        for _ in range(40):  # the history commits with the main table, but poll briefly anyway
-            found = await history_positions(conn, "dst.t")
-            if set(found) >= expected:
-                break
-            await asyncio.sleep(0.25)
-    finally:
-        await conn.close()
-    dupes = [p for p, n in Counter(found).items() if n > 1]
-    assert not dupes, f"duplicate history rows: {dupes[:5]}"
-    assert set(found) == expected, (
-        f"history: {len(expected - set(found))} deletes missing, {len(set(found) - expected)} unexpected"
-    )
-    assert len(expected) > changes // 50  # the workload deleted a lot (row, range and partition deletes)
+    deletes = await assert_history_once(cql, "crash.t", pg_dsn, "dst.t")
+    assert deletes > changes // 50  # the workload deleted a lot (row, range and partition deletes)
 
     assert cdcd.stop() == 0, cdcd.log_tail()
     messages = cdcd.log_messages()

@@ -37,7 +37,15 @@ import redis
 from tests.conftest import fresh_database
 from tests.e2e.compare import pg_connect
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import ROOT, CdcdProcess, ConfigOptions, TableSpec, free_port, wait_for
+from tests.e2e.harness import (
+    ROOT,
+    CdcdProcess,
+    ConfigOptions,
+    TableSpec,
+    ch_ts_destinations,
+    free_port,
+    wait_for,
+)
 
 HASH_KEY = "5f1e0c7a9b3d2e4f60718293a4b5c6d7e8f90112233445566778899aabbccdde"
 VAULT_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -198,16 +206,7 @@ async def test_masked_everywhere_joins_reveal_and_new_columns(  # noqa: PLR0917
         cql.execute(stmt)
     cql.execute("CREATE TABLE clinic.contacts (id int PRIMARY KEY, label text) WITH cdc = {'enabled': true}")
     db = ch_database
-    destinations = f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-pool_size = 2
-{MASKING}"""
+    destinations = ch_ts_destinations(clickhouse_url) + MASKING
     all3 = ("pg", "ch", "ts")
     cdcd = make_cdcd(
         [

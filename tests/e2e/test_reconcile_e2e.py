@@ -31,7 +31,7 @@ from cdcd.config import Config, load
 from cdcd.snapshot.commands import snapshot_command
 from cdcd.snapshot.reconcile import reconcile_command
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import PG_ENV, ConfigOptions, TableSpec, free_port, write_config
+from tests.e2e.harness import PG_ENV, ConfigOptions, TableSpec, ch_ts_destinations, free_port, write_config
 
 MakeConfig = Callable[..., Config]
 KS = "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
@@ -105,15 +105,7 @@ async def test_reconcile_reports_tampering_exactly_and_repairs_it(  # noqa: PLR0
     for p in range(40):
         cql.execute("INSERT INTO ks.t (p, c, a, b, m) VALUES (%s, 0, %s, %s, {'k': %s})", (p, f"v{p}", p, p))
     cql.execute("ALTER TABLE ks.t WITH cdc = {'enabled': true}")
-    dests = f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-"""
+    dests = ch_ts_destinations(clickhouse_url, pool_size=None)
     target = f"{ch_database}.t"
     cfg = make_config(
         [TableSpec("ks.t", target, delete="soft", destinations=("pg", "ch", "ts"))], dests, {"TS_DSN": ts_dsn}

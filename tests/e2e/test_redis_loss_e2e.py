@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ import pytest
 
 from cdcd.events import Position, timeuuid_sort_key
 from tests.e2e.compare import (
-    history_positions,
+    assert_history_once,
     log_delete_positions,
     pg_connect,
     source_schema,
@@ -44,22 +43,6 @@ CH_DEST = """
 type = "clickhouse"
 url = "{url}"
 """
-
-
-async def _history_once(cql: Any, pg_dsn: str, target: str) -> int:
-    """PostgreSQL's delete history equals the CDC log's deletes, each exactly once."""
-    expected = log_delete_positions(cql, "rl.t")
-    conn = await pg_connect(pg_dsn)
-    try:
-        found = await history_positions(conn, target)
-    finally:
-        await conn.close()
-    dupes = [p for p, n in Counter(found).items() if n > 1]
-    assert not dupes, f"duplicate history rows: {dupes[:5]}"
-    assert set(found) == expected, (
-        f"history: {len(expected - set(found))} deletes missing, {len(set(found) - expected)} unexpected"
-    )
-    return len(expected)
 
 
 def _ch_history(client: Any, target: str) -> set[tuple[bytes, Any, int]]:
@@ -136,7 +119,7 @@ async def test_flushall_mid_run_positions_come_from_the_destinations(  # noqa: P
     finally:
         client.close()
     assert len(pg.rows) == len(ch.rows) > 100
-    assert await _history_once(cql, pg_dsn, target) > 300
+    assert await assert_history_once(cql, "rl.t", pg_dsn, target) > 300
     positions, floors = _restored(cdcd)
     assert floors >= 2 * restarts, "the start floor was not restored from the destinations"  # pg and ch
     assert positions >= 2 * restarts, "positions were not taken from the destinations"
@@ -216,7 +199,7 @@ async def test_redis_restart_without_persistence_and_kill9_ahead_of_redis_stay_e
 
     snap = await wait_converged(cql, source_schema(cql, "rl.t"), pg_dsn, target, timeout=150, alive=alive)
     assert len(snap.rows) > 100
-    assert await _history_once(cql, pg_dsn, target) > 300
+    assert await assert_history_once(cql, "rl.t", pg_dsn, target) > 300
     positions, _ = _restored(cdcd)
     assert positions >= 1
     assert cdcd.stop() == 0, cdcd.log_tail()

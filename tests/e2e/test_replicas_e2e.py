@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +40,7 @@ import clickhouse_connect
 import pytest
 
 from tests.e2e.compare import (
-    history_positions,
-    log_delete_positions,
-    pg_connect,
+    assert_history_once,
     source_schema,
     wait_converged,
 )
@@ -288,18 +285,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(  # noqa: P
             client.close()
         assert len(snap.rows) > 100 and len(chs.rows) == len(snap.rows)
 
-        expected = log_delete_positions(cql, "chaos.t")
-        conn = await pg_connect(pg_dsn)
-        try:
-            found = await history_positions(conn, target)
-        finally:
-            await conn.close()
-        dupes = [p for p, n in Counter(found).items() if n > 1]
-        assert not dupes, f"duplicate history rows: {dupes[:5]}"
-        assert set(found) == expected, (
-            f"{len(expected - set(found))} missing, {len(set(found) - expected)} extra"
-        )
-        assert len(expected) > 300
+        assert await assert_history_once(cql, "chaos.t", pg_dsn, target) > 300
     finally:
         sampler.stop()
 

@@ -29,7 +29,7 @@ import redis
 from tests.e2e.compare import pg_connect, pg_snapshot, source_schema, source_snapshot, wait_converged
 from tests.e2e.compare_ch import wait_ch_converged
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import ROOT, CdcdProcess, ConfigOptions, TableSpec, wait_for
+from tests.e2e.harness import ROOT, CdcdProcess, ConfigOptions, TableSpec, ch_ts_destinations, wait_for
 
 
 class Writer:
@@ -250,16 +250,7 @@ async def test_add_and_drop_under_kill9_into_three_destinations(  # noqa: PLR091
     w = Writer(cql, "sc.t", {"a": "text", "b": "int"}, seed=3)
     w.create()
     target = f"{ch_database}.t"
-    destinations = f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-pool_size = 2
-"""
+    destinations = ch_ts_destinations(clickhouse_url)
     cdcd = make_cdcd(
         [TableSpec("sc.t", target, destinations=("pg", "ch", "ts"))],
         ConfigOptions(batch_max_rows=50, extra={"destinations": destinations, "source": FAST}),

@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.compare import source_schema, wait_converged
 from tests.e2e.compare_ch import wait_ch_converged
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, wait_for
+from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, ch_ts_destinations, wait_for
 from tests.e2e.workload import Workload
 
 
@@ -48,16 +48,7 @@ async def test_each_log_row_is_read_once_for_three_destinations(  # noqa: PLR091
     workload = Workload(cql, "once.t", seed=88, partitions=30, rows_per_partition=30)
     workload.create()
     target = f"{ch_database}.t"
-    destinations = f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-pool_size = 2
-"""
+    destinations = ch_ts_destinations(clickhouse_url)
     cdcd = make_cdcd(
         [TableSpec("once.t", target, destinations=("pg", "ch", "ts"))],
         # A loaded test machine must not make a destination detach (that would read again), nor

@@ -33,7 +33,7 @@ import redis
 from tests.e2e.compare import source_schema, wait_converged
 from tests.e2e.compare_ch import wait_ch_converged
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import ROOT, CdcdProcess, ConfigOptions, TableSpec
+from tests.e2e.harness import ROOT, CdcdProcess, ConfigOptions, TableSpec, ch_ts_destinations
 from tests.scylla_emulator.bulk import bulk_load
 
 ROWS = 50_000
@@ -86,16 +86,7 @@ class Upserts:
 
 
 def _destinations(clickhouse_url: str) -> str:
-    return f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-pool_size = 2
-"""
+    return ch_ts_destinations(clickhouse_url)
 
 
 def _snapshot_ranges_done(r: redis.Redis, prefix: str, table: str, dests: list[str]) -> int:

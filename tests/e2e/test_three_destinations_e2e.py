@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.compare import pg_connect, source_schema, wait_converged
 from tests.e2e.compare_ch import ch_source_snapshot, wait_ch_converged
 from tests.e2e.conftest import MakeCdcd
-from tests.e2e.harness import ConfigOptions, TableSpec
+from tests.e2e.harness import ConfigOptions, TableSpec, ch_ts_destinations
 from tests.e2e.test_types_e2e import SCHEMA as TYPES_SCHEMA
 from tests.e2e.test_types_e2e import write_all_types
 from tests.e2e.workload import Workload
@@ -41,20 +41,14 @@ async def test_three_destinations_survive_kill9_and_equal_the_source(  # noqa: P
     )
     workload.create()
     target = f"{ch_database}.t"  # PostgreSQL/TimescaleDB schema, ClickHouse database
-    destinations = f"""
-[destinations.ch]
-type = "clickhouse"
-url = "{clickhouse_url}"
-
-[destinations.ts]
-type = "timescaledb"
-dsn = "${{TS_DSN}}"
-pool_size = 2
-
+    destinations = (
+        ch_ts_destinations(clickhouse_url)
+        + """
 [destinations.ts.hypertables."tri.t"]
 time_column = "ck"
 chunk_interval = "1d"
 """
+    )
     cdcd = make_cdcd(
         [TableSpec("tri.t", target, destinations=("pg", "ch", "ts"))],
         ConfigOptions(

@@ -82,7 +82,7 @@ from cdcd.sinks.clickhouse.sql import (
     table_ddl,
 )
 from cdcd.sinks.clickhouse.wire import Block, batch_token, error_reason, key_param, micros_to_dt, norm_type
-from cdcd.sinks.offsets import Applied, offsets_location
+from cdcd.sinks.offsets import Applied, PerMapping, offsets_location
 from cdcd.sinks.outcome import check_version_column, version_column
 from cdcd.sinks.postgres.types import JSON_ENCODER, json_value
 from cdcd.stages.targets import CH_COLUMNS_SQL, TargetTable, ch_column, table_from_rows
@@ -128,7 +128,9 @@ class ClickHouseSink:
         self.config = config
         self._client: Any = None
         self._tables: dict[tuple[str, str], _Table] = {}
-        self._offsets: dict[tuple[str, str], ChOffsets] = {}  # per mapping: its offsets table
+        self._offsets_of = PerMapping(  # per mapping: its offsets table
+            lambda m: ChOffsets(self.name, self.config, m.source, m.target_schema)
+        )
         self._ddl_lock = asyncio.Lock()  # ensure_table of several tables at once: one at a time
         self._connect_lock = asyncio.Lock()  # one client, however many callers connect at once
 
@@ -302,14 +304,6 @@ class ClickHouseSink:
         self._tables[(mapping.source, mapping.target)] = table
 
     # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
-    def _offsets_of(self, mapping: TableMapping) -> ChOffsets:
-        key = (mapping.source, mapping.target)
-        offsets = self._offsets.get(key)
-        if offsets is None:
-            offsets = ChOffsets(self.name, self.config, mapping.source, mapping.target_schema)
-            self._offsets[key] = offsets
-        return offsets
-
     async def load_applied(
         self, mapping: TableMapping, generation: int, streams: Sequence[bytes]
     ) -> dict[bytes, Position]:

@@ -49,7 +49,7 @@ from cdcd.ops.logging import scrub
 from cdcd.schema import TableSchema
 from cdcd.sinks import Skipped, TableMapping, WriteOutcome, config_secret
 from cdcd.sinks.classify import Action, classify, connection_broken
-from cdcd.sinks.offsets import Applied, offsets_location
+from cdcd.sinks.offsets import Applied, PerMapping, offsets_location
 from cdcd.sinks.outcome import in_batch, version_column
 from cdcd.sinks.postgres.fold import RowPlan, Segment, fold, resolve
 from cdcd.sinks.postgres.grants import missing_grants
@@ -128,7 +128,9 @@ class PostgresSink:
         self.config = config
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[tuple[str, str], PgTable] = {}
-        self._offsets: dict[tuple[str, str], PgOffsets] = {}  # per mapping: its offsets table
+        self._offsets_of = PerMapping(  # per mapping: its offsets table
+            lambda m: PgOffsets(self.name, self.config, m.source, m.target_schema)
+        )
         self._staged: set[tuple[int, str]] = set()  # (backend pid, staging table) created
         self._connect_lock = asyncio.Lock()  # one pool, however many callers connect at once
 
@@ -284,14 +286,6 @@ class PostgresSink:
         self._tables[(mapping.source, mapping.target)] = table
 
     # -- applied positions (cdcd.sinks.offsets) -----------------------------------------------
-    def _offsets_of(self, mapping: TableMapping) -> PgOffsets:
-        key = (mapping.source, mapping.target)
-        offsets = self._offsets.get(key)
-        if offsets is None:
-            offsets = PgOffsets(self.name, self.config, mapping.source, mapping.target_schema)
-            self._offsets[key] = offsets
-        return offsets
-
     async def load_applied(
         self, mapping: TableMapping, generation: int, streams: Sequence[bytes]
     ) -> dict[bytes, Position]:
