@@ -73,7 +73,9 @@ class Sampler:
 
     def __init__(self, procs: list[CdcdProcess]) -> None:
         self.procs = procs
-        self.claims: dict[tuple[str, str, int], Claim] = {}  # (replica, group, epoch) -> lease claim
+        # (replica, group, epoch, acquired at) -> lease claim: epochs start again from 1 when
+        # Redis restarts empty, so an epoch alone does not name one acquisition
+        self.claims: dict[tuple[str, str, int, float], Claim] = {}
         self.points: list[Claim] = []  # running branches outside a lease
         self.seen: list[tuple[float, str, int, set[str]]] = []  # (time, replica, pid, groups held)
         self.samples = 0
@@ -114,7 +116,7 @@ class Sampler:
         held = set()
         for lease in body["leases"]:
             held.add(lease["group"])
-            key = (rid, lease["group"], lease["epoch"])
+            key = (rid, lease["group"], lease["epoch"], lease["acquired_at"])
             claim = self.claims.get(key)
             if claim is None:
                 self.claims[key] = Claim(rid, lease["group"], lease["acquired_at"], now, True)
