@@ -296,11 +296,13 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(  # noqa: P
     overlaps = sampler.overlaps()
     assert not overlaps, "\n".join(overlaps[:10])
     takeovers = []
-    for when, rid, groups in kills:
+    for i, (when, rid, groups) in enumerate(kills):
         for group in groups:
             at = sampler.holder_after(group, rid, when)
             assert at is not None, f"{group} of killed {rid} never ran elsewhere"
-            takeovers.append(at - when)
+            # the second kill is followed by the Redis restart: no replica takes a free lease for
+            # one lease TTL (10 s) after Redis came back, as a holder may not have noticed yet
+            takeovers.append(at - when - (10.0 if i == 1 else 0.0))
     assert takeovers and max(takeovers) <= 30, takeovers
     first = sampler.first_held(added.pid)  # (never a victim: its first process is still running)
     assert first is not None and first - added_at <= 30, first
