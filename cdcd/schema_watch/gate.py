@@ -184,7 +184,9 @@ class SchemaGate:
         if not have:
             return False  # not there yet: created at the source's schema
         source = self.watch.schema
-        lacking = sorted(c.name for c in self.dest_schema(source).columns if c.name not in have)
+        lacking = sorted(  # (static columns live in the side table <table>_static)
+            c.name for c in self.dest_schema(source).columns if c.kind != "static" and c.name not in have
+        )
         if not lacking:
             return False
         await self._apply(
