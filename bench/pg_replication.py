@@ -518,7 +518,13 @@ def main() -> int:
         return serve_emulator(args.vnodes)
     if args.profile:
         args.profile = os.path.abspath(args.profile)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cdcd-bench-"))
+    return with_servers(args, "cdcd-bench-", run)
+
+
+def with_servers(args: argparse.Namespace, prefix: str, run: Any) -> int:
+    """``run(args, workdir, pg_dsn, redis_url)`` with throwaway PostgreSQL and Redis servers
+    (unless ``--pg-dsn``/``--redis-url`` name running ones) in ``--workdir`` or a temp dir."""
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         pg = args.pg_dsn or stack.enter_context(postgres_server())

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,9 +40,8 @@ from bench.pg_replication import (  # noqa: E402
     EmulatorChild,
     cpu_seconds,
     fresh_database,
-    postgres_server,
-    redis_server,
     serve_emulator,
+    with_servers,
 )
 from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, free_port, write_config  # noqa: E402
 
@@ -162,15 +158,7 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return serve_emulator(args.vnodes)
     args.replicas = [int(x) for x in str(args.replicas).split(",") if x.strip()]
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cdcd-replicas-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        pg = args.pg_dsn or stack.enter_context(postgres_server())
-        redis = args.redis_url or stack.enter_context(redis_server(workdir))
-        asyncio.run(run(args, workdir, pg, redis))
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return with_servers(args, "cdcd-replicas-", run)
 
 
 if __name__ == "__main__":
