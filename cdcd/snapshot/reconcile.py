@@ -45,6 +45,7 @@ import msgspec
 from cdcd.config import Config
 from cdcd.events import ChangeEvent, Op
 from cdcd.schema import TableSchema
+from cdcd.scylla.values import hashable
 from cdcd.snapshot.bar import ProgressBar
 from cdcd.snapshot.path import DestinationPath
 from cdcd.snapshot.source import SNAPSHOT_POSITION, SourceRow, TableScan, snapshot_position, token_ranges
@@ -96,14 +97,6 @@ class ReconcileResult:
             "repaired": self.repaired,
             "not_repaired": self.not_repaired,
         }
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, list | tuple):
-        return tuple(_hashable(x) for x in v)
-    if isinstance(v, dict):
-        return tuple((_hashable(k), _hashable(x)) for k, x in v.items())
-    return v
 
 
 _ENC = msgspec.msgpack.Encoder(enc_hook=repr)
@@ -161,7 +154,7 @@ class Reconciler:
         self.form = source_form(schema, reader.kind)
 
     def key_of(self, key: dict[str, Any]) -> Key:
-        return tuple(_hashable(key[n]) for n in self.keys)
+        return tuple(hashable(key[n]) for n in self.keys)
 
     def _range_of(self, token: int) -> int:
         lo, hi = 0, len(self.bounds) - 1

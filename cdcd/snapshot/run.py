@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from cdcd.events import ChangeEvent, Op
+from cdcd.scylla.values import hashable
 from cdcd.snapshot.path import DestinationPath
 from cdcd.snapshot.source import TableScan, snapshot_position, token_ranges
 from cdcd.snapshot.store import SnapshotStore
@@ -188,21 +189,21 @@ async def _verify_range(
         return
     names = [c.name for c in scan.key_columns]
     checked_us = int(time.time() * 1e6)
-    wanted = {tuple(_hashable(k[n]) for n in names) for k in written}
+    wanted = {tuple(hashable(k[n]) for n in names) for k in written}
     current = []
     present: set[tuple[Any, ...]] = set()
     async for page in scan.scan(lo, hi):
         for row in page:
-            k = tuple(_hashable(row.key[n]) for n in names)
+            k = tuple(hashable(row.key[n]) for n in names)
             present.add(k)
             if k in wanted:
                 current.append(row)
-    gone = [k for k in written if tuple(_hashable(k[n]) for n in names) not in present]
+    gone = [k for k in written if tuple(hashable(k[n]) for n in names) not in present]
     for _ in range(_VERIFY_ROUNDS):
         if gone:
             await _delete(table, gone, checked_us, paths)
         found = await asyncio.gather(*(verifiers[d].verify_written(current) for d in paths if d in verifiers))
-        rewritten = {tuple(_hashable(k[n]) for n in names): k for keys in found for k in keys}
+        rewritten = {tuple(hashable(k[n]) for n in names): k for keys in found for k in keys}
         if not rewritten:
             return
         # A rewrite read the source before it wrote, like the snapshot: a delete applied to the
@@ -228,11 +229,3 @@ async def _delete(table: str, keys: list[dict[str, Any]], at: int, paths: dict[s
         for k in keys
     ]
     await asyncio.gather(*(p.write(events) for p in paths.values()))
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, list | tuple):
-        return tuple(_hashable(x) for x in v)
-    if isinstance(v, dict):
-        return tuple((_hashable(k), _hashable(x)) for k, x in v.items())
-    return v
