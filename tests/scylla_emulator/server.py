@@ -182,6 +182,11 @@ class EmulatorServer:
         self._prepared: dict[bytes, PreparedInfo] = {}
         self._roles: Any = None  # engine.auth when the engine has roles and permissions
 
+    def _note_timestamp(self, ts: int) -> None:
+        """A write's client timestamp, for ``late_writes`` (engines without a clock: wall time)."""
+        clock = getattr(self.engine, "now_us", None)
+        self.late_writes.note(clock() if clock is not None else int(time.time() * 1e6), ts)
+
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> EmulatorServer:
@@ -432,7 +437,7 @@ class EmulatorServer:
             query, params = P.decode_query(body, flags)
             conn.consistency = params.consistency
             if params.timestamp is not None and query.lstrip()[:6].lower() != "select":
-                self.late_writes.note(self.engine.now_us(), params.timestamp)
+                self._note_timestamp(params.timestamp)
             result = self.engine.execute(
                 query, params.values, keyspace=conn.keyspace, consistency=params.consistency,
                 page_size=params.page_size, paging_state=params.paging_state,
@@ -449,7 +454,7 @@ class EmulatorServer:
             conn.consistency = params.consistency
             info = self._prepared.get(pid)
             if params.timestamp is not None and info is not None and info.result_columns is None:
-                self.late_writes.note(self.engine.now_us(), params.timestamp)
+                self._note_timestamp(params.timestamp)
             values = self._by_position(pid, params.values, params.names)
             result = self.engine.execute_prepared(
                 pid, values, keyspace=conn.keyspace, consistency=params.consistency,
@@ -461,7 +466,7 @@ class EmulatorServer:
             req = P.decode_batch(body, flags)
             conn.consistency = req.consistency
             if req.timestamp is not None:
-                self.late_writes.note(self.engine.now_us(), req.timestamp)
+                self._note_timestamp(req.timestamp)
             stmts = [self._batch_child(conn, ch) for ch in req.children]
             result = self.engine.batch(
                 req.kind, stmts, keyspace=conn.keyspace, consistency=req.consistency, timestamp=req.timestamp,
