@@ -148,3 +148,4 @@ async def test_lag_alert_fires_when_the_destination_stops(
         if writer.is_alive():
             writer.join(timeout=30)
         prom.stop()
+        cdcd.kill9()  # its destination is down: a graceful stop would only wait out the drain

@@ -27,7 +27,7 @@ from tests.e2e.test_types_e2e import SCHEMA as TYPES_SCHEMA
 from tests.e2e.test_types_e2e import write_all_types
 from tests.e2e.workload import Workload
 
-CHANGES = 40_000
+CHANGES = 20_000
 MIN_KILLS = 4
 
 
