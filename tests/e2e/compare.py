@@ -433,7 +433,10 @@ async def wait_converged(
                 problems = diff(expected, actual)
                 if not problems:
                     return actual
-                history = await explain_rows(session, schema, conn, target, expected, actual)
+                try:
+                    history = await explain_rows(session, schema, conn, target, expected, actual)
+                except Exception as exc:  # a diagnosis must not hide the failure itself
+                    history = [f"(no history of the differing rows: {type(exc).__name__}: {exc})"]
                 raise AssertionError(
                     f"PostgreSQL {target} did not converge to the source within {timeout:.0f}s:\n"
                     + "\n".join(problems + history)
