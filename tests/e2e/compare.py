@@ -534,9 +534,31 @@ async def assert_history_once(session: Any, table: str, pg_dsn: str, target: str
         await conn.close()
     dupes = [p for p, n in Counter(found).items() if n > 1]
     assert not dupes, f"duplicate history rows: {dupes[:5]}"
-    assert set(found) == expected, (
-        f"history: {len(expected - set(found))} deletes missing, {len(set(found) - expected)} unexpected"
-    )
+    if set(found) != expected:
+        missing = sorted(expected - set(found), key=lambda p: timeuuid_sort_key(p[1]))
+        tschema, _, _ = target.partition(".")
+        conn = await pg_connect(pg_dsn)
+        try:  # where the destination says it got to on those streams (the offsets table)
+            offsets = {
+                bytes(r[0]): (r[1], r[2])
+                for r in await conn.fetch(
+                    f"SELECT stream_id, position_us, updated_at FROM {_q(tschema)}.cdcd_offsets "
+                    "WHERE source_table = $1 AND destination = 'pg'",
+                    table,
+                )
+            }
+        except asyncpg.PostgresError:
+            offsets = {}
+        finally:
+            await conn.close()
+        lines = [
+            f"  stream {s.hex()} t={_time_us(t)} seq={q}; offsets of the stream: {offsets.get(s)}"
+            for s, t, q in missing[:8]
+        ]
+        raise AssertionError(
+            f"history: {len(missing)} deletes missing, {len(set(found) - expected)} unexpected; "
+            f"first missing (wall time now {time.time():.3f}):\n" + "\n".join(lines)
+        )
     return len(expected)
 
 

@@ -239,7 +239,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(  # noqa: P
         dead: CdcdProcess | None = None  # the last victim, restarted at the next kill
         added: CdcdProcess | None = None
         added_at = 0.0
-        redis_restarted = False
+        redis_restarted, restarted_at = False, 0.0
         began = time.monotonic()
         while not writer.done():
             await asyncio.wait({writer}, timeout=rng.uniform(8.0, 12.0))
@@ -264,7 +264,7 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(  # noqa: P
                 # resume from the positions the destinations recorded
                 await asyncio.to_thread(private_redis.stop)
                 await asyncio.to_thread(private_redis.start)
-                redis_restarted = True
+                redis_restarted, restarted_at = True, time.time()
         if dead is not None:
             dead.start()
         assert (await writer) >= changes
@@ -287,7 +287,16 @@ async def test_replicas_share_groups_through_kills_and_a_new_replica(  # noqa: P
             client.close()
         assert len(snap.rows) > 100 and len(chs.rows) == len(snap.rows)
 
-        assert await assert_history_once(cql, "chaos.t", pg_dsn, target) > 300
+        try:
+            assert await assert_history_once(cql, "chaos.t", pg_dsn, target) > 300
+        except AssertionError as exc:
+            events = [
+                f"kills (wall time, replica, groups): {kills}",
+                f"redis restarted at {restarted_at:.3f}",
+            ]
+            raise AssertionError(
+                f"{exc}\n" + "\n".join(events) + f"\nemulator: {emulator.late_writes() or 'no late writes'}"
+            ) from None
     finally:
         sampler.stop()
 
