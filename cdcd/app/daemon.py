@@ -512,6 +512,8 @@ class Daemon:
                     await self._run_under(hold, pipeline, self._shared_reader(table, group))
                 except Exception as exc:
                     if isinstance(exc, LeaseLost) or hold.ending:
+                        if isinstance(exc, LeaseLost):  # a fenced save found the lease gone:
+                            self.leases.fenced(table.source, group.key, hold)  # the group stops
                         self._drop_branch(pipeline)
                         continue  # the lease went: wait for it again
                     failures += 1

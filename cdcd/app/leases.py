@@ -270,6 +270,13 @@ class LeaseCoordinator:
                     self._lose(gid, hold, "not renewed in time")
             await asyncio.sleep(0.2)
 
+    def fenced(self, table: str, group: str, hold: Hold) -> None:
+        """A checkpoint save under ``hold`` was refused (the lease is gone from Redis or another
+        replica's): the hold ends now, for every destination of the group, instead of at the
+        next renewal; no branch starts again under it."""
+        if self.holds.get((table, group)) is hold and not hold.lost.is_set():
+            self._lose((table, group), hold, "a checkpoint save found the lease gone from Redis")
+
     def _lose(self, gid: GroupId, hold: Hold, reason: str) -> None:
         hold.lost.set()
         if self.holds.get(gid) is hold:

@@ -62,12 +62,21 @@ class Workload:
         partitions: int = 40,
         rows_per_partition: int = 40,
         time_ck: dt.timedelta | None = None,
+        client_timestamps: bool = False,
     ) -> None:
         """``time_ck``: the clustering column ``ck`` is a ``timestamp`` (clustering index ``i`` is
         ``2024-01-01 + i * time_ck``, e.g. for a TimescaleDB hypertable), not an ``int``; the
-        random sequence is the same either way."""
+        random sequence is the same either way.
+
+        ``client_timestamps``: the driver stamps each write when it issues it (its default). Off
+        (the default here), the server stamps it when it applies it. On a loaded test machine a
+        client-stamped write can reach the emulator seconds later (queued behind other requests),
+        landing in the CDC log behind a reader's confidence window: the documented hazard of
+        client-side timestamps (scylla-cdc.md §4.3), which no reader can survive and which these
+        workloads do not test (the emulator logs such "late writes")."""
         self.session = session
         self.time_ck = time_ck
+        self.client_timestamps = client_timestamps
         self.table = table
         self.keyspace, _, self.name = table.partition(".")
         self.rng = random.Random(seed)
@@ -219,6 +228,15 @@ class Workload:
         """Execute ``n`` random changes; raises on any error except a list index out of range."""
         result = result or Result()
         left = n
+        stamped = self.session.use_client_timestamp
+        self.session.use_client_timestamp = self.client_timestamps
+        try:
+            self._run(left, concurrency, chunk, result)
+        finally:
+            self.session.use_client_timestamp = stamped
+        return result
+
+    def _run(self, left: int, concurrency: int, chunk: int, result: Result) -> None:
         while left > 0:
             batch = list(self.changes(min(chunk, left)))
             left -= len(batch)
@@ -235,4 +253,3 @@ class Workload:
                     result.tolerated_errors += 1  # no element at that index: nothing changed
                 else:
                     raise AssertionError(f"workload {op} {vals!r} failed: {res!r}")
-        return result

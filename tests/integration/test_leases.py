@@ -100,7 +100,12 @@ async def test_checkpoints_are_fenced_by_the_coordinators_lease(
     with pytest.raises(LeaseLost):
         await ckpt.save("pg", group(), {S1: pos(3)})
     assert (await ckpt.load("pg", group()))[S1] == pos(2)
-    await one.step()  # the renewal finds another token: the hold ends at once
+    # the daemon reports the refused save: the hold ends at once, not at the next renewal, so no
+    # branch of the group starts again under it
+    hold = one.holds[("ks.t", group().key)]
+    one.fenced("ks.t", group().key, hold)
+    assert hold.lost.is_set() and one.holds == {}
+    await one.step()  # the renewal has nothing left to renew
     assert one.holds == {}
 
 
