@@ -9,7 +9,7 @@ from typing import Any
 from cdcd.events import ChangeEvent, Op, Position
 from cdcd.schema import CdcOptions, Column, TableSchema, UdtDef, parse_cql_type
 
-__all__ = ["STREAM", "UT", "ev", "next_wt", "schema"]
+__all__ = ["STREAM", "UT", "PgConfig", "ev", "next_wt", "schema"]
 
 UT = UdtDef("ks", "ut", ("a", "b"), (parse_cql_type("int"), parse_cql_type("text")))
 STREAM = b"\x01" * 16
@@ -57,3 +57,12 @@ def ev(
         key=key,
         **kw,
     )
+
+
+class PgConfig:
+    """The config of a PostgreSQL destination as a sink reads it (``dsn``, ``pool_size``)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.kind = "postgres"
+        self.dsn = dsn
+        self.pool_size = 2

@@ -18,7 +18,7 @@ from cdcd.scylla.windows import min_timeuuid
 from cdcd.sinks import TableMapping
 from cdcd.sinks.postgres import PostgresSink
 from cdcd.state import CheckpointStore
-from tests.contract.builders import schema
+from tests.contract.builders import PgConfig, schema
 
 GEN = 1_690_000_000_000
 S1, S2, S3 = (bytes([i]) * 16 for i in (1, 2, 3))
@@ -28,13 +28,6 @@ MAPPING = TableMapping(source="ks.t", target_schema="ks", target_table="t")
 
 def at(stream: bytes, ms: int) -> Position:
     return Position(generation=GEN, stream_id=stream, time=min_timeuuid((GEN + ms) * 1000))
-
-
-class PgConfig:
-    def __init__(self, dsn: str) -> None:
-        self.kind = "postgres"
-        self.dsn = dsn
-        self.pool_size = 2
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from cdcd.schema_watch import SchemaStore, SchemaWatcher
 from cdcd.schema_watch.gate import SchemaGate
 from cdcd.sinks import TableMapping
 from cdcd.sinks.postgres import PostgresSink
-from tests.contract.builders import schema
+from tests.contract.builders import PgConfig, schema
 
 BEFORE = [
     ("pk", "int", "partition_key"),
@@ -25,13 +25,6 @@ BEFORE = [
 ]
 AFTER = [*BEFORE, ("w", "int", "regular")]
 MAPPING = TableMapping(source="ks.t", target_schema="gate", target_table="t")
-
-
-class PgConfig:
-    def __init__(self, dsn: str) -> None:
-        self.kind = "postgres"
-        self.dsn = dsn
-        self.pool_size = 2
 
 
 @pytest.fixture
