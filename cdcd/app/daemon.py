@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import functools
 import gc
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -183,10 +184,15 @@ class Daemon:
             self.exit_code = 1
         finally:
             await self.shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-                if previous[sig] is not None:  # (cdcd run's: exit at once while the process winds down)
-                    signal.signal(sig, previous[sig])
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                    if previous[sig] is not None:  # (cdcd run's: exit at once while it winds down)
+                        signal.signal(sig, previous[sig])
+            except KeyboardInterrupt:
+                # SIGINT in the moment between the two: removing the loop's handler restores
+                # Python's default one; shutdown is complete, so exit as a second signal does
+                os._exit(1)
             loop.remove_signal_handler(signal.SIGHUP)
             if previous_hup is not None:
                 signal.signal(signal.SIGHUP, previous_hup)

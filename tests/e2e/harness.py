@@ -99,7 +99,7 @@ class ConfigOptions:
     batch_max_rows: int = 1000
     batch_max_wait: str = "100ms"
     log_level: str = "info"
-    # section -> raw TOML lines appended: "source", "pipeline", "http", and "destinations" (whole
+    # section -> raw TOML lines appended: "source", "state", "pipeline", "http", and "destinations" (whole
     # [destinations.X] tables after the pg one, e.g. ClickHouse or TimescaleDB, and any other
     # top-level tables such as [masking]).
     extra: dict[str, str] = field(default_factory=dict)
@@ -138,6 +138,7 @@ redis_url = "{redis_url}"
 key_prefix = "{key_prefix}"
 checkpoint_interval = "{o.checkpoint_interval}"
 checkpoint_every = {o.checkpoint_every}
+{o.extra.get("state", "")}
 
 [http]
 listen = "127.0.0.1:{http_port}"

@@ -28,7 +28,7 @@ from tests.e2e.compare import (
 )
 from tests.e2e.compare_ch import wait_ch_converged
 from tests.e2e.conftest import MakeCdcd, RedisServer
-from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec
+from tests.e2e.harness import CdcdProcess, ConfigOptions, TableSpec, wait_for
 from tests.e2e.workload import Workload
 
 
@@ -51,6 +51,22 @@ def _ch_history(client: Any, target: str) -> set[tuple[bytes, Any, int]]:
         f"SELECT hex(_cdc_stream_id), _cdc_time, _cdc_batch_seq FROM `{db}`.`{table}_history` FINAL"
     )
     return {(bytes.fromhex(r[0]), r[1], r[2]) for r in res.result_rows}
+
+
+def _replicating(cdcd: CdcdProcess) -> bool:
+    """Every wanted group is leased by this replica and every branch of it is running."""
+    try:
+        st = cdcd.status()
+    except OSError:
+        return False
+    wanted = st["share"]["wanted_groups"]
+    states = [
+        g["state"]
+        for t in st["tables"].values()
+        for d in t["destinations"].values()
+        for g in d["groups"].values()
+    ]
+    return wanted > 0 and len(st["leases"]) == wanted and bool(states) and set(states) == {"running"}
 
 
 def _restored(cdcd: CdcdProcess) -> tuple[int, int]:
@@ -77,11 +93,13 @@ async def test_flushall_mid_run_positions_come_from_the_destinations(  # noqa: P
         [TableSpec("rl.t", target, delete="tombstone", destinations=("pg", "ch"))],
         ConfigOptions(
             batch_max_rows=300, checkpoint_every=500, checkpoint_interval="300ms",
-            extra={"destinations": CH_DEST.format(url=clickhouse_url)},
+            # the shortest lease TTL: after Redis lost its state no lease is taken for one TTL
+            extra={"destinations": CH_DEST.format(url=clickhouse_url), "state": 'lease_ttl = "3s"'},
         ),
     )  # fmt: skip
     cdcd.start()
     cdcd.wait_ready()
+    await asyncio.to_thread(wait_for, lambda: _replicating(cdcd), 30, "every group leased")
     writer = asyncio.create_task(asyncio.to_thread(workload.run, 24_000, chunk=400))
     rng = random.Random(31)
     flushes = restarts = 0
@@ -93,6 +111,8 @@ async def test_flushall_mid_run_positions_come_from_the_destinations(  # noqa: P
     # FLUSHALL while cdcd is down and the workload goes on: the restart finds no checkpoint and
     # no start floor in Redis; "now" would skip what was written meanwhile.
     for _ in range(2):
+        # the groups replicate again (leased after the Redis state loss, positions recorded)
+        await asyncio.to_thread(wait_for, lambda: _replicating(cdcd), 30, "every group leased again")
         await asyncio.wait({writer}, timeout=rng.uniform(1.0, 2.5))
         cdcd.kill9()
         await asyncio.sleep(rng.uniform(1.0, 2.0))
