@@ -385,12 +385,13 @@ class Daemon:
         now_ms = int(time.time() * 1000)
         recorder = cast(RecordsApplied, sink) if sink is not None and records_applied(sink) else None
         held = None
+        asked = False  # the destination's floor was read (``held``)
         if self.start_at is not None:
             floor = start_floor_ms(self.start_at, now_ms)
             await self.deps.redis.set(key, str(floor))
         else:
             if await self.deps.redis.get(key) is None and recorder is not None:
-                held = await recorder.applied_start(mapping)
+                held, asked = await recorder.applied_start(mapping), True
             await self.deps.redis.set(key, str(now_ms if held is None else held), nx=True)
             stored = await self.deps.redis.get(key)
             floor = int(stored) if stored is not None else now_ms
@@ -402,7 +403,7 @@ class Daemon:
         # The destination keeps the floor from the start, not only from its first write: else
         # Redis losing its state before anything was written would move the floor to a later "now"
         # and skip what changed in between.
-        if recorder is not None and held is None and await recorder.applied_start(mapping) is None:
+        if recorder is not None and held is None and (asked or await recorder.applied_start(mapping) is None):
             await recorder.record_applied(mapping, floor_applied(floor))
         return floor
 

@@ -285,14 +285,18 @@ class SchemaWatcher:
                 log.info("schema change", **fields)
         if w.policy == "halt":
             reason = f"schema version {w.version}: " + "; ".join(c.describe() for c in changes)
-            w.halt = await self.store.halt(
-                w.table, Halt(version=w.version, since_us=since_us, reason=reason, at=time.time())
-            )
-            log.error(
-                "table halted by a schema change; resume with `cdcd resume --table` or POST /admin/resume/<table>",
-                table=w.table, version=w.halt.version, reason=w.halt.reason,
-            )  # fmt: skip
+            await self._halt(w, since_us, reason)
         w._notify()
+
+    async def _halt(self, w: TableWatch, since_us: int, reason: str) -> None:
+        """Halt ``w``'s table from ``since_us`` on (an earlier halt in Redis stays) and say so."""
+        w.halt = await self.store.halt(
+            w.table, Halt(version=w.version, since_us=since_us, reason=reason, at=time.time())
+        )
+        log.error(
+            "table halted by a schema change; resume with `cdcd resume --table` or POST /admin/resume/<table>",
+            table=w.table, version=w.halt.version, reason=w.halt.reason,
+        )  # fmt: skip
 
     @staticmethod
     def _readded(
@@ -340,14 +344,9 @@ class SchemaWatcher:
         restarted): events from now on, and any carrying those columns, are held as before."""
         w = self.tables[table]
         reason = f"{destination} lacks source columns {sorted(lacking)} and Redis holds no schema history"
-        w.halt = await self.store.halt(
-            table, Halt(version=w.version, since_us=int(time.time() * 1e6), reason=reason, at=time.time())
-        )
-        log.error(
-            "table halted by a schema change; resume with `cdcd resume --table` or POST /admin/resume/<table>",
-            table=table, version=w.halt.version, reason=w.halt.reason,
-        )  # fmt: skip
+        await self._halt(w, int(time.time() * 1e6), reason)
         w._notify()
+        assert w.halt is not None
         return w.halt
 
     async def resume(self, table: str) -> Mapping[str, Any]:

@@ -111,6 +111,15 @@ class Writer:
             self.columns = dict(columns)
 
 
+async def add_w_while_running(cdcd: CdcdProcess, w: Writer) -> None:
+    """Start cdcd and the writer (columns ``a text, b int``); a second later ``ADD w int``."""
+    cdcd.start()
+    cdcd.wait_ready()
+    w.start()
+    await asyncio.sleep(1.0)
+    w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
+
+
 def alive(cdcd: CdcdProcess) -> Any:
     def check() -> None:
         assert cdcd.running(), f"cdcd exited ({cdcd.exit_code()}):\n{cdcd.log_tail()}"
@@ -197,11 +206,7 @@ async def test_propagate_add_and_drop_columns_into_postgres_across_a_generation_
     cdcd = make_cdcd(
         [TableSpec("sc.t", "public.t")], ConfigOptions(extra={"source": 'schema_check_interval = "2s"'})
     )
-    cdcd.start()
-    cdcd.wait_ready()
-    w.start()
-    await asyncio.sleep(1.0)
-    w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
+    await add_w_while_running(cdcd, w)
     await asyncio.sleep(1.0)
     # A CDC generation switch 1 s from now (new streams): the new column flows across it.
     cql.execute("INSERT INTO emulator.control (command, value) VALUES ('new_generation', '1000')")
@@ -314,11 +319,7 @@ async def test_log_mode_writes_the_rest_without_the_new_column(
     cdcd = make_cdcd(
         [TableSpec("sc.l", "public.l", schema_changes="log")], ConfigOptions(extra={"source": FAST})
     )
-    cdcd.start()
-    cdcd.wait_ready()
-    w.start()
-    await asyncio.sleep(1.0)
-    w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
+    await add_w_while_running(cdcd, w)
     await asyncio.sleep(1.5)
     cdcd.kill9()
     cdcd.start()
@@ -340,7 +341,8 @@ async def test_a_table_the_user_created_gets_no_new_column_even_with_create_tabl
 ) -> None:
     """The destination table existed before cdcd first ran (create_tables is on, so cdcd added
     only its bookkeeping columns): a column added to the source is not added to it; its events are
-    written without that column, said once, nothing queued. A table cdcd created gets it."""
+    written without that column, said once, nothing queued (that a table cdcd created gets it is
+    the propagate tests above)."""
     ks(cql)
     w = Writer(cql, "sc.u", {"a": "text", "b": "int"}, seed=7)
     w.create()
@@ -350,11 +352,7 @@ async def test_a_table_the_user_created_gets_no_new_column_even_with_create_tabl
     finally:
         await conn.close()
     cdcd = make_cdcd([TableSpec("sc.u", "public.u")], ConfigOptions(extra={"source": FAST}))
-    cdcd.start()
-    cdcd.wait_ready()
-    w.start()
-    await asyncio.sleep(1.0)
-    w.alter("ADD w int", {"a": "text", "b": "int", "w": "int"})
+    await add_w_while_running(cdcd, w)
     await asyncio.sleep(2.0)
     w.join()
     schema = source_schema(cql, "sc.u")
