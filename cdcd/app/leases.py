@@ -275,7 +275,10 @@ class LeaseCoordinator:
         replica's): the hold ends now, for every destination of the group, instead of at the
         next renewal; no branch starts again under it."""
         if self.holds.get((table, group)) is hold and not hold.lost.is_set():
-            self._lose((table, group), hold, "a checkpoint save found the lease gone from Redis")
+            # the fence also refuses a hold past its deadline (Redis unreachable): say which
+            expired = time.monotonic() >= hold.deadline
+            reason = "not renewed in time" if expired else "a checkpoint save found the lease gone from Redis"
+            self._lose((table, group), hold, reason)
 
     def _lose(self, gid: GroupId, hold: Hold, reason: str) -> None:
         hold.lost.set()

@@ -166,7 +166,9 @@ async def _pg_positions(pg_dsn: str, schema_name: str) -> dict[bytes, Any]:
     conn = await pg_connect(pg_dsn)
     try:
         rows = await conn.fetch(
-            f'SELECT stream_id, position FROM "{schema_name}".cdcd_offsets WHERE destination = $1', "pg"
+            f'SELECT stream_id, position FROM "{schema_name}".cdcd_offsets '
+            "WHERE destination = $1 AND generation > 0",  # (generation 0: the start floor's row)
+            "pg",
         )
     finally:
         await conn.close()
@@ -185,10 +187,14 @@ async def test_redis_restart_without_persistence_and_kill9_ahead_of_redis_stay_e
     target = "dst.t"
     cdcd = make_cdcd(
         [TableSpec("rl.t", target, delete="tombstone")],
-        ConfigOptions(batch_max_rows=300, checkpoint_every=1_000_000, checkpoint_interval="20s"),
-    )
+        ConfigOptions(
+            batch_max_rows=300, checkpoint_every=1_000_000, checkpoint_interval="20s",
+            extra={"state": 'lease_ttl = "3s"'},  # the wait after Redis lost its state is one TTL
+        ),
+    )  # fmt: skip
     cdcd.start()
     cdcd.wait_ready()
+    await asyncio.to_thread(wait_for, lambda: _replicating(cdcd), 30, "every group leased")
     writer = asyncio.create_task(asyncio.to_thread(workload.run, 24_000, chunk=400))
     rng = random.Random(77)
     ahead = 0
@@ -198,6 +204,7 @@ async def test_redis_restart_without_persistence_and_kill9_ahead_of_redis_stay_e
     await asyncio.sleep(1.5)
     private_redis.start()
     for _ in range(3):
+        await asyncio.to_thread(wait_for, lambda: _replicating(cdcd), 30, "every group leased again")
         await asyncio.wait({writer}, timeout=rng.uniform(2.0, 4.0))
         cdcd.kill9()
         held = await _pg_positions(pg_dsn, "dst")

@@ -58,10 +58,17 @@ def ch_rows(url: str, db: str) -> dict[int, tuple[Any, ...]]:
         client.close()
 
 
-async def audit(redis_url: str, prefix: str, dest: str) -> list[DeadLetter]:
+async def audit(redis_url: str, prefix: str, dest: str, wait: float = 0.0) -> list[DeadLetter]:
+    """The staleness audit of ``dest``; ``wait``: poll up to that long for a first entry (the
+    writer records it right after the write that made the rows visible)."""
     client = aioredis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + wait
     try:
-        return await DeadLetterStore(client, prefix=prefix).list("stale", dest)
+        while True:
+            entries = await DeadLetterStore(client, prefix=prefix).list("stale", dest)
+            if entries or time.monotonic() >= deadline:
+                return entries
+            await asyncio.sleep(0.1)
     finally:
         await client.aclose()
 
@@ -105,7 +112,7 @@ async def test_version_strategy_and_replays_through_cdcd_run(  # noqa: PLR0917
     assert ch_rows(clickhouse_url, db)[1] == ("high", 5)
 
     for dest in ("pg", "ch"):
-        (entry,) = await audit(redis_url, redis_prefix, dest)
+        (entry,) = await audit(redis_url, redis_prefix, dest, wait=10.0)
         assert (entry.destination, entry.table, entry.stage, entry.event.key) == (
             dest,
             "st.ver",
